@@ -1,0 +1,1 @@
+"""The lab report intake application: everything the function folders call into."""

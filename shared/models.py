@@ -1,0 +1,92 @@
+"""Pydantic models at the service's boundaries: queue messages, status records, issues and normalised items."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QueueMessage(BaseModel):
+    """The work signal on the `reports` queue (DESIGN section 3): small, versioned, never the report itself."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: Literal[1] = 1
+    id: str
+    sender: str
+    blob: str
+    sha256: str
+    content_type: str
+
+
+class Issue(BaseModel):
+    """One error or warning about a report or one of its items. `code` values are stable and documented."""
+
+    scope: Literal["report", "item"]
+    index: int | None = None
+    field: str | None = None
+    code: str
+    message: str
+
+
+class ExceptionEntry(BaseModel):
+    """One failed processing try; kept across replays so operators see the whole history."""
+
+    attempt: int
+    at: str
+    type: str
+    message: str
+
+
+class ItemCounts(BaseModel):
+    total: int
+    accepted: int
+    rejected: int
+
+
+class Delivery(BaseModel):
+    status: Literal["pending", "delivered", "failed"]
+    at: str | None = None
+    http_status: int | None = None
+
+
+class StatusRecord(BaseModel):
+    """What GET /api/reports/{id} returns: the status row, as the sender sees it."""
+
+    id: str
+    sender: str
+    status: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    received_at: str
+    updated_at: str
+    completed_at: str | None = None
+    attempts: int = 0
+    items: ItemCounts | None = None
+    errors: list[Issue] = Field(default_factory=list)
+    warnings: list[Issue] = Field(default_factory=list)
+    exceptions: list[ExceptionEntry] = Field(default_factory=list)
+    delivery: Delivery | None = None
+
+
+class NormalisedItem(BaseModel):
+    """One accepted item, as one line of `results/{sender}/{id}.ndjson`.
+
+    Field order is fixed and every field is always written, so the same raw report always gives the same bytes.
+    """
+
+    report_id: str
+    item_index: int
+    message_id: str
+    patient_id: str
+    patient_state: str | None = None
+    test_code: str
+    test_name: str | None = None
+    result: str
+    result_units: str | None = None
+    specimen_collected_at: str
+    performing_facility: str | None = None
+    source_format: Literal["hl7v2", "fhir", "csv"]
+    extra: dict[str, str] | None = None

@@ -1,0 +1,58 @@
+"""Fixtures: a real Azurite from npm on free ports, and devhost processes serving an app against it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devhost.azurite import REPO_ROOT, Azurite
+from devhost.process import DevHostProcess
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One in-memory Azurite for the session; tests isolate themselves by unique names."""
+    with Azurite() as instance:
+        yield instance
+
+
+@pytest.fixture
+def persistent_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite that keeps its data on disk, so a test can stop and restart it."""
+    instance = Azurite(location=tmp_path / "azurite")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def storage(azurite: Azurite) -> str:
+    return azurite.connection_string
+
+
+@pytest.fixture
+def start_devhost(request: pytest.FixtureRequest) -> Iterator[Callable[..., DevHostProcess]]:
+    """Start devhost processes; each is stopped (and its log shown on failure) when the test ends."""
+    started: list[DevHostProcess] = []
+
+    def start(app_dir: Path = REPO_ROOT, env: dict[str, str] | None = None, **kwargs: object) -> DevHostProcess:
+        host = DevHostProcess(app_dir=Path(app_dir), env=dict(env or {}), **kwargs)
+        started.append(host)
+        return host.start()
+
+    yield start
+    for host in started:
+        host.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for host in started:
+            print(f"\n----- devhost log ({host.app_dir.name}, port {host.port}) -----\n{host.logs()[-8000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
