@@ -1,0 +1,5 @@
+import azure.functions as func
+
+
+def main(timer: func.TimerRequest) -> None:
+    return None
