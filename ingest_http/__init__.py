@@ -1,5 +1,9 @@
+"""POST /api/reports: authenticate, store, enqueue, answer 202."""
+
 import azure.functions as func
+
+from shared import api
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(status_code=501)
+    return api.guarded(api.ingest, req)

@@ -1,5 +1,9 @@
+"""GET /api/reports/{id} and GET /api/reports: a sender polls one report or lists its own."""
+
 import azure.functions as func
+
+from shared import api
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(status_code=501)
+    return api.guarded(api.report_status, req)

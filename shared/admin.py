@@ -1,0 +1,203 @@
+"""Operators' CLI: `python -m shared.admin senders ...|poison ...|reconcile`.
+
+Reads AzureWebJobsStorage from the environment, else from local.settings.json, like the local host does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from azure.core.exceptions import AzureError, DecodeError, ResourceModifiedError
+from azure.storage.queue import QueueMessage as StoredMessage
+from pydantic import ValidationError
+
+from shared import reconcile, senders, status, work
+from shared.config import APP_ROOT, SettingsError, get_settings
+from shared.models import QueueMessage
+from shared.status import Status
+from shared.storage import Storage, get_storage
+
+REPLAYABLE = frozenset({Status.FAILED, Status.RECEIVED, Status.QUEUED, Status.PROCESSING})
+
+
+class AdminError(RuntimeError):
+    """Something the operator asked for cannot be done; the message says why."""
+
+
+def load_local_settings() -> None:
+    """Fill in settings missing from the environment from local.settings.json (cwd, else the app root)."""
+    for folder in (Path.cwd(), APP_ROOT):
+        path = folder / "local.settings.json"
+        if path.is_file():
+            values = json.loads(path.read_text()).get("Values", {})
+            for key, value in values.items():
+                os.environ.setdefault(key, str(value))
+            return
+
+
+# --- senders -----------------------------------------------------------------------------------------------------
+
+
+def cmd_senders(args: argparse.Namespace, storage: Storage) -> None:
+    table = storage.senders
+    if args.action == "add":
+        print(json.dumps({"sender": args.name, "key": senders.add(table, args.name)}))
+    elif args.action == "rotate":
+        print(json.dumps({"sender": args.name, "key": senders.rotate(table, args.name)}))
+    elif args.action in ("disable", "enable"):
+        senders.set_enabled(table, args.name, args.action == "enable")
+        print(json.dumps({"sender": args.name, "enabled": args.action == "enable"}))
+    else:
+        for sender in senders.list_senders(table):
+            print(json.dumps({"sender": sender.name, "enabled": sender.enabled, "active_keys": sender.keys,
+                              "created_at": sender.created_at}))
+
+
+# --- poison ------------------------------------------------------------------------------------------------------
+
+
+def _poison_messages(storage: Storage, hide_seconds: int) -> Iterator[tuple[StoredMessage, QueueMessage | None]]:
+    """Every poison message once (hidden for `hide_seconds` while we look), with its parsed body if it has one."""
+    while True:
+        try:
+            batch = list(storage.poison.receive_messages(messages_per_page=32, max_messages=32,
+                                                         visibility_timeout=hide_seconds))
+        except DecodeError:
+            raise AdminError("a poison message is not base64; inspect the queue with Storage Explorer") from None
+        if not batch:
+            return
+        for stored in batch:
+            try:
+                yield stored, QueueMessage.model_validate_json(stored.content)
+            except (ValidationError, ValueError):
+                yield stored, None
+
+
+def cmd_poison_list(storage: Storage) -> int:
+    seen = []
+    for stored, message in _poison_messages(storage, hide_seconds=30):
+        seen.append(stored)
+        row = status.read(storage.reports, message.sender, message.id) if message else None
+        print("\t".join([
+            message.id if message else "(unreadable)",
+            message.sender if message else "-",
+            row.status.value if row else "-",
+            f"dequeued={stored.dequeue_count}",
+            f"inserted={stored.inserted_on.isoformat() if stored.inserted_on else '-'}",
+        ]))
+    for stored in seen:  # listing must not hide them
+        storage.poison.update_message(stored, pop_receipt=stored.pop_receipt, visibility_timeout=0)
+    print(f"{len(seen)} poison message(s)", file=sys.stderr)
+    return 0
+
+
+def _find_row(storage: Storage, report_id: str, sender: str | None) -> status.Row:
+    if sender:
+        row = status.read(storage.reports, sender, report_id)
+    else:
+        # Report ids are unique across senders; an operator rarely knows the sender.
+        found = list(storage.reports.query_entities("RowKey eq @id", parameters={"id": report_id}))
+        row = status.Row(dict(found[0]), found[0].metadata["etag"]) if found else None
+    if row is None:
+        raise AdminError(f"no report {report_id}")
+    return row
+
+
+def replay_report(storage: Storage, row: status.Row) -> None:
+    """Mark the report `queued`, then send its work message. In that order: a processor that got the message
+    while the row still said `failed` would take it for finished and drop it."""
+    if row.status not in REPLAYABLE:
+        raise AdminError(f"report {row.id} is {row.status.value}; only failed or unfinished reports are replayed")
+    try:
+        row = status.write(storage.reports, row, {"status": Status.QUEUED})
+    except ResourceModifiedError:
+        raise AdminError(f"report {row.id} changed while replaying; run the command again") from None
+    work.send(storage, row)
+
+
+def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
+    replayed = failed = 0
+    if args.id:
+        row = _find_row(storage, args.id, args.sender)
+        replay_report(storage, row)
+        print(f"replayed {row.id} ({row.sender})")
+        replayed = 1
+        for stored, message in _poison_messages(storage, hide_seconds=30):
+            if message and message.id == args.id:
+                storage.poison.delete_message(stored)
+            else:
+                storage.poison.update_message(stored, pop_receipt=stored.pop_receipt, visibility_timeout=0)
+    else:
+        for stored, message in _poison_messages(storage, hide_seconds=300):
+            if message is None:
+                print(f"skipped unreadable poison message {stored.id}", file=sys.stderr)
+                failed += 1
+                continue
+            try:
+                replay_report(storage, _find_row(storage, message.id, message.sender))
+            except AdminError as exc:
+                print(f"skipped {message.id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            storage.poison.delete_message(stored)
+            print(f"replayed {message.id} ({message.sender})")
+            replayed += 1
+    print(f"{replayed} replayed, {failed} skipped", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- entry point -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared.admin", description=__doc__.splitlines()[0])
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    s = groups.add_parser("senders", help="register senders and manage their API keys")
+    s_actions = s.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "register a sender; prints its first key"),
+                         ("rotate", "issue a new key and revoke the old ones"),
+                         ("disable", "refuse the sender's keys"), ("enable", "accept the sender's keys again")):
+        s_actions.add_parser(action, help=text).add_argument("name")
+    s_actions.add_parser("list", help="one JSON line per sender")
+
+    p = groups.add_parser("poison", help="inspect and replay the poison queue")
+    p_actions = p.add_subparsers(dest="action", required=True)
+    p_actions.add_parser("list", help="one line per poison message: report id, sender, status")
+    replay = p_actions.add_parser("replay", help="send poison messages (or a report by id) back for processing")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="replay this report, even if its poison message is gone")
+    which.add_argument("--all", action="store_true", help="replay every poison message")
+    replay.add_argument("--sender", help="the report's sender (optional; found from the id otherwise)")
+
+    groups.add_parser("reconcile", help="re-enqueue reports stored but never enqueued, now")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_local_settings()
+    try:
+        storage = get_storage()
+        if args.group == "senders":
+            cmd_senders(args, storage)
+            return 0
+        if args.group == "poison":
+            return cmd_poison_list(storage) if args.action == "list" else cmd_poison_replay(args, storage)
+        print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
+        return 0
+    except (AdminError, senders.SenderError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AzureError as exc:
+        print(f"error: storage unavailable ({type(exc).__name__}); is AzureWebJobsStorage right?", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The HTTP edge: turns azure.functions requests into calls on the core and results into responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import azure.functions as func
+from azure.core.exceptions import AzureError
+
+from shared import hl7_ack, intake, listing, senders, status
+from shared.clock import parse_iso, to_iso
+from shared.config import Settings, get_settings
+from shared.models import StatusRecord
+from shared.problems import Problem, bad_request, not_found, unauthorized, unavailable
+from shared.status import TERMINAL, Status
+from shared.storage import Storage, get_storage, is_transient
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+HL7 = "application/hl7-v2"
+ROUTE_PREFIX = "/api"
+REPORT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+FORWARDED_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+Handler = Callable[[func.HttpRequest, Storage, Settings], func.HttpResponse]
+
+
+def _json(body: object, status_code: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, separators=(",", ":")), status_code=status_code, headers=headers or {}, mimetype=JSON
+    )
+
+
+def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
+    """Run a handler so that every failure becomes problem+json: never a stack trace, never a false 202."""
+    settings: Settings | None = None
+    try:
+        settings = get_settings()
+        return handler(req, get_storage(), settings)
+    except Problem as problem:
+        return problem.response()
+    except AzureError as exc:
+        log.warning("storage unavailable during %s %s: %s", req.method, urlsplit(req.url).path, type(exc).__name__)
+        if is_transient(exc):
+            return unavailable(settings.retry_after_seconds if settings else 1).response()
+        log.exception("storage error")
+    except Exception:
+        log.exception("unhandled error during %s %s", req.method, urlsplit(req.url).path)
+    return Problem(500, "internal", "Internal Server Error", "The request failed; nothing was acknowledged.").response()
+
+
+def authenticate(req: func.HttpRequest, storage: Storage) -> str:
+    sender = senders.authenticate(storage.senders, req.headers.get("authorization"))
+    if sender is None:
+        raise unauthorized()
+    return sender
+
+
+def base_url(req: func.HttpRequest, settings: Settings) -> str:
+    """The public base URL: configured, else from X-Forwarded-* (when well-formed), else the request's own."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    own = urlsplit(req.url)
+    proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
+    host = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
+    scheme = proto if proto in ("http", "https") else own.scheme
+    netloc = host if FORWARDED_HOST.match(host) else own.netloc
+    return f"{scheme}://{netloc}"
+
+
+def status_url(base: str, report_id: str) -> str:
+    return f"{base}{ROUTE_PREFIX}/reports/{report_id}"
+
+
+# --- POST /api/reports ---------------------------------------------------------------------------------------
+
+
+def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    sender = authenticate(req, storage)
+    submission = intake.Submission(
+        sender=sender,
+        body=req.get_body() or b"",
+        content_type=req.headers.get("content-type"),
+        idempotency_key=req.headers.get("idempotency-key"),
+    )
+    accepted = intake.accept(storage, settings, submission)
+    record = accepted.record
+    location = status_url(base_url(req, settings), record.id)
+    headers = {"Location": location, "Retry-After": str(settings.retry_after_seconds)}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if _wants_hl7_ack(req, record):
+        ack = hl7_ack.commit_ack(submission.body)
+        if ack is not None:
+            return func.HttpResponse(ack, status_code=202, headers=headers, mimetype=HL7)
+    body = {
+        "id": record.id,
+        "status": record.status,
+        "sender": record.sender,
+        "content_type": record.content_type,
+        "size_bytes": record.size_bytes,
+        "sha256": record.sha256,
+        "received_at": record.received_at,
+        "status_url": location,
+    }
+    return _json(body, 202, headers)
+
+
+def _wants_hl7_ack(req: func.HttpRequest, record: StatusRecord) -> bool:
+    accept = (req.headers.get("accept") or "").lower()
+    return HL7 in accept and record.content_type.lower().startswith(HL7)
+
+
+# --- GET /api/reports[/{id}] ---------------------------------------------------------------------------------
+
+
+def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    sender = authenticate(req, storage)
+    report_id = req.route_params.get("id")
+    if not report_id:
+        return _list(req, storage, sender)
+    # Unknown, malformed and other senders' ids get the same answer, so existence does not leak.
+    row = status.read(storage.reports, sender, report_id) if REPORT_ID.match(report_id) else None
+    if row is None:
+        raise not_found()
+    record = row.record()
+    body = record.model_dump(mode="json")
+    if Status(record.status) in TERMINAL:
+        return _json(body, 200)
+    return _json(body, 202, {"Retry-After": str(settings.retry_after_seconds)})
+
+
+def _list(req: func.HttpRequest, storage: Storage, sender: str) -> func.HttpResponse:
+    query = parse_list_query(req.params, sender)
+    page = listing.list_reports(storage.reports, query)
+    return _json({"reports": [r.model_dump(mode="json") for r in page.reports], "next_cursor": page.next_cursor}, 200)
+
+
+def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Query:
+    get = params.get  # type: ignore[attr-defined]
+    status_value = get("status") or None
+    try:
+        wanted = Status(status_value) if status_value else None
+    except ValueError:
+        raise bad_request(f"status must be one of {', '.join(s.value for s in Status)}.", "bad-query") from None
+    since = get("since") or None
+    if since is not None:
+        try:
+            since = to_iso(parse_iso(since))
+        except ValueError:
+            raise bad_request("since must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z.", "bad-query") from None
+    limit_text = get("limit") or str(listing.DEFAULT_LIMIT)
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= listing.MAX_LIMIT:
+        raise bad_request(f"limit must be a whole number from 1 to {listing.MAX_LIMIT}.", "bad-query")
+    cursor = get("cursor") or None
+    if cursor is not None and not listing.CURSOR.match(cursor):
+        raise bad_request("cursor is not one this API returned.", "bad-query")
+    return listing.Query(sender=sender, status=wanted, since=since, limit=int(limit_text), cursor=cursor)
+
+
+# --- GET /api/health ---------------------------------------------------------------------------------------------
+
+
+def health(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    queue_depth = storage.queue.get_queue_properties().approximate_message_count
+    poison_depth = storage.poison.get_queue_properties().approximate_message_count
+    return _json({"status": "ok", "queue_depth": queue_depth, "poison_depth": poison_depth}, 200)
+
+
+def health_guarded(req: func.HttpRequest) -> func.HttpResponse:
+    """Health must answer 503 (not 500) whenever storage does not, including on the first, resource-creating call."""
+    try:
+        return health(req, get_storage(), get_settings())
+    except Exception as exc:
+        log.warning("health check: storage unavailable (%s)", type(exc).__name__)
+        return Problem(503, "storage-unavailable", "Service Unavailable", "Storage does not answer.",
+                       {"Retry-After": "5"}).response()

@@ -1,0 +1,19 @@
+"""Timestamps as the API shows them: ISO 8601 UTC, fixed width, so string order is time order."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def to_iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now_iso() -> str:
+    return to_iso(datetime.now(timezone.utc))
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse ISO 8601; a value without an offset is taken as UTC. Raises ValueError."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

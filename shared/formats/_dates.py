@@ -1,0 +1,51 @@
+"""Date/time normalisation shared by the format parsers: everything leaves as ISO 8601 text."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone
+
+# HL7 DTM: YYYYMMDD[HH[MM[SS[.S[S[S[S]]]]]]][+/-ZZZZ]. Year- or month-only precision is legal HL7 but useless as a
+# collection time, so a day is the minimum we accept.
+_DTM = re.compile(
+    r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?(?:([+-])(\d{2})(\d{2}))?"
+)
+
+
+def iso_from_text(text: str) -> str | None:
+    """Normalise an ISO 8601 date or date-time (any form Python accepts) to canonical ISO text, else None."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        return None
+
+
+def iso_from_hl7(text: str) -> str | None:
+    """Convert an HL7 DTM value to ISO 8601 (date only if the DTM has no time), else None."""
+    match = _DTM.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, sign, tz_h, tz_m = match.groups()
+    try:
+        if hour is None:
+            if sign is not None:
+                return None  # a UTC offset on a bare date has no meaning
+            return date(int(year), int(month), int(day)).isoformat()
+        micro = int((frac or "0").ljust(6, "0"))
+        tzinfo = None
+        if sign is not None:
+            offset = timedelta(hours=int(tz_h), minutes=int(tz_m))
+            tzinfo = timezone(-offset if sign == "-" else offset)
+        value = datetime(
+            int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0), micro, tzinfo=tzinfo
+        )
+    except ValueError:
+        return None
+    return value.isoformat()

@@ -1,0 +1,306 @@
+"""HL7 v2 ORU^R01 reports: single messages or FHS/BHS batch files, streamed one message at a time.
+
+The splitting is done here rather than with `hl7`/`hl7apy` (see docs/formats.md: speed and PHI-safe errors).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from shared.formats import ContentError, ItemResult
+from shared.formats._dates import iso_from_hl7
+from shared.models import Issue, NormalisedItem
+
+# Any run of bytes between CR/LF characters is a segment, so \r, \n and \r\n all work and blank lines vanish.
+_LINE = re.compile(rb"[^\r\n]+")
+_HAS_MSH = re.compile(rb"(?:\A|[\r\n])[ \t\x0b]*MSH")
+# MLLP framing bytes (VT, FS) and stray spaces sometimes survive in files exported from interface engines.
+_FRAMING = b" \t\x0b\x1c"
+_BATCH_SEGMENTS = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
+_TEXT_TYPES = frozenset({"TX", "FT"})
+_DEFAULT_ENCODING = "^~\\&"
+
+
+class _BadMessage(Exception):
+    """The message cannot be split at all; carries the issue field and a value-free message."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class _Separators:
+    field: str
+    component: str
+    repetition: str
+    escape: str
+    subcomponent: str
+
+
+def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
+    """Yield one ItemResult per message (or per run of segments outside any message), in order."""
+    if not _HAS_MSH.search(raw):
+        raise ContentError("hl7.parse", "no MSH segment found: the body is not an HL7 v2 message or batch")
+    for index, lines in enumerate(_messages(raw)):
+        yield _item(lines, index, report_id)
+
+
+def _messages(raw: bytes) -> Iterator[list[bytes]]:
+    """Group segment lines into messages; batch wrapper segments only end the message before them."""
+    current: list[bytes] = []
+    for match in _LINE.finditer(raw):
+        line = match.group().strip(_FRAMING)
+        if not line:
+            continue
+        head = line[:3]
+        if head == b"MSH" or head in _BATCH_SEGMENTS:
+            if current:
+                yield current
+            current = [line] if head == b"MSH" else []
+        else:
+            current.append(line)
+    if current:
+        yield current
+
+
+def _item(lines: list[bytes], index: int, report_id: str) -> ItemResult:
+    """Validate one message and normalise it, collecting every problem rather than stopping at the first."""
+    result = ItemResult(index=index, item=None)
+    text, recoded = _decode(lines)
+    if recoded:
+        result.warnings.append(
+            _issue(index, None, "hl7.encoding", "message is not valid UTF-8; it was read as ISO-8859-1")
+        )
+    try:
+        message = _Message(text)
+    except _BadMessage as exc:
+        result.errors.append(_issue(index, exc.field, "hl7.parse", str(exc)))
+        return result
+    if message.invalid_lines:
+        result.warnings.append(
+            _issue(
+                index,
+                None,
+                "hl7.invalid_segment",
+                f"{message.invalid_lines} line(s) without a valid segment id were ignored",
+            )
+        )
+    item, errors = _normalise(message, index, report_id)
+    result.errors.extend(errors)
+    result.item = item if not errors else None
+    return result
+
+
+def _decode(lines: list[bytes]) -> tuple[list[str], bool]:
+    """Decode a message's lines as UTF-8, or all as ISO-8859-1 (which never fails) if any line is not UTF-8."""
+    try:
+        return [line.decode("utf-8") for line in lines], False
+    except UnicodeDecodeError:
+        return [line.decode("latin-1") for line in lines], True
+
+
+class _Message:
+    """One message split into segments of fields; values are read through `value()` which decodes escapes."""
+
+    def __init__(self, lines: list[str]) -> None:
+        msh = lines[0]
+        if not msh.startswith("MSH"):
+            raise _BadMessage(None, "segments found outside of a message: the item does not start with MSH")
+        self.seps = _separators(msh)
+        self.invalid_lines = 0
+        self.segments: list[list[str]] = []
+        for line in lines:
+            fields = line.split(self.seps.field)
+            if not _SEGMENT_ID.fullmatch(fields[0]):
+                self.invalid_lines += 1
+                continue
+            self.segments.append(fields)
+        # MSH-1 is the field separator itself, so re-insert it to make field n sit at list index n everywhere.
+        self.segments[0].insert(1, self.seps.field)
+
+    def all(self, segment_id: str) -> list[list[str]]:
+        return [fields for fields in self.segments if fields[0] == segment_id]
+
+    def first(self, segment_id: str) -> list[str] | None:
+        return next((fields for fields in self.segments if fields[0] == segment_id), None)
+
+    def value(self, segment: list[str] | None, field: int, component: int = 1) -> str:
+        """Field n, first repetition, component c, first sub-component, escapes decoded; '' when absent."""
+        if segment is None or field >= len(segment):
+            return ""
+        repetition = segment[field].split(self.seps.repetition, 1)[0]
+        return self.text(_nth(repetition.split(self.seps.component), component))
+
+    def text(self, raw: str) -> str:
+        """Unescape one primitive value (first sub-component of a component)."""
+        return unescape(raw.split(self.seps.subcomponent, 1)[0], self.seps).strip()
+
+
+def _nth(parts: list[str], n: int) -> str:
+    return parts[n - 1] if n <= len(parts) else ""
+
+
+def _separators(msh: str) -> _Separators:
+    """Read MSH-1 and MSH-2; reject sets a parser could not split unambiguously."""
+    if len(msh) < 5:
+        raise _BadMessage("MSH-1", "MSH segment is too short to hold its separators")
+    field = msh[3]
+    end = msh.find(field, 4)
+    encoding = msh[4:end] if end != -1 else msh[4:]
+    if not 2 <= len(encoding) <= 5:
+        raise _BadMessage("MSH-2", "MSH-2 must hold 4 encoding characters")
+    # v2.7 adds a truncation character as a 5th one; it needs no handling when reading.
+    chars = encoding[:4] + _DEFAULT_ENCODING[len(encoding[:4]) :]
+    used = field + chars
+    if len(set(used)) != len(used) or any(c.isalnum() or c.isspace() for c in used):
+        raise _BadMessage("MSH-2", "MSH-1/MSH-2 separators are not distinct punctuation characters")
+    return _Separators(field, chars[0], chars[1], chars[2], chars[3])
+
+
+@lru_cache(maxsize=32)
+def _escape_pattern(escape: str) -> re.Pattern[str]:
+    e = re.escape(escape)
+    return re.compile(f"{e}([^{e}\r\n]*){e}")
+
+
+def unescape(value: str, seps: _Separators) -> str:
+    """Decode HL7 escape sequences; unknown ones are kept verbatim rather than silently dropped."""
+    if seps.escape not in value:
+        return value
+    table = {
+        "F": seps.field,
+        "S": seps.component,
+        "T": seps.subcomponent,
+        "R": seps.repetition,
+        "E": seps.escape,
+        "H": "",
+        "N": "",
+        ".br": "\n",
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code in table:
+            return table[code]
+        if code[:1] == "X" and len(code) % 2 == 1:
+            try:
+                return bytes.fromhex(code[1:]).decode("latin-1")
+            except ValueError:
+                pass
+        return match.group(0)
+
+    return _escape_pattern(seps.escape).sub(replace, value)
+
+
+def _normalise(message: _Message, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
+    """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the normalised item."""
+    errors: list[Issue] = []
+    msh = message.segments[0]
+    errors.extend(_check_type(message, msh, index))
+    if errors:
+        return None, errors  # another message type's segments would only produce noise here
+
+    pid = message.first("PID")
+    patient_id = message.value(pid, 3)
+    if pid is None:
+        errors.append(_issue(index, "PID", "hl7.missing_segment", "no PID segment"))
+    elif not patient_id:
+        errors.append(_issue(index, "PID-3", "hl7.missing_field", "PID-3 (patient identifier) is empty"))
+
+    obx, obx_error = _first_valid_obx(message, index)
+    if obx_error is not None:
+        errors.append(obx_error)
+
+    collected, date_error = _collected_at(message, index)
+    if date_error is not None:
+        errors.append(date_error)
+
+    if errors or obx is None or collected is None:
+        return None, errors
+    return (
+        NormalisedItem(
+            report_id=report_id,
+            item_index=index,
+            message_id=message.value(msh, 10) or f"{report_id}-{index}",
+            patient_id=patient_id,
+            patient_state=message.value(pid, 11, 4) or None,
+            test_code=message.value(obx, 3),
+            test_name=message.value(obx, 3, 2) or None,
+            result=_result(message, obx),
+            result_units=message.value(obx, 6) or None,
+            specimen_collected_at=collected,
+            performing_facility=message.value(obx, 23) or message.value(msh, 4) or None,
+            source_format="hl7v2",
+        ),
+        [],
+    )
+
+
+def _check_type(message: _Message, msh: list[str], index: int) -> list[Issue]:
+    kind, trigger = message.value(msh, 9, 1), message.value(msh, 9, 2)
+    if not kind:
+        return [_issue(index, "MSH-9", "hl7.missing_field", "MSH-9 (message type) is empty")]
+    if (kind.upper(), trigger.upper()) != ("ORU", "R01"):
+        # The type is not patient data, but it is still sender input: keep it short and printable.
+        shown = re.sub(r"[^A-Za-z0-9_^]", "?", f"{kind}^{trigger}"[:16])
+        return [
+            _issue(index, "MSH-9", "hl7.unsupported_message_type", f"message type {shown} is not ORU^R01")
+        ]
+    return []
+
+
+def _first_valid_obx(message: _Message, index: int) -> tuple[list[str] | None, Issue | None]:
+    """The first OBX with both an observation identifier and a value; else an issue naming what is missing."""
+    observations = message.all("OBX")
+    if not observations:
+        return None, _issue(index, "OBX", "hl7.missing_segment", "no OBX segment")
+    for obx in observations:
+        if message.value(obx, 3) and _result(message, obx):
+            return obx, None
+    if not any(message.value(obx, 3) for obx in observations):
+        return None, _issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")
+    return None, _issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")
+
+
+def _result(message: _Message, obx: list[str]) -> str:
+    """OBX-5 as text: coded values give their code (else text), SN its parts joined, TX/FT all repetitions."""
+    if len(obx) <= 5:
+        return ""
+    value_type = message.value(obx, 2).upper()
+    seps = message.seps
+    repetitions = obx[5].split(seps.repetition)
+    if value_type in _TEXT_TYPES:
+        return "\n".join(unescape(rep, seps) for rep in repetitions).strip()
+    components = repetitions[0].split(seps.component)
+    if value_type in _CODED_TYPES:
+        return message.text(_nth(components, 1)) or message.text(_nth(components, 2))
+    if value_type == "SN":  # comparator^num1^separator/suffix^num2, e.g. "<^10" or "^1^:^128"
+        return "".join(message.text(part) for part in components[:4])
+    return message.text(components[0])
+
+
+def _collected_at(message: _Message, index: int) -> tuple[str | None, Issue | None]:
+    """SPM-17 (start of the range) or else OBR-7, converted from DTM to ISO 8601."""
+    field, value = "SPM-17", message.value(message.first("SPM"), 17)
+    if not value:
+        field, value = "OBR-7", message.value(message.first("OBR"), 7)
+    if not value:
+        return None, _issue(
+            index, "SPM-17", "hl7.missing_field", "no specimen collection time: SPM-17 and OBR-7 are empty"
+        )
+    converted = iso_from_hl7(value)
+    if converted is None:
+        return None, _issue(
+            index, field, "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
+        )
+    return converted, None
+
+
+def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
+    return Issue(scope="item", index=index, field=field, code=code, message=message)

@@ -1,0 +1,37 @@
+"""The HL7 v2 commit acknowledgement (MSA|CA) answered at intake, from the first MSH alone: no full parse."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ulid import ULID
+
+RECEIVING_APPLICATION = "LAB-INTAKE"
+MAX_SCAN = 64 * 1024  # the first MSH sits at the top, after at most FHS/BHS headers
+
+
+def first_msh(body: bytes) -> tuple[str, list[str]] | None:
+    """The field separator and fields of the first MSH segment (fields[n - 1] is MSH-n for n >= 2), or None."""
+    head = body[:MAX_SCAN].decode("latin-1")
+    for segment in head.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
+        segment = segment.lstrip("\ufeff \t")
+        if segment.startswith("MSH") and len(segment) > 4:
+            separator = segment[3]
+            return separator, segment.split(separator)
+    return None
+
+
+def commit_ack(body: bytes) -> bytes | None:
+    """`MSH` + `MSA|CA|<MSH-10 of the first message>`, in the sender's own delimiters; None if no MSH is found."""
+    found = first_msh(body)
+    if found is None or len(found[1]) < 2:
+        return None
+    separator, fields = found
+    get = lambda n: fields[n - 1] if len(fields) >= n else ""  # noqa: E731 - MSH-n, 1-based like the standard
+    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    msh = [
+        "MSH", fields[1], RECEIVING_APPLICATION, "", get(3), get(4), now, "", "ACK", str(ULID()),
+        get(11) or "P", get(12) or "2.5.1",
+    ]
+    msa = ["MSA", "CA", get(10)]
+    return (separator.join(msh) + "\r" + separator.join(msa) + "\r").encode("latin-1", "replace")

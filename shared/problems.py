@@ -1,0 +1,48 @@
+"""The one error shape of the HTTP API: RFC 9457 problem details (`application/problem+json`)."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:lab-intake:problem:"
+
+
+class Problem(Exception):
+    """Raised anywhere in request handling; the HTTP edge turns it into a problem+json response."""
+
+    def __init__(
+        self, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.type = TYPE_PREFIX + slug
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+
+    def response(self) -> func.HttpResponse:
+        return func.HttpResponse(
+            json.dumps(self.to_dict()), status_code=self.status, headers=self.headers, mimetype=PROBLEM_JSON
+        )
+
+
+def unauthorized(detail: str = "A valid sender API key is required: Authorization: Bearer <key>.") -> Problem:
+    return Problem(401, "unauthorized", "Unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="reports"'})
+
+
+def not_found(detail: str = "No such report.") -> Problem:
+    return Problem(404, "not-found", "Not Found", detail)
+
+
+def bad_request(detail: str, slug: str = "bad-request") -> Problem:
+    return Problem(400, slug, "Bad Request", detail)
+
+
+def unavailable(retry_after: int, detail: str = "Storage is unavailable; nothing was stored. Retry later.") -> Problem:
+    return Problem(503, "storage-unavailable", "Service Unavailable", detail, {"Retry-After": str(retry_after)})

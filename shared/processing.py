@@ -1,0 +1,240 @@
+"""Processing one queued report: parse, validate, normalise, write results, deliver, record the outcome.
+
+Retries are the host's job: a transient failure is recorded and re-raised so the message comes back after the
+visibility timeout; on the last try the report is marked `failed` and the host moves the message to poison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared import status
+from shared.clock import now_iso
+from shared.config import Settings
+from shared.delivery import DeliveryError, deliver
+from shared.formats import ContentError, parse_report
+from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, QueueMessage
+from shared.status import TERMINAL, Status
+from shared.storage import Storage, result_blob_name
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 10_000
+MAX_LISTED_ISSUES = 100
+SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help and the content is not to blame (raw blob missing, digest mismatch, 4xx downstream)."""
+
+    def __init__(self, code: str, message: str, delivery: Delivery | None = None) -> None:
+        super().__init__(message)
+        self.issue = Issue(scope="report", code=code, message=message)
+        self.delivery = delivery
+
+
+@dataclass
+class IssueList:
+    """Keeps the first MAX_LISTED_ISSUES issues and counts the rest."""
+
+    kept: list[Issue] = field(default_factory=list)
+    left_out: int = 0
+
+    def add(self, issues: list[Issue]) -> None:
+        for issue in issues:
+            if len(self.kept) < MAX_LISTED_ISSUES:
+                self.kept.append(issue)
+            else:
+                self.left_out += 1
+
+    def listed(self) -> list[dict]:
+        out = [i.model_dump() for i in self.kept]
+        if self.left_out:
+            out.append(
+                Issue(scope="report", code="report.issues_truncated", message=f"{self.left_out} more not listed").model_dump()
+            )
+        return out
+
+
+@dataclass
+class Parsed:
+    counts: ItemCounts
+    errors: IssueList
+    warnings: IssueList
+    results: IO[bytes]
+    results_size: int
+
+
+def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
+    """Handle one queue message; returns what happened (for the log). Raises to ask the host for a retry."""
+    message = QueueMessage.model_validate_json(body)
+    started = status.update(storage.reports, message.sender, message.id, _start_attempt)
+    if started is None:
+        log.warning("report %s: no status row; message dropped", message.id)
+        return "unknown"
+    if started.status in TERMINAL:
+        log.info("report %s already %s; message acknowledged", message.id, started.status.value)
+        return "ignored"
+    attempt = int(started.entity.get("attempts", 1))
+    try:
+        outcome = _run(storage, settings, message)
+    except PermanentFailure as failure:
+        _finish(storage, message, Status.FAILED, errors=[failure.issue.model_dump()], delivery=failure.delivery)
+        log.warning("report %s failed permanently: %s", message.id, failure.issue.code)
+        return Status.FAILED.value
+    except Exception as exc:
+        last_try = dequeue_count >= settings.max_dequeue_count
+        _record_exception(storage, message, attempt, exc, last_try)
+        log.warning(
+            "report %s: try %d (dequeue %d/%d) failed with %s%s",
+            message.id, attempt, dequeue_count, settings.max_dequeue_count, type(exc).__name__,
+            "; marked failed" if last_try else "; the host will retry",
+        )
+        raise
+    log.info("report %s %s", message.id, outcome.value)
+    return outcome.value
+
+
+def _start_attempt(row: status.Row) -> dict | None:
+    if row.status in TERMINAL:
+        return None
+    return {"status": Status.PROCESSING, "attempts": int(row.entity.get("attempts", 0)) + 1}
+
+
+def _run(storage: Storage, settings: Settings, message: QueueMessage) -> Status:
+    raw = _download(storage, message)
+    parsed = _parse(raw, message)
+    del raw
+    try:
+        if parsed.counts.accepted == 0:
+            _finish(
+                storage, message, Status.REJECTED, items=parsed.counts,
+                errors=parsed.errors.listed(), warnings=parsed.warnings.listed(),
+            )
+            return Status.REJECTED
+        parsed.results.seek(0)
+        storage.container.upload_blob(
+            result_blob_name(message.sender, message.id), parsed.results, length=parsed.results_size, overwrite=True
+        )
+        delivery = _deliver(settings, message, parsed) if settings.delivery_url else None
+        _finish(
+            storage, message, Status.PROCESSED, items=parsed.counts,
+            errors=parsed.errors.listed(), warnings=parsed.warnings.listed(), delivery=delivery,
+        )
+        return Status.PROCESSED
+    finally:
+        parsed.results.close()
+
+
+def _download(storage: Storage, message: QueueMessage) -> bytes:
+    try:
+        raw = storage.container.download_blob(message.blob).readall()
+    except ResourceNotFoundError:
+        raise PermanentFailure("report.raw_missing", "The stored report body is missing.") from None
+    if hashlib.sha256(raw).hexdigest() != message.sha256:
+        raise PermanentFailure("report.digest_mismatch", "The stored report body does not match its SHA-256.")
+    return raw
+
+
+def _parse(raw: bytes, message: QueueMessage) -> Parsed:
+    """One pass over the items: accepted ones are spooled as NDJSON, issues collected and capped."""
+    errors, warnings = IssueList(), IssueList()
+    accepted = rejected = 0
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    size = 0
+    try:
+        for result in parse_report(raw, message.content_type, message.id):
+            if accepted + rejected >= MAX_ITEMS:
+                raise ContentError("report.too_many_items", f"The report has more than {MAX_ITEMS} items.")
+            errors.add(result.errors)
+            warnings.add(result.warnings)
+            if result.item is None:
+                rejected += 1
+                continue
+            accepted += 1
+            line = result.item.model_dump_json().encode("utf-8") + b"\n"
+            spool.write(line)
+            size += len(line)
+    except ContentError as exc:
+        spool.truncate(0)
+        report_errors = IssueList()
+        report_errors.add([exc.issue])
+        return Parsed(ItemCounts(total=accepted + rejected, accepted=0, rejected=accepted + rejected),
+                      report_errors, warnings, spool, 0)
+    if accepted + rejected == 0:
+        errors.add([Issue(scope="report", code="report.no_items", message="The report holds no items.")])
+    return Parsed(ItemCounts(total=accepted + rejected, accepted=accepted, rejected=rejected), errors, warnings, spool, size)
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    stream.seek(0)
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def _deliver(settings: Settings, message: QueueMessage, parsed: Parsed) -> Delivery:
+    assert settings.delivery_url
+    try:
+        code = deliver(
+            settings.delivery_url, message.id, _chunks(parsed.results), parsed.results_size,
+            settings.delivery_timeout_seconds,
+        )
+    except DeliveryError as exc:
+        if exc.transient:
+            raise
+        refused = Delivery(status="failed", at=now_iso(), http_status=exc.http_status)
+        raise PermanentFailure("delivery.refused", str(exc), delivery=refused) from None
+    return Delivery(status="delivered", at=now_iso(), http_status=code)
+
+
+def _finish(
+    storage: Storage,
+    message: QueueMessage,
+    outcome: Status,
+    items: ItemCounts | None = None,
+    errors: list[dict] | None = None,
+    warnings: list[dict] | None = None,
+    delivery: Delivery | None = None,
+) -> None:
+    changes: dict[str, object] = {"status": outcome, "completed_at": now_iso(), "errors": errors or [],
+                                  "warnings": warnings or []}
+    if items is not None:
+        changes["items"] = items.model_dump()
+    if delivery is not None:
+        changes["delivery"] = delivery.model_dump()
+
+    def change(row: status.Row) -> dict | None:
+        return None if row.status in TERMINAL else changes
+
+    status.update(storage.reports, message.sender, message.id, change)
+
+
+def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc: Exception, last_try: bool) -> None:
+    entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__, message=str(exc)[:300])
+
+    def change(row: status.Row) -> dict | None:
+        if row.status in TERMINAL:
+            return None
+        record = row.record()
+        changes: dict[str, object] = {"exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()]}
+        if isinstance(exc, DeliveryError):
+            changes["delivery"] = Delivery(
+                status="failed" if last_try else "pending", at=entry.at, http_status=exc.http_status
+            ).model_dump()
+        if last_try:
+            changes["status"] = Status.FAILED
+            changes["completed_at"] = entry.at
+        return changes
+
+    try:
+        status.update(storage.reports, message.sender, message.id, change)
+    except Exception as record_exc:  # the original failure matters more; the host retries either way
+        log.warning("report %s: could not record the failed try: %s", message.id, type(record_exc).__name__)

@@ -1,0 +1,157 @@
+"""Report statuses, the transitions allowed between them, and the status row in table `reports`.
+
+The row is the source of truth. Every change is an ETag-conditional write, so concurrent writers (ingest marking
+`queued`, a processor, an operator's replay) never overwrite each other blindly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.clock import now_iso
+from shared.models import StatusRecord
+
+
+class Status(str, Enum):
+    RECEIVED = "received"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Status.PROCESSED, Status.REJECTED, Status.FAILED})
+
+# received -> processing happens when the processor wins the race against ingest marking the row `queued`.
+# processing -> processing is a redelivery after a crash. failed -> queued is an operator's replay.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.RECEIVED: frozenset({Status.QUEUED, Status.PROCESSING}),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING}),
+    Status.PROCESSING: frozenset({Status.PROCESSING, Status.QUEUED, *TERMINAL}),
+    Status.PROCESSED: frozenset(),
+    Status.REJECTED: frozenset(),
+    Status.FAILED: frozenset({Status.QUEUED}),
+}
+
+# Fields stored as JSON text in the row (table properties are scalars).
+JSON_FIELDS = ("items", "errors", "warnings", "exceptions", "delivery")
+RECORD_FIELDS = tuple(StatusRecord.model_fields)
+
+
+class TransitionError(RuntimeError):
+    """A status change the lifecycle does not allow."""
+
+
+class ConcurrentUpdate(RuntimeError):
+    """The row kept changing under us; the caller should retry later."""
+
+
+def can_move(current: Status | str, new: Status | str) -> bool:
+    return Status(new) in TRANSITIONS[Status(current)]
+
+
+@dataclass
+class Row:
+    """A status row as read, with the ETag that guards the next write."""
+
+    entity: dict
+    etag: str
+
+    @property
+    def status(self) -> Status:
+        return Status(self.entity["status"])
+
+    @property
+    def sender(self) -> str:
+        return str(self.entity["PartitionKey"])
+
+    @property
+    def id(self) -> str:
+        return str(self.entity["RowKey"])
+
+    def record(self) -> StatusRecord:
+        return entity_to_record(self.entity)
+
+
+def new_entity(record: StatusRecord, blob: str) -> dict:
+    entity = record_to_entity(record)
+    entity["blob"] = blob
+    return entity
+
+
+def record_to_entity(record: StatusRecord) -> dict:
+    data = record.model_dump(mode="json")
+    entity: dict[str, object] = {"PartitionKey": data.pop("sender"), "RowKey": data.pop("id")}
+    for name, value in data.items():
+        entity[name] = json.dumps(value, separators=(",", ":")) if name in JSON_FIELDS else value
+    return {k: v for k, v in entity.items() if v is not None}
+
+
+def entity_to_record(entity: dict) -> StatusRecord:
+    data = {name: entity.get(name) for name in RECORD_FIELDS if name in entity}
+    data["id"] = entity["RowKey"]
+    data["sender"] = entity["PartitionKey"]
+    for name in JSON_FIELDS:
+        if isinstance(entity.get(name), str):
+            data[name] = json.loads(entity[name])
+    return StatusRecord.model_validate(data)
+
+
+def read(table: TableClient, sender: str, report_id: str) -> Row | None:
+    try:
+        entity = table.get_entity(sender, report_id)
+    except ResourceNotFoundError:
+        return None
+    return Row(dict(entity), entity.metadata["etag"])
+
+
+def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
+    """Merge `changes` into the row if nobody changed it since it was read; raises ResourceModifiedError if so."""
+    new_status = changes.get("status")
+    if new_status is not None and not can_move(row.status, new_status):
+        raise TransitionError(f"{row.status.value} -> {Status(new_status).value} is not allowed")
+    patch: dict[str, object] = {"PartitionKey": row.sender, "RowKey": row.id, "updated_at": now_iso()}
+    for name, value in changes.items():
+        if isinstance(value, Status):
+            value = value.value
+        if name in JSON_FIELDS:
+            value = json.dumps(value, separators=(",", ":"))
+        patch[name] = value
+    metadata = table.update_entity(
+        patch, mode=UpdateMode.MERGE, etag=row.etag, match_condition=MatchConditions.IfNotModified
+    )
+    merged = {**row.entity, **patch}
+    return Row(merged, metadata["etag"])
+
+
+def update(
+    table: TableClient,
+    sender: str,
+    report_id: str,
+    change: Callable[[Row], dict[str, object] | None],
+    attempts: int = 8,
+) -> Row | None:
+    """Read-modify-write with retry on conflict. `change` returns the fields to merge, or None to leave the row.
+
+    Returns the row as written (or as read, when `change` declined), or None when the row does not exist.
+    """
+    for _ in range(attempts):
+        row = read(table, sender, report_id)
+        if row is None:
+            return None
+        changes = change(row)
+        if changes is None:
+            return row
+        try:
+            return write(table, row, changes)
+        except ResourceModifiedError:
+            continue
+    raise ConcurrentUpdate(f"report {report_id} kept changing; gave up after {attempts} tries")

@@ -1,0 +1,127 @@
+"""Storage names (DESIGN section 3) and the clients for them, created once per process and reused."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import (
+    BinaryBase64DecodePolicy,
+    QueueClient,
+    QueueServiceClient,
+    TextBase64EncodePolicy,
+)
+
+from shared.config import get_settings
+
+CONTAINER = "reports"
+REPORTS_TABLE = "reports"
+SENDERS_TABLE = "senders"
+IDEMPOTENCY_TABLE = "idempotency"
+QUEUE = "reports"
+POISON_QUEUE = "reports-poison"
+
+# Fail fast: the sender is told 503 + Retry-After and retries, which beats holding its connection for a minute
+# of SDK back-off while storage is down.
+CLIENT_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 3, "read_timeout": 60}
+
+
+def raw_blob_name(sender: str, report_id: str) -> str:
+    return f"raw/{sender}/{report_id}"
+
+
+def result_blob_name(sender: str, report_id: str) -> str:
+    return f"results/{sender}/{report_id}.ndjson"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Storage trouble worth retrying (unavailable, throttled, timed out), as opposed to a logic error."""
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, (ResourceNotFoundError, ResourceExistsError, ClientAuthenticationError)):
+        return False
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, AzureError) and (status is None or status >= 500 or status in (408, 429))
+
+
+@dataclass
+class Storage:
+    """Every client the app uses, bound to one storage account."""
+
+    container: ContainerClient
+    reports: TableClient
+    senders: TableClient
+    idempotency: TableClient
+    queue: QueueClient
+    poison: QueueClient
+    tables: TableServiceClient
+
+    @classmethod
+    def from_connection_string(cls, conn: str) -> "Storage":
+        blobs = BlobServiceClient.from_connection_string(conn, **CLIENT_OPTIONS)
+        tables = TableServiceClient.from_connection_string(conn, **CLIENT_OPTIONS)
+        queues = QueueServiceClient.from_connection_string(conn, **CLIENT_OPTIONS)
+
+        def queue(name: str) -> QueueClient:
+            # The Functions host reads base64 by default (host.json messageEncoding), so write base64.
+            return queues.get_queue_client(
+                name, message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=BinaryBase64DecodePolicy()
+            )
+
+        return cls(
+            container=blobs.get_container_client(CONTAINER),
+            reports=tables.get_table_client(REPORTS_TABLE),
+            senders=tables.get_table_client(SENDERS_TABLE),
+            idempotency=tables.get_table_client(IDEMPOTENCY_TABLE),
+            queue=queue(QUEUE),
+            poison=queue(POISON_QUEUE),
+            tables=tables,
+        )
+
+    def ensure(self) -> None:
+        """Create the container, tables and queues if missing (idempotent)."""
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            pass
+        for table in (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE):
+            self.tables.create_table_if_not_exists(table)
+        for q in (self.queue, self.poison):
+            try:
+                q.create_queue()
+            except ResourceExistsError:
+                pass
+
+
+_ensure_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _storage(conn: str) -> Storage:
+    return Storage.from_connection_string(conn)
+
+
+_ensured: set[str] = set()
+
+
+def get_storage() -> Storage:
+    """The process-wide clients; resources are created on first use and the result remembered."""
+    conn = get_settings().storage_connection
+    storage = _storage(conn)
+    if conn not in _ensured:
+        with _ensure_lock:
+            if conn not in _ensured:
+                storage.ensure()
+                _ensured.add(conn)
+    return storage

@@ -1,0 +1,23 @@
+"""The work signal: the small queue message that tells a processor a stored report awaits it."""
+
+from __future__ import annotations
+
+from shared import status
+from shared.models import QueueMessage
+from shared.storage import Storage, raw_blob_name
+
+
+def message_for(row: status.Row) -> QueueMessage:
+    entity = row.entity
+    return QueueMessage(
+        id=row.id,
+        sender=row.sender,
+        blob=str(entity.get("blob") or raw_blob_name(row.sender, row.id)),
+        sha256=str(entity["sha256"]),
+        content_type=str(entity["content_type"]),
+    )
+
+
+def send(storage: Storage, row: status.Row) -> None:
+    """Enqueue the report's message; it never expires, since a report must not be lost to a TTL."""
+    storage.queue.send_message(message_for(row).model_dump_json(), time_to_live=-1)
