@@ -1,0 +1,119 @@
+"""Helpers for tests of the real app: a running service (Azurite + devhost), senders, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from devhost.azurite import REPO_ROOT, Azurite
+from devhost.process import DevHostProcess
+
+SAMPLES = Path(__file__).parent / "samples"
+EXAMPLES = REPO_ROOT / "docs" / "examples"
+T = TypeVar("T")
+
+# Short host timings so that retry and poison paths run in seconds (the real host allows the same overrides).
+FAST_HOST = {
+    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00.500",
+    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+}
+
+
+def app_env(connection_string: str, **extra: str) -> dict[str, str]:
+    """Every setting the app reads, explicitly, so a developer's local.settings.json cannot leak into a test."""
+    env = {
+        "AzureWebJobsStorage": connection_string,
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "MAX_REPORT_BYTES": "50000000",
+        "DELIVERY_URL": "",
+        "PUBLIC_BASE_URL": "",
+        "RECONCILE_AFTER_SECONDS": "60",
+        **FAST_HOST,
+    }
+    env.update(extra)
+    return env
+
+
+def admin(connection_string: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `python -m shared.admin ...` as an operator would."""
+    env = {**os.environ, "AzureWebJobsStorage": connection_string}
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.admin", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"admin {args} failed ({done.returncode}): {done.stderr}")
+    return done
+
+
+def add_sender(connection_string: str, name: str) -> str:
+    return json.loads(admin(connection_string, "senders", "add", name).stdout)["key"]
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 60.0, every: float = 0.1) -> T:
+    """Call `fetch` until `done(result)`, or fail after `timeout` seconds with the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s; last result: {result!r}")
+        time.sleep(every)
+
+
+TERMINAL = {"processed", "rejected", "failed"}
+
+
+@dataclass
+class Service:
+    """The app under devhost against an Azurite, with HTTP clients per sender."""
+
+    azurite: Azurite
+    host: DevHostProcess
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.host.url
+
+    @property
+    def conn(self) -> str:
+        return self.azurite.connection_string
+
+    def sender(self, name: str) -> str:
+        if name not in self.keys:
+            self.keys[name] = add_sender(self.conn, name)
+        return self.keys[name]
+
+    def client(self, sender: str | None = None, timeout: float = 30.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.sender(sender)}"} if sender else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def post(self, sender: str, body: bytes, content_type: str, **headers: str) -> httpx.Response:
+        with self.client(sender) as client:
+            return client.post("/api/reports", content=body, headers={"Content-Type": content_type, **headers})
+
+    def report(self, sender: str, report_id: str) -> httpx.Response:
+        with self.client(sender) as client:
+            return client.get(f"/api/reports/{report_id}")
+
+    def wait_terminal(self, sender: str, report_id: str, timeout: float = 60.0) -> dict:
+        response = poll(lambda: self.report(sender, report_id), lambda r: r.status_code == 200, timeout)
+        record = response.json()
+        assert record["status"] in TERMINAL
+        return record
+
+
+def start_service(azurite: Azurite, start_devhost: Callable[..., DevHostProcess], **env: str) -> Service:
+    host = start_devhost(REPO_ROOT, env=app_env(azurite.connection_string, **env))
+    return Service(azurite, host)

@@ -1,0 +1,152 @@
+"""The report lifecycle through devhost: processor stopped, storage down, retries, poison, replay, reconcile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
+
+from devhost.azurite import Azurite
+from devhost.process import DevHostProcess
+from tests.downstream import Downstream
+from tests.service import EXAMPLES, Service, admin, poll, start_service
+
+CSV = (EXAMPLES / "report.csv").read_bytes()
+HL7 = (EXAMPLES / "report.hl7").read_bytes()
+DISABLE_PROCESSOR = {"AzureWebJobs.process_queue.Disabled": "true"}
+
+
+@pytest.fixture
+def fresh_azurite() -> Iterator[Azurite]:
+    """A clean in-memory Azurite per test, so queue and poison counts are this test's alone."""
+    with Azurite() as azurite:
+        yield azurite
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    server = Downstream().start()
+    yield server
+    server.stop()
+
+
+def poison_bodies(conn: str) -> list[bytes]:
+    queue = QueueClient.from_connection_string(conn, "reports-poison", message_decode_policy=BinaryBase64DecodePolicy())
+    return [m.content for m in queue.peek_messages(max_messages=32)]
+
+
+def test_reports_wait_while_the_processor_is_disabled(
+    fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
+) -> None:
+    service = start_service(fresh_azurite, start_devhost, **DISABLE_PROCESSOR)
+    ids = [service.post("lab-a", CSV, "text/csv").json()["id"] for _ in range(5)]
+    for report_id in ids:
+        pending = service.report("lab-a", report_id)
+        assert pending.status_code == 202
+        assert pending.json()["status"] == "queued"
+        assert int(pending.headers["retry-after"]) >= 1
+    assert httpx.get(service.url + "/api/health").json()["queue_depth"] == 5
+    service.host.stop()
+
+    service = Service(fresh_azurite, start_service(fresh_azurite, start_devhost).host, service.keys)
+    for report_id in ids:
+        assert service.wait_terminal("lab-a", report_id)["status"] == "processed"
+
+
+def test_storage_down_means_503_and_nothing_acknowledged(
+    persistent_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
+) -> None:
+    service = start_service(persistent_azurite, start_devhost)
+    accepted = service.post("lab-a", CSV, "text/csv")
+    assert accepted.status_code == 202
+    persistent_azurite.stop()
+
+    down = service.post("lab-a", CSV, "text/csv")
+    assert down.status_code == 503, down.text
+    assert down.headers["content-type"].startswith("application/problem+json")
+    assert int(down.headers["retry-after"]) >= 1
+    assert httpx.get(service.url + "/api/health").status_code == 503
+
+    persistent_azurite.start()
+    assert service.wait_terminal("lab-a", accepted.json()["id"])["status"] == "processed"
+    with service.client("lab-a") as client:
+        listed = client.get("/api/reports").json()["reports"]
+    assert [r["id"] for r in listed] == [accepted.json()["id"]]
+
+
+def test_missing_raw_blob_fails_permanently(
+    fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
+) -> None:
+    service = start_service(fresh_azurite, start_devhost, **DISABLE_PROCESSOR)
+    report_id = service.post("lab-a", CSV, "text/csv").json()["id"]
+    BlobServiceClient.from_connection_string(service.conn).get_container_client("reports").delete_blob(
+        f"raw/lab-a/{report_id}"
+    )
+    service.host.stop()
+    service = Service(fresh_azurite, start_service(fresh_azurite, start_devhost).host, service.keys)
+    record = service.wait_terminal("lab-a", report_id)
+    assert record["status"] == "failed"
+    assert record["attempts"] == 1
+    assert [e["code"] for e in record["errors"]] == ["report.raw_missing"]
+
+
+def test_transient_failures_retry_then_fail_then_replay(
+    fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess], downstream: Downstream
+) -> None:
+    downstream.default = 503
+    service = start_service(fresh_azurite, start_devhost, DELIVERY_URL=downstream.url)
+    report_id = service.post("lab-a", HL7, "application/hl7-v2").json()["id"]
+
+    record = service.wait_terminal("lab-a", report_id)
+    assert record["status"] == "failed"
+    assert record["attempts"] == 5
+    assert [e["attempt"] for e in record["exceptions"]] == [1, 2, 3, 4, 5]
+    assert record["delivery"]["status"] == "failed" and record["delivery"]["http_status"] == 503
+    assert downstream.keys() == [report_id] * 5
+    poisoned = poll(lambda: poison_bodies(service.conn), lambda bodies: len(bodies) == 1, timeout=30)
+    assert report_id.encode() in poisoned[0]
+
+    listed = admin(service.conn, "poison", "list").stdout
+    assert report_id in listed and "failed" in listed
+
+    downstream.default = 200
+    replay = admin(service.conn, "poison", "replay", "--all")
+    assert report_id in replay.stdout
+    record = service.wait_terminal("lab-a", report_id)
+    assert record["status"] == "processed"
+    assert record["delivery"]["status"] == "delivered"
+    assert len(record["exceptions"]) == 5, "earlier tries stay in the record"
+    assert record["attempts"] == 6
+    assert poison_bodies(service.conn) == []
+    bodies = {r.body for r in downstream.received}
+    assert len(bodies) == 1, "every try carries byte-identical content"
+
+
+def test_downstream_refusal_is_permanent(
+    fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess], downstream: Downstream
+) -> None:
+    downstream.default = 400
+    service = start_service(fresh_azurite, start_devhost, DELIVERY_URL=downstream.url)
+    report_id = service.post("lab-a", CSV, "text/csv").json()["id"]
+    record = service.wait_terminal("lab-a", report_id)
+    assert record["status"] == "failed"
+    assert record["attempts"] == 1
+    assert record["delivery"] == {"status": "failed", "at": record["delivery"]["at"], "http_status": 400}
+    assert [e["code"] for e in record["errors"]] == ["delivery.refused"]
+
+    # Replay by id works with no poison message at all.
+    downstream.default = 200
+    admin(service.conn, "poison", "replay", "--id", report_id)
+    record = service.wait_terminal("lab-a", report_id)
+    assert record["status"] == "processed" and record["delivery"]["status"] == "delivered"
+
+
+def test_replay_refuses_finished_reports(fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]) -> None:
+    service = start_service(fresh_azurite, start_devhost)
+    report_id = service.post("lab-a", CSV, "text/csv").json()["id"]
+    service.wait_terminal("lab-a", report_id)
+    done = admin(service.conn, "poison", "replay", "--id", report_id, check=False)
+    assert done.returncode == 2 and "processed" in done.stderr

@@ -1,0 +1,155 @@
+"""Unit tests of the core: settings, the status lifecycle, the HL7 ACK, and functions called through main()."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import azure.functions as func
+import pytest
+
+from azure.functions.timer import TimerRequest
+
+from devhost.azurite import Azurite
+from shared import config, hl7_ack, senders, status
+from shared.config import DEVELOPMENT_STORAGE, SettingsError, load_settings
+from shared.status import Status
+from shared.storage import Storage, get_storage
+from tests.service import EXAMPLES
+
+CSV = (EXAMPLES / "report.csv").read_bytes()
+
+
+@pytest.fixture
+def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
+    """The app's settings pointed at the session Azurite, as the host would set them."""
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config.get_settings.cache_clear()
+    yield get_storage()
+    config.get_settings.cache_clear()
+
+
+# --- settings ----------------------------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_development_storage() -> None:
+    settings = load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert settings.storage_connection == DEVELOPMENT_STORAGE
+    assert settings.max_report_bytes == 50_000_000
+    assert settings.delivery_url is None and settings.public_base_url is None
+    assert settings.max_dequeue_count == 5  # from host.json
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [({}, "AzureWebJobsStorage"), ({"MAX_REPORT_BYTES": "lots"}, "MAX_REPORT_BYTES"),
+     ({"MAX_REPORT_BYTES": "-1"}, "MAX_REPORT_BYTES"), ({"DELIVERY_URL": "ftp://x"}, "DELIVERY_URL"),
+     ({"PUBLIC_BASE_URL": "intake.example"}, "PUBLIC_BASE_URL")],
+)
+def test_bad_setting_fails_naming_it(env: dict, named: str) -> None:
+    base = {} if named == "AzureWebJobsStorage" else {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    with pytest.raises(SettingsError, match=named):
+        load_settings({**base, **env})
+
+
+def test_max_dequeue_count_follows_the_host_override() -> None:
+    env = {"AzureWebJobsStorage": "x", "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "3"}
+    assert load_settings(env).max_dequeue_count == 3
+
+
+# --- lifecycle ---------------------------------------------------------------------------------------------------
+
+
+def test_transitions() -> None:
+    assert status.can_move(Status.RECEIVED, Status.QUEUED)
+    assert status.can_move(Status.QUEUED, Status.PROCESSING)
+    assert status.can_move(Status.PROCESSING, Status.FAILED)
+    assert status.can_move(Status.FAILED, Status.QUEUED)  # replay
+    for terminal in (Status.PROCESSED, Status.REJECTED):
+        assert not any(status.can_move(terminal, s) for s in Status)
+    assert not status.can_move(Status.RECEIVED, Status.PROCESSED)
+
+
+def test_write_refuses_a_forbidden_transition_and_a_stale_etag(app: Storage) -> None:
+    from azure.core.exceptions import ResourceModifiedError
+
+    entity = {"PartitionKey": "unit", "RowKey": "01KAAAAAAAAAAAAAAAAAAAAAAA", "status": "processed"}
+    app.reports.upsert_entity(entity)
+    row = status.read(app.reports, "unit", entity["RowKey"])
+    with pytest.raises(status.TransitionError):
+        status.write(app.reports, row, {"status": Status.QUEUED})
+    app.reports.upsert_entity({**entity, "status": "failed"})
+    stale = status.Row({**row.entity, "status": "failed"}, row.etag)
+    with pytest.raises(ResourceModifiedError):
+        status.write(app.reports, stale, {"status": Status.QUEUED})
+
+
+# --- HL7 commit ACK ----------------------------------------------------------------------------------------------
+
+
+def test_commit_ack_uses_the_senders_delimiters() -> None:
+    ack = hl7_ack.commit_ack(b"FHS|^~\\&\nBHS|^~\\&\nMSH$^~\\&$APP$FAC$$$20260101$$ORU^R01$ID-9$P$2.3\nPID$1\n")
+    assert ack is not None
+    msh, msa = ack.decode().strip("\r").split("\r")
+    assert msh.startswith("MSH$^~\\&$LAB-INTAKE$$APP$FAC$") and msh.endswith("$P$2.3")
+    assert msa == "MSA$CA$ID-9"
+    assert hl7_ack.commit_ack(b"no message here") is None
+
+
+# --- functions called through main() ----------------------------------------------------------------------------
+
+
+def _post(key: str, body: bytes, **headers: str) -> func.HttpResponse:
+    import ingest_http
+
+    request = func.HttpRequest(
+        "POST", "http://localhost:7071/api/reports", body=body,
+        headers={"authorization": f"Bearer {key}", "content-type": "text/csv", **headers},
+    )
+    return ingest_http.main(request)
+
+
+def test_ingest_main_stores_then_enqueues(app: Storage) -> None:
+    key = senders.add(app.senders, "unit-ingest")
+    response = _post(key, CSV)
+    assert response.status_code == 202
+    body = json.loads(response.get_body())
+    row = status.read(app.reports, "unit-ingest", body["id"])
+    assert row is not None and row.status in (Status.QUEUED, Status.PROCESSING)
+    assert app.container.download_blob(f"raw/unit-ingest/{body['id']}").readall() == CSV
+
+
+def test_public_base_url_wins(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://intake.health.example/")
+    config.get_settings.cache_clear()
+    key = senders.add(app.senders, "unit-base")
+    response = _post(key, CSV, **{"x-forwarded-host": "other.example"})
+    assert response.headers["Location"].startswith("https://intake.health.example/api/reports/")
+
+
+def test_reconcile_timer_enqueues_received_reports_once(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between 'blob + row written' and 'message enqueued' leaves a `received` row: the timer sends it."""
+    import reconcile_timer
+    from shared import intake, work
+
+    monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
+    config.get_settings.cache_clear()
+    key = senders.add(app.senders, "unit-reconcile")
+
+    def crash(storage: Storage, row: status.Row) -> None:
+        raise intake.AzureError("queue unavailable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(work, "send", crash)
+        assert _post(key, CSV).status_code == 503
+    stuck = list(app.reports.query_entities("PartitionKey eq 'unit-reconcile'"))
+    assert [e["status"] for e in stuck] == ["received"]
+
+    app.queue.clear_messages()
+    reconcile_timer.main(TimerRequest())
+    reconcile_timer.main(TimerRequest())  # the row is `queued` now: not sent twice
+    messages = [json.loads(m.content) for m in app.queue.receive_messages(max_messages=32)]
+    assert [m["id"] for m in messages] == [stuck[0]["RowKey"]]
+    assert status.read(app.reports, "unit-reconcile", stuck[0]["RowKey"]).status == Status.QUEUED
