@@ -9,6 +9,7 @@ import pytest
 
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
+from tests.service import FAULT_LINES
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(FAULT_LINES, [])
+    if lines:
+        terminalreporter.section("fault scenarios: reports sent / acknowledged / terminal / lost")
+        for line in lines:
+            terminalreporter.write_line(line)

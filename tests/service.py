@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import pytest
 
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
@@ -20,6 +21,8 @@ from devhost.process import DevHostProcess
 SAMPLES = Path(__file__).parent / "samples"
 EXAMPLES = REPO_ROOT / "docs" / "examples"
 T = TypeVar("T")
+# Lines the fault scenarios leave for the end-of-run summary (see conftest's pytest_terminal_summary).
+FAULT_LINES = pytest.StashKey[list]()
 
 # Short host timings so that retry and poison paths run in seconds (the real host allows the same overrides).
 FAST_HOST = {
@@ -67,7 +70,8 @@ def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 60.
         if done(result):
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout}s; last result: {result!r}")
+            shown = f"{result!r}: {result.text[:2000]}" if isinstance(result, httpx.Response) else repr(result)[:2000]
+            raise AssertionError(f"gave up after {timeout}s; last result: {shown}")
         time.sleep(every)
 
 

@@ -1,0 +1,1 @@
+"""Not used: scriptFile and entryPoint point elsewhere."""

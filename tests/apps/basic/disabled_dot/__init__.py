@@ -1,0 +1,5 @@
+import azure.functions as func
+
+
+def main(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("running")

@@ -1,0 +1,7 @@
+import azure.functions as func
+
+from tests.apps.events import record
+
+
+def main(timer: func.TimerRequest) -> None:
+    record("t_setting", past_due=timer.past_due)
