@@ -1,0 +1,161 @@
+"""CSV reports: a header row naming the columns (any order), then one item per data row, streamed line by line."""
+
+from __future__ import annotations
+
+import csv as _csv
+import re
+from collections.abc import Iterator
+
+from shared.formats import ContentError, ItemResult
+from shared.formats._dates import iso_from_text
+from shared.models import Issue, NormalisedItem
+
+REQUIRED = ("patient_id", "test_code", "result", "specimen_collected_at")
+OPTIONAL = ("message_id", "patient_state", "test_name", "result_units", "performing_facility")
+_KNOWN = frozenset(REQUIRED + OPTIONAL)
+# One physical line with its terminator; \r\n, \r and \n all end a line (the csv module wants them kept).
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class _Lines:
+    """Decode the body one physical line at a time (no second copy of it) and remember lines that were not UTF-8."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._matches = _LINE.finditer(raw, len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0)
+        self.count = 0
+        self._bad: int | None = None
+
+    def take_bad(self) -> int | None:
+        """The first non-UTF-8 line read since the last call, if any (lines are read strictly in order)."""
+        bad, self._bad = self._bad, None
+        return bad
+
+    def __iter__(self) -> Iterator[str]:
+        for match in self._matches:
+            self.count += 1
+            line = match.group()
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                if self._bad is None:
+                    self._bad = self.count
+                yield line.decode("utf-8", errors="replace")
+
+
+def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
+    """Yield one ItemResult per non-blank data row; a missing required column rejects the whole report."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ContentError("csv.encoding", "the CSV is UTF-16; send it as UTF-8")
+    lines = _Lines(raw)
+    # strict: a stray quote ("b"c) is reported as csv.parse instead of silently merging cells.
+    reader = _csv.reader(iter(lines), strict=True)
+    columns = _header(reader, lines)
+    if columns is None:
+        return  # empty body or blank lines only: no items
+    index = 0
+    while True:
+        first_line = lines.count + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except _csv.Error as exc:
+            # csv's messages describe the syntax problem, never the cell contents.
+            lines.take_bad()
+            yield _failed(index, "csv.parse", f"lines {first_line}-{lines.count}: {exc}")
+            index += 1
+            continue
+        if not any(cell.strip() for cell in row):
+            lines.take_bad()
+            continue  # blank lines and ",,,," rows spreadsheets leave behind are not data
+        bad = lines.take_bad()
+        if bad is not None:
+            yield _failed(index, "csv.encoding", f"line {bad} is not valid UTF-8")
+        else:
+            yield _row(row, columns, index, first_line, report_id)
+        index += 1
+
+
+def _header(reader: Iterator[list[str]], lines: _Lines) -> list[str] | None:
+    """Read the header (skipping leading blank lines) and check the required columns are there, once each."""
+    try:
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    except _csv.Error as exc:
+        raise ContentError("csv.parse", f"the header row cannot be read: {exc}") from None
+    if header is None:
+        return None
+    if lines.take_bad() is not None:
+        raise ContentError("csv.encoding", "the header row is not valid UTF-8")
+    # Matching is case-insensitive and ignores surrounding spaces: "Patient_ID " is the patient_id column.
+    columns = [name.strip().lower() if name.strip().lower() in _KNOWN else name.strip() for name in header]
+    named = [c for c in columns if c]
+    duplicates = sorted({c for c in named if named.count(c) > 1})
+    if duplicates:
+        raise ContentError("csv.duplicate_column", f"duplicate column(s) in the header: {', '.join(duplicates)}"[:300])
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        hint = " (the header looks semicolon-separated; use commas)" if len(header) == 1 and ";" in header[0] else ""
+        raise ContentError(
+            "csv.missing_column", f"required column(s) missing: {', '.join(missing)}{hint}", field=missing[0]
+        )
+    return columns
+
+
+def _row(row: list[str], columns: list[str], index: int, line: int, report_id: str) -> ItemResult:
+    result = ItemResult(index=index, item=None)
+    values: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    for name, cell in zip(columns, row):
+        if name in _KNOWN:
+            values[name] = cell.strip()
+        elif name:
+            extra[name] = cell
+    if len(row) > len(columns):
+        result.warnings.append(
+            _issue(
+                index,
+                None,
+                "csv.extra_cells",
+                f"line {line}: {len(row) - len(columns)} cell(s) beyond the header were ignored",
+            )
+        )
+    for name in REQUIRED:
+        if not values.get(name):
+            result.errors.append(_issue(index, name, "csv.missing_value", f"line {line}: {name} is empty"))
+    collected = iso_from_text(values.get("specimen_collected_at", ""))
+    if values.get("specimen_collected_at") and collected is None:
+        result.errors.append(
+            _issue(
+                index,
+                "specimen_collected_at",
+                "csv.bad_date",
+                f"line {line}: specimen_collected_at is not an ISO 8601 date or date-time",
+            )
+        )
+    if result.errors or collected is None:
+        return result
+    result.item = NormalisedItem(
+        report_id=report_id,
+        item_index=index,
+        message_id=values.get("message_id") or f"{report_id}-{index}",
+        patient_id=values["patient_id"],
+        patient_state=values.get("patient_state") or None,
+        test_code=values["test_code"],
+        test_name=values.get("test_name") or None,
+        result=values["result"],
+        result_units=values.get("result_units") or None,
+        specimen_collected_at=collected,
+        performing_facility=values.get("performing_facility") or None,
+        source_format="csv",
+        extra=extra or None,
+    )
+    return result
+
+
+def _failed(index: int, code: str, message: str) -> ItemResult:
+    return ItemResult(index=index, item=None, errors=[_issue(index, None, code, message)])
+
+
+def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
+    return Issue(scope="item", index=index, field=field, code=code, message=message)
