@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
 from tests.service import FAULT_LINES
+
+if TYPE_CHECKING:
+    from shared.storage import Storage
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +35,20 @@ def persistent_azurite(tmp_path: Path) -> Iterator[Azurite]:
 @pytest.fixture
 def storage(azurite: Azurite) -> str:
     return azurite.connection_string
+
+
+@pytest.fixture
+def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator["Storage"]:
+    """The app's own settings and storage clients pointed at the session Azurite, as the host would set them."""
+    from shared import config
+    from shared.storage import get_storage
+
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config.get_settings.cache_clear()
+    yield get_storage()
+    config.get_settings.cache_clear()
 
 
 @pytest.fixture

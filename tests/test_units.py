@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import azure.functions as func
 import pytest
 
 from azure.functions.timer import TimerRequest
 
-from devhost.azurite import Azurite
 from shared import config, hl7_ack, senders, status
 from shared.config import DEVELOPMENT_STORAGE, SettingsError, load_settings
 from shared.status import Status
-from shared.storage import Storage, get_storage
+from shared.storage import Storage
 from tests.service import EXAMPLES
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
-
-
-@pytest.fixture
-def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
-    """The app's settings pointed at the session Azurite, as the host would set them."""
-    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
-    for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS"):
-        monkeypatch.delenv(name, raising=False)
-    config.get_settings.cache_clear()
-    yield get_storage()
-    config.get_settings.cache_clear()
 
 
 # --- settings ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Processing through process_queue.main(): outcomes, determinism, limits, and no crash on any body."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import process_queue
+from shared import intake, processing, status
+from shared.config import get_settings
+from shared.storage import Storage, result_blob_name
+from shared.work import message_for
+from tests.service import EXAMPLES
+
+CONTENT_TYPES = ["application/hl7-v2", "application/fhir+json", "application/fhir+ndjson", "text/csv"]
+CSV_HEADER = b"patient_id,test_code,result,specimen_collected_at\n"
+
+
+def submit(storage: Storage, body: bytes, content_type: str, sender: str = "unit-proc") -> str:
+    """Ingest (store + enqueue) as POST would, and return the report id."""
+    accepted = intake.accept(storage, get_settings(), intake.Submission(sender, body, content_type))
+    return accepted.record.id
+
+
+def run(storage: Storage, report_id: str, sender: str = "unit-proc", dequeue_count: int = 1) -> dict:
+    body = message_for(status.read(storage.reports, sender, report_id)).model_dump_json().encode()
+    process_queue.main(_Message(body, dequeue_count))
+    return status.read(storage.reports, sender, report_id).record().model_dump(mode="json")
+
+
+class _Message:
+    """What the host hands the function: the decoded body and the delivery count."""
+
+    def __init__(self, body: bytes, dequeue_count: int) -> None:
+        self._body, self.dequeue_count = body, dequeue_count
+
+    def get_body(self) -> bytes:
+        return self._body
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(min_size=1, max_size=2000), content_type=st.sampled_from(CONTENT_TYPES))
+def test_random_bodies_end_rejected_or_processed_never_failed(app: Storage, body: bytes, content_type: str) -> None:
+    record = run(app, submit(app, body, content_type))
+    assert record["status"] in {"rejected", "processed"}, record
+    if record["status"] == "rejected":
+        assert record["errors"], "a rejection says why"
+    assert record["exceptions"] == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.text(max_size=12), st.text(max_size=8), st.text(max_size=8),
+                               st.sampled_from(["2026-01-02", "2026-01-02T03:04:05Z", "bad", ""])), max_size=20))
+def test_structured_csv_never_fails(app: Storage, rows: list[tuple[str, str, str, str]]) -> None:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["patient_id", "test_code", "result", "specimen_collected_at"])
+    writer.writerows(rows)
+    record = run(app, submit(app, out.getvalue().encode("utf-8"), "text/csv"))
+    assert record["status"] in {"rejected", "processed"}
+    assert record["items"]["total"] == record["items"]["accepted"] + record["items"]["rejected"]
+
+
+def test_processing_twice_gives_byte_identical_results(app: Storage) -> None:
+    report_id = submit(app, (EXAMPLES / "report.hl7").read_bytes(), "application/hl7-v2")
+    run(app, report_id)
+    name = result_blob_name("unit-proc", report_id)
+    first = app.container.download_blob(name).readall()
+    # A redelivered message for a report mid-processing (the crash case) rewrites the same bytes.
+    row = status.read(app.reports, "unit-proc", report_id)
+    app.reports.update_entity({"PartitionKey": "unit-proc", "RowKey": report_id, "status": "processing"})
+    app.container.delete_blob(name)
+    run(app, report_id, dequeue_count=2)
+    assert app.container.download_blob(name).readall() == first
+    assert row is not None and json.loads(first.splitlines()[0])["report_id"] == report_id
+
+
+def test_message_for_a_finished_report_is_ignored(app: Storage) -> None:
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    done = run(app, report_id)
+    assert done["status"] == "processed" and done["attempts"] == 1
+    again = run(app, report_id, dequeue_count=1)
+    assert again == done
+
+
+def test_more_than_10000_items_is_rejected(app: Storage) -> None:
+    body = CSV_HEADER + b"".join(b"P%d,T1,pos,2026-01-01\n" % i for i in range(processing.MAX_ITEMS + 1))
+    record = run(app, submit(app, body, "text/csv"))
+    assert record["status"] == "rejected"
+    assert [e["code"] for e in record["errors"]] == ["report.too_many_items"]
+
+
+def test_exactly_10000_items_is_fine(app: Storage) -> None:
+    body = CSV_HEADER + b"".join(b"P%d,T1,pos,2026-01-01\n" % i for i in range(processing.MAX_ITEMS))
+    record = run(app, submit(app, body, "text/csv"))
+    assert record["status"] == "processed" and record["items"]["accepted"] == processing.MAX_ITEMS
+
+
+def test_errors_are_capped_at_100_with_a_count_of_the_rest(app: Storage) -> None:
+    body = CSV_HEADER + b"P0,T1,pos,2026-01-01\n" + b"".join(b"P%d,T1,pos,not-a-date\n" % i for i in range(150))
+    record = run(app, submit(app, body, "text/csv"))
+    assert record["status"] == "processed"
+    assert record["items"] == {"total": 151, "accepted": 1, "rejected": 150}
+    assert len(record["errors"]) == 101
+    assert record["errors"][-1]["code"] == "report.issues_truncated" and "50" in record["errors"][-1]["message"]
+
+
+def test_digest_mismatch_fails_permanently(app: Storage) -> None:
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    app.container.upload_blob(f"raw/unit-proc/{report_id}", b"tampered", overwrite=True)
+    record = run(app, report_id)
+    assert record["status"] == "failed" and [e["code"] for e in record["errors"]] == ["report.digest_mismatch"]
+
+
+def test_transient_failure_is_recorded_and_reraised_then_failed_on_the_last_try(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise ServiceRequestError("connection refused")
+
+    monkeypatch.setattr(processing, "_download", unavailable)
+    for attempt in (1, 2):
+        with pytest.raises(ServiceRequestError):
+            run(app, report_id, dequeue_count=attempt)
+    record = status.read(app.reports, "unit-proc", report_id).record()
+    assert record.status == "processing" and [e.attempt for e in record.exceptions] == [1, 2]
+    with pytest.raises(ServiceRequestError):
+        run(app, report_id, dequeue_count=5)
+    record = status.read(app.reports, "unit-proc", report_id).record()
+    assert record.status == "failed" and len(record.exceptions) == 3 and record.completed_at
