@@ -105,12 +105,15 @@ class Azurite:
             time.sleep(0.05)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
+        # In memory there is nothing to flush, and a graceful stop waits ~10 s for idle keep-alive connections.
+        # On disk, SIGTERM lets Azurite save what it holds.
+        sig = signal.SIGKILL if self.location is None else signal.SIGTERM
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:

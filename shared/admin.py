@@ -91,7 +91,7 @@ def cmd_poison_list(storage: Storage) -> int:
             f"inserted={stored.inserted_on.isoformat() if stored.inserted_on else '-'}",
         ]))
     for stored in seen:  # listing must not hide them
-        storage.poison.update_message(stored, pop_receipt=stored.pop_receipt, visibility_timeout=0)
+        storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
     print(f"{len(seen)} poison message(s)", file=sys.stderr)
     return 0
 
@@ -131,7 +131,7 @@ def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
             if message and message.id == args.id:
                 storage.poison.delete_message(stored)
             else:
-                storage.poison.update_message(stored, pop_receipt=stored.pop_receipt, visibility_timeout=0)
+                storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
     else:
         for stored, message in _poison_messages(storage, hide_seconds=300):
             if message is None:

@@ -81,7 +81,7 @@ def test_partly_bad_report_is_processed_with_item_errors(service: Service) -> No
 # --- authentication ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer "])
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer"])
 def test_missing_or_unknown_key_is_401_problem(service: Service, authorization: str | None) -> None:
     headers = {"Content-Type": "text/csv"}
     if authorization is not None:
@@ -102,6 +102,13 @@ def test_rotated_and_disabled_keys_are_refused(service: Service) -> None:
     assert post(new).status_code == 202
     admin(service.conn, "senders", "disable", "lab-rot")
     assert_problem(post(new), 401)
+    listed = [json.loads(line) for line in admin(service.conn, "senders", "list").stdout.splitlines()]
+    assert {"sender": "lab-rot", "enabled": False, "active_keys": 1}.items() <= next(
+        s for s in listed if s["sender"] == "lab-rot"
+    ).items()
+    assert all(len(line) < 200 and "lri_" not in line for line in map(json.dumps, listed)), "keys never listed"
+    again = admin(service.conn, "senders", "add", "lab-rot", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
     admin(service.conn, "senders", "enable", "lab-rot")
     assert post(new).status_code == 202
 
@@ -179,7 +186,7 @@ def test_location_honours_forwarded_headers(service: Service) -> None:
         "lab-a", CSV, "text/csv", **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "intake.example.org"}
     )
     assert response.headers["location"].startswith("https://intake.example.org/api/reports/")
-    bad = service.post("lab-a", CSV, "text/csv", **{"X-Forwarded-Host": "evil.example\r\nX: y"})
+    bad = service.post("lab-a", CSV, "text/csv", **{"X-Forwarded-Host": "evil.example/phish?x=1"})
     assert bad.headers["location"].startswith(service.url)
 
 

@@ -99,6 +99,11 @@ def test_response_status_headers_mimetype_charset(client):
     assert r.content == "créé".encode()
 
 
+def test_function_logging_goes_to_the_console(client, basic):
+    assert client.get("/api/custom").status_code == 201
+    assert "custom function logging reaches the console" in basic.logs()
+
+
 def test_context_parameter_and_named_http_output(client):
     r = client.get("/api/context")
     assert r.status_code == 202

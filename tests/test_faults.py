@@ -173,7 +173,7 @@ def test_storage_restarted_during_a_stream_of_posts(
     persistent_azurite: Azurite, start_devhost: Callable[..., DevHostProcess], tally: Callable[[str], Tally]
 ) -> None:
     t = tally("Azurite stopped and restarted during POSTs")
-    service = start_service(persistent_azurite, start_devhost)
+    service = start_service(persistent_azurite, start_devhost, DEVHOST_QUEUE_LOCK_SECONDS="3")
     service.sender("fault-storage")
     stop = threading.Event()
 

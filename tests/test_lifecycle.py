@@ -59,7 +59,9 @@ def test_reports_wait_while_the_processor_is_disabled(
 def test_storage_down_means_503_and_nothing_acknowledged(
     persistent_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
 ) -> None:
-    service = start_service(persistent_azurite, start_devhost)
+    # A message taken just as storage went away cannot be released; it comes back when its lease lapses
+    # (10 minutes on the real host), shortened here.
+    service = start_service(persistent_azurite, start_devhost, DEVHOST_QUEUE_LOCK_SECONDS="3")
     accepted = service.post("lab-a", CSV, "text/csv")
     assert accepted.status_code == 202
     persistent_azurite.stop()

@@ -1,0 +1,277 @@
+"""Find every `*/function.json`, import each function as the Python worker does, and invoke it with logging."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import inspect
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import azure.functions as func
+from azure.functions._abc import RetryContext, TraceContext  # not re-exported by azure.functions
+
+log = logging.getLogger("devhost")
+
+
+# The host's own words for an invocation through its HTTP front door or its admin API.
+HOST_API_REASON = "This function was programmatically called via the host APIs."
+
+
+class FunctionLoadError(Exception):
+    """The function cannot be indexed or imported; the host reports it and runs the others."""
+
+
+@dataclass
+class FunctionInfo:
+    name: str
+    directory: Path
+    config: dict[str, Any]
+
+    @property
+    def bindings(self) -> list[dict[str, Any]]:
+        return list(self.config.get("bindings") or [])
+
+    @property
+    def trigger(self) -> dict[str, Any]:
+        triggers = [b for b in self.bindings if str(b.get("type", "")).lower().endswith("trigger")]
+        if len(triggers) != 1:
+            raise FunctionLoadError(f"function '{self.name}' must have exactly one trigger binding, has {len(triggers)}")
+        return triggers[0]
+
+    @property
+    def trigger_type(self) -> str:
+        return str(self.trigger.get("type"))
+
+
+def discover(app_dir: Path) -> list[FunctionInfo]:
+    """Every folder of the app holding a function.json, in name order (as the host lists them)."""
+    found = []
+    for path in sorted(app_dir.glob("*/function.json")):
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
+        found.append(FunctionInfo(path.parent.name, path.parent, config))
+    return found
+
+
+class _Out(func.Out):
+    """The object a function gets for a named output binding (`func.Out[T]`)."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+
+    def set(self, val: Any) -> None:
+        self._value = val
+
+    def get(self) -> Any:
+        return self._value
+
+
+class _TraceContext(TraceContext):
+    def __init__(self) -> None:
+        self._parent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"
+
+    @property
+    def trace_state(self) -> str:
+        return ""
+
+    @property
+    def trace_parent(self) -> str:
+        return self._parent
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {}
+
+
+class _RetryContext(RetryContext):
+    @property
+    def retry_count(self) -> int:
+        return 0
+
+    @property
+    def max_retry_count(self) -> int:
+        return 0
+
+    @property
+    def exception(self) -> Any:
+        return None
+
+
+class InvocationContext(func.Context):
+    """The `context` parameter the worker passes when a function asks for one."""
+
+    _local = threading.local()
+
+    def __init__(self, invocation_id: str, fn: "LoadedFunction") -> None:
+        self._id, self._fn = invocation_id, fn
+
+    @property
+    def invocation_id(self) -> str:
+        return self._id
+
+    @property
+    def thread_local_storage(self) -> Any:
+        return self._local
+
+    @property
+    def function_name(self) -> str:
+        return self._fn.info.name
+
+    @property
+    def function_directory(self) -> str:
+        return str(self._fn.info.directory)
+
+    @property
+    def trace_context(self) -> TraceContext:
+        return _TraceContext()
+
+    @property
+    def retry_context(self) -> RetryContext:
+        return _RetryContext()
+
+
+@dataclass
+class Outcome:
+    """How one invocation ended; `started` is False when shutdown cancelled it before it ran."""
+
+    succeeded: bool
+    value: Any = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    started: bool = True
+
+
+class LoadedFunction:
+    """An imported function with what is needed to bind its parameters and call it."""
+
+    def __init__(self, info: FunctionInfo, app_dir: Path) -> None:
+        self.info = info
+        self.callable = _import_entry_point(info, app_dir)
+        self.is_async = inspect.iscoroutinefunction(self.callable)
+        params = inspect.signature(self.callable).parameters
+        self.annotations = {n: p.annotation for n, p in params.items()}
+        names = {str(b.get("name")) for b in info.bindings}
+        declared = set(params) - ({"context"} if "context" not in names else set())
+        self.wants_context = "context" in params and "context" not in names
+        missing_in_json = declared - names
+        missing_in_py = {n for n in names if n != "$return"} - set(params)
+        # The worker refuses exactly these mismatches when it indexes the function.
+        if missing_in_json:
+            raise FunctionLoadError(
+                f"the following parameters are declared in Python but not in function.json: {sorted(missing_in_json)}")
+        if missing_in_py:
+            raise FunctionLoadError(
+                f"the following parameters are declared in function.json but not in Python: {sorted(missing_in_py)}")
+        self.out_names = [str(b["name"]) for b in info.bindings
+                          if str(b.get("direction", "")).lower() == "out" and b.get("name") != "$return"]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def _arguments(self, args: dict[str, Any], invocation_id: str) -> tuple[dict[str, Any], dict[str, _Out]]:
+        outs = {n: _Out() for n in self.out_names}
+        kwargs = {**args, **outs}
+        if self.wants_context:
+            kwargs["context"] = InvocationContext(invocation_id, self)
+        return kwargs, outs
+
+    def _log_start(self, reason: str, invocation_id: str) -> None:
+        log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", self.name, reason, invocation_id)
+
+    def _log_end(self, ok: bool, invocation_id: str, started: float, exc: BaseException | None) -> None:
+        ms = int((time.perf_counter() - started) * 1000)
+        if exc is not None:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)\nResult: Failure\nException: %s",
+                      self.name, invocation_id, ms, "".join(_format_exc(exc)).rstrip())
+        else:
+            log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", self.name, invocation_id, ms)
+
+    def run_sync(self, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+        """Call a synchronous function (on a worker thread), logging as `func start` does."""
+        kwargs, outs = self._arguments(args, invocation_id)
+        self._log_start(reason, invocation_id)
+        t0 = time.perf_counter()
+        try:
+            value = self.callable(**kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run(value)  # a sync def that returns a coroutine: run it to completion here
+        except BaseException as exc:  # noqa: BLE001 - the host reports every failure, SystemExit included
+            self._log_end(False, invocation_id, t0, exc)
+            return Outcome(False)
+        self._log_end(True, invocation_id, t0, None)
+        return Outcome(True, value, {n: o.get() for n, o in outs.items()})
+
+    async def run_async(self, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+        kwargs, outs = self._arguments(args, invocation_id)
+        self._log_start(reason, invocation_id)
+        t0 = time.perf_counter()
+        try:
+            value = await self.callable(**kwargs)
+        except asyncio.CancelledError:
+            self._log_end(False, invocation_id, t0, asyncio.CancelledError("invocation cancelled"))
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._log_end(False, invocation_id, t0, exc)
+            return Outcome(False)
+        self._log_end(True, invocation_id, t0, None)
+        return Outcome(True, value, {n: o.get() for n, o in outs.items()})
+
+
+def _format_exc(exc: BaseException) -> list[str]:
+    import traceback
+
+    tb = exc.__traceback__
+    # Start the traceback at the user's code, not at devhost's call into it.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return traceback.format_exception(type(exc), exc, tb)
+
+
+def _import_entry_point(info: FunctionInfo, app_dir: Path) -> Callable[..., Any]:
+    script = (info.directory / str(info.config.get("scriptFile") or "__init__.py")).resolve()
+    entry = str(info.config.get("entryPoint") or "main")
+    if not script.exists():
+        raise FunctionLoadError(f"scriptFile '{script}' does not exist")
+    try:
+        rel = script.relative_to(app_dir.resolve())
+    except ValueError as exc:
+        raise FunctionLoadError(f"scriptFile '{script}' is outside the app folder") from exc
+    parts = list(rel.parent.parts) + ([] if script.stem == "__init__" else [script.stem])
+    module_name = ".".join(parts)
+    # The worker puts the app folder first on sys.path and imports the folder as a package,
+    # so `import shared` and relative imports work from a function folder.
+    root = str(app_dir.resolve())
+    if sys.path[:1] != [root]:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:  # noqa: BLE001 - a broken function must not stop the others
+        raise FunctionLoadError(f"cannot import '{module_name}': {type(exc).__name__}: {exc}") from exc
+    target = getattr(module, entry, None)
+    if not callable(target):
+        raise FunctionLoadError(f"'{module_name}' has no callable entry point '{entry}'")
+    return target
+
+
+class Dispatcher:
+    """Runs invocations: sync functions on a thread pool (as the worker does), async ones on the loop."""
+
+    def __init__(self, max_workers: int | None) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="func")
+
+    def submit(self, fn: LoadedFunction, args: dict[str, Any], reason: str) -> concurrent.futures.Future[Outcome]:
+        """Queue a synchronous invocation; the returned future can still be cancelled until a thread takes it."""
+        return self.pool.submit(fn.run_sync, args, reason, str(uuid.uuid4()))
+
+    async def invoke(self, fn: LoadedFunction, args: dict[str, Any], reason: str) -> Outcome:
+        if fn.is_async:
+            return await fn.run_async(args, reason, str(uuid.uuid4()))
+        return await asyncio.wrap_future(self.submit(fn, args, reason))

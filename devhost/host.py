@@ -1,0 +1,272 @@
+"""The devhost process: load settings, host.json and functions, then serve HTTP, queues and timers until signalled."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("devhost")
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "information": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL, "none": logging.CRITICAL + 10}
+
+
+class _UtcFormatter(logging.Formatter):
+    """`[2024-05-01T12:00:00.123Z] message`, the prefix `func start` puts on its lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        return f"[{stamp}Z] {super().format(record)}"
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_UtcFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
+    # SDK request logging at INFO would drown the invocation lines.
+    for noisy in ("azure", "uvicorn", "urllib3", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@dataclass
+class Host:
+    app_dir: Path
+    port: int
+    bind: str
+    state: str = "Initializing"
+    listing: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from devhost.functions import Dispatcher
+        from devhost.routing import Router
+
+        self.router = Router()
+        self.pollers: list[Any] = []
+        self.timers: list[Any] = []
+        self.errors: list[str] = []
+        self.dispatcher: Dispatcher | None = None
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="storage")
+
+    # --- loading ----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        from devhost import hostconfig, queues
+        from devhost.functions import Dispatcher, FunctionLoadError, LoadedFunction, discover
+        from devhost.routing import Route, RouteError, full_template
+        from devhost.settings import SettingError, Settings
+
+        settings = Settings.load(self.app_dir)
+        # Core Tools hands Values to the worker as environment variables, and runs in Development.
+        for name, value in settings.items():
+            os.environ.setdefault(name, value)
+        os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
+        settings = Settings.load(self.app_dir)
+        config = hostconfig.load_host_config(self.app_dir, settings)
+        level = str(hostconfig.get_ci(config, "logging", "logLevel", "default", default="Information")).lower()
+        logging.getLogger().setLevel(_LEVELS.get(level, logging.INFO))
+        prefix = hostconfig.route_prefix(config)
+        queue_options = hostconfig.QueueOptions.from_config(config, hostconfig.is_development(settings))
+        threads = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
+        self.dispatcher = Dispatcher(int(threads) if threads else None)
+        lock_seconds = int(float(settings.get("DEVHOST_QUEUE_LOCK_SECONDS") or queues.DEFAULT_LOCK_SECONDS))
+        queues.install_send_hook()
+
+        for info in discover(self.app_dir):
+            if info.config.get("disabled") is True or settings.is_disabled(info.name):
+                log.info("Function '%s' is disabled.", info.name)
+                continue
+            try:
+                trigger = info.trigger
+                kind = str(trigger.get("type", "")).lower()
+                if kind not in ("httptrigger", "queuetrigger", "timertrigger"):
+                    raise FunctionLoadError(f"devhost does not support trigger type '{trigger.get('type')}'")
+                fn = LoadedFunction(info, self.app_dir)
+                if kind == "httptrigger":
+                    methods = trigger.get("methods")
+                    method_set = frozenset(str(m).upper() for m in methods) if methods else None
+                    template = full_template(prefix, settings.resolve(str(trigger.get("route") or info.name)))
+                    self.router.add(Route(template, method_set, fn))
+                    shown = ",".join(sorted(method_set)) if method_set else "GET,POST,PUT,DELETE,HEAD,PATCH,OPTIONS"
+                    self.listing.append(f"{info.name}: [{shown}] http://localhost:{self.port}/{template}")
+                elif kind == "queuetrigger":
+                    queue_name = settings.resolve(str(trigger.get("queueName") or "")).lower()
+                    if not queue_name:
+                        raise FunctionLoadError("queueTrigger needs a queueName")
+                    connection = settings.storage_connection(trigger.get("connection"))
+                    self.pollers.append(queues.QueuePoller(fn, queue_name, connection, queue_options,
+                                                           self.dispatcher, self.io_pool, lock_seconds))
+                    self.listing.append(f"{info.name}: queueTrigger")
+                else:
+                    from devhost.timers import Schedule, TimerRunner
+
+                    schedule = Schedule(settings.resolve(str(trigger.get("schedule") or "")))
+                    run_on_startup = str(trigger.get("runOnStartup", False)).lower() == "true"
+                    self.timers.append(TimerRunner(fn, schedule, run_on_startup, self.dispatcher))
+                    self.listing.append(f"{info.name}: timerTrigger")
+            except (FunctionLoadError, SettingError, RouteError, ValueError) as exc:
+                # Like the real host: report the broken function and keep the others running.
+                self.errors.append(info.name)
+                cause = exc.__cause__
+                log.error("The '%s' function is in error: %s", info.name, exc,
+                          exc_info=(type(cause), cause, cause.__traceback__) if cause else None)
+
+    # --- running ----------------------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        import uvicorn
+
+        from devhost.http import HttpApp
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals_seen: list[int] = []
+
+        def on_signal(sig: int) -> None:
+            signals_seen.append(sig)
+            if len(signals_seen) > 1:
+                log.warning("Second signal: exiting without waiting for running invocations.")
+                _flush()
+                os._exit(1)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        assert self.dispatcher is not None
+        for poller in self.pollers:
+            await poller.start()
+        for timer in self.timers:
+            timer.start()
+
+        try:
+            import httptools  # noqa: F401
+
+            http_impl = "httptools"
+        except ImportError:
+            http_impl = "h11"
+        manual = {timer.fn.name: timer.run_now for timer in self.timers}
+        app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual)
+        config = uvicorn.Config(app, http=http_impl, lifespan="off", access_log=False, log_config=None,
+                                timeout_keep_alive=120, timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+                                backlog=2048, server_header=False)
+        server = _make_server(config)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.bind, self.port))
+        except OSError as exc:
+            log.error("Cannot listen on %s:%d: %s", self.bind, self.port, exc)
+            return 1
+        sock.listen(2048)
+        sock.setblocking(False)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            log.error("The HTTP server failed to start")
+            return 1
+
+        self.state = "Running"
+        print("\nFunctions:\n", flush=False)
+        for line in self.listing:
+            print(f"        {line}\n", flush=False)
+        print("For detailed output, run devhost with logging at Debug level.", flush=True)
+        log.info("Host started. Listening on http://%s:%d (devhost, app %s)", self.bind, self.port, self.app_dir)
+
+        await stop.wait()
+        return await self.shutdown(server, serving)
+
+    async def shutdown(self, server: Any, serving: asyncio.Task[None]) -> int:
+        self.state = "Stopping"
+        log.info("Stopping the host: no new work; waiting up to %ds for running invocations.",
+                 int(SHUTDOWN_GRACE_SECONDS))
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        server.should_exit = True  # stop accepting connections; uvicorn lets in-flight requests finish
+        for timer in self.timers:
+            timer.stop()
+        await asyncio.gather(*(p.stop_fetching() for p in self.pollers))
+        pending: set[asyncio.Future[Any]] = {serving}
+        pending |= {t for p in self.pollers for t in p.inflight}
+        pending |= {t.task for t in self.timers if t.task is not None}
+        done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        self.io_pool.shutdown(wait=False)
+        if still:
+            log.warning("%d invocation(s) still running after %ds; exiting anyway.", len(still),
+                        int(SHUTDOWN_GRACE_SECONDS))
+            _flush()
+            os._exit(0)
+        log.info("Host stopped.")
+        return 0
+
+
+def _make_server(config: Any) -> Any:
+    """A uvicorn.Server without its own signal handling: devhost orchestrates the shutdown itself."""
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[override]
+            yield
+
+    return Server(config)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description="Local stand-in for `func start`.")
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--app-dir", default=".")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (func start listens on all)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    app_dir = Path(args.app_dir).resolve()
+    cwd = Path.cwd().resolve()
+    if not (app_dir / "host.json").exists() and (cwd / "host.json").exists() and cwd.parts[-len(Path(args.app_dir).parts):] == Path(args.app_dir).parts:
+        # A relative --app-dir given together with cwd = that folder (as DevHostProcess launches it).
+        app_dir = cwd
+    if not (app_dir / "host.json").exists():
+        log.error("No host.json in %s: not a function app folder.", app_dir)
+        return 1
+    host = Host(app_dir, args.port, args.host)
+    try:
+        host.load()
+    except ValueError as exc:
+        log.error("Cannot start the host: %s", exc)
+        return 1
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        code = runner.run(host.serve())
+    _flush()
+    return code
