@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +28,8 @@ from azure.storage.queue import (
 )
 
 from shared.config import get_settings
+
+log = logging.getLogger(__name__)
 
 CONTAINER = "reports"
 REPORTS_TABLE = "reports"
@@ -96,19 +100,23 @@ class Storage:
             tables=tables,
         )
 
-    def ensure(self) -> None:
-        """Create the container, tables and queues if missing (idempotent)."""
-        try:
-            self.container.create_container()
-        except ResourceExistsError:
-            pass
-        for table in (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE):
-            self.tables.create_table_if_not_exists(table)
-        for q in (self.queue, self.poison):
+    def ensure(self) -> bool:
+        """Create the container, tables and queues if missing. Each is tried on its own, so one service being down
+        (say, queues) does not stop work on the others; returns whether all now exist."""
+        steps = [self.container.create_container]
+        steps += [lambda t=t: self.tables.create_table_if_not_exists(t) for t in (REPORTS_TABLE, SENDERS_TABLE,
+                                                                                 IDEMPOTENCY_TABLE)]
+        steps += [self.queue.create_queue, self.poison.create_queue]
+        complete = True
+        for step in steps:
             try:
-                q.create_queue()
+                step()
             except ResourceExistsError:
                 pass
+            except AzureError as exc:
+                log.warning("could not create storage resources yet: %s", type(exc).__name__)
+                complete = False
+        return complete
 
 
 _ensure_lock = threading.Lock()
@@ -120,15 +128,19 @@ def _storage(conn: str) -> Storage:
 
 
 _ensured: set[str] = set()
+_last_try: dict[str, float] = {}
+# While storage is down, creating resources is not retried on every request: each try costs a round of retries.
+ENSURE_RETRY_SECONDS = 5.0
 
 
 def get_storage() -> Storage:
     """The process-wide clients; resources are created on first use and the result remembered."""
     conn = get_settings().storage_connection
     storage = _storage(conn)
-    if conn not in _ensured:
+    if conn not in _ensured and time.monotonic() - _last_try.get(conn, -ENSURE_RETRY_SECONDS) >= ENSURE_RETRY_SECONDS:
         with _ensure_lock:
             if conn not in _ensured:
-                storage.ensure()
-                _ensured.add(conn)
+                _last_try[conn] = time.monotonic()
+                if storage.ensure():
+                    _ensured.add(conn)
     return storage
