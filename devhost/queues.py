@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as SdkMessage
 

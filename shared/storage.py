@@ -21,10 +21,12 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.blob import LinearRetry as BlobLinearRetry
 from azure.storage.queue import (
     BinaryBase64DecodePolicy,
-    LinearRetry as QueueLinearRetry,
     QueueClient,
     QueueServiceClient,
     TextBase64EncodePolicy,
+)
+from azure.storage.queue import (
+    LinearRetry as QueueLinearRetry,
 )
 
 from shared.config import get_settings

@@ -10,6 +10,7 @@ import pytest
 
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
+from tests.downstream import Downstream
 from tests.service import FAULT_LINES
 
 if TYPE_CHECKING:
@@ -30,6 +31,14 @@ def persistent_azurite(tmp_path: Path) -> Iterator[Azurite]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    """A real HTTP server on loopback standing in for the downstream system."""
+    server = Downstream().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ from devhost.azurite import Azurite, connection_string, free_port
 from devhost.process import DevHostProcess
 from tests.downstream import Downstream
 from tests.service import (
-    EXAMPLES, FAULT_LINES, TERMINAL, Service, add_sender, admin, app_env, poll, start_service,
+    EXAMPLES,
+    FAULT_LINES,
+    TERMINAL,
+    Service,
+    add_sender,
+    admin,
+    app_env,
+    poll,
+    start_service,
 )
 
 pytestmark = pytest.mark.faults
@@ -73,13 +81,6 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Tally]]:
     yield make
     for t in made:
         request.config.stash.setdefault(FAULT_LINES, []).append(t.line())
-
-
-@pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream().start()
-    yield server
-    server.stop()
 
 
 def post_many(service: Service, sender: str, count: int, tally: Tally, body: bytes = CSV,

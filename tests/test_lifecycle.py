@@ -26,13 +26,6 @@ def fresh_azurite() -> Iterator[Azurite]:
         yield azurite
 
 
-@pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream().start()
-    yield server
-    server.stop()
-
-
 def poison_bodies(conn: str) -> list[bytes]:
     queue = QueueClient.from_connection_string(conn, "reports-poison", message_decode_policy=BinaryBase64DecodePolicy())
     return [m.content for m in queue.peek_messages(max_messages=32)]

@@ -6,7 +6,6 @@ import json
 
 import azure.functions as func
 import pytest
-
 from azure.functions.timer import TimerRequest
 
 from shared import config, hl7_ack, senders, status

@@ -1,0 +1,1 @@
+"""Benchmarks of the lab report intake service. `python -m bench.run` is the end-to-end harness."""

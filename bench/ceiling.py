@@ -1,0 +1,239 @@
+"""Storage ceilings: the storage calls an ingest / a processing does, made directly with the Azure SDK.
+
+Clients are made once by the app's own factory (`shared.storage.Storage`) and shared by all threads, as the app
+does. The resources
+are the bench's own (container, tables and queue named `bench...`), so the app's queue never sees these messages;
+the intake ceiling's messages are the backlog the processing ceiling then drains.
+
+Two flavours of each:
+- `basic`: what the brief calls the ceiling. Intake: blob upload + table insert + queue put (base64, ttl -1).
+  Processing: receive (batches of 16) + blob read + table merge + delete.
+- `app_ops`: every storage call the app makes. Intake adds the sender point read (auth) and the etag-conditional
+  merge to `queued`. Processing does read+merge (start), blob read, results blob upload, read+merge (finish), delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.queue import QueueClient
+from ulid import ULID
+
+from bench.load import LevelResult, latency_summary
+from bench.reports import HL7, small_report
+from shared.clock import now_iso
+from shared.models import StatusRecord
+from shared.status import new_entity
+from shared import storage as app_storage
+
+CONTAINER = "bench-ceiling"
+TABLE = "benchceiling"
+SENDERS = "benchsenders"
+QUEUE = "bench-ceiling"
+SENDER = "bench-ceiling"
+KEY_DIGEST = hashlib.sha256(b"bench-ceiling-key").hexdigest()
+RESULT_LINE = (b'{"report_id":"%s","item_index":0,"message_id":"BENCH-000000001","patient_id":"MRN000000001",'
+               b'"test_code":"2345-7","result":"98","specimen_collected_at":"2026-11-19T07:15:00Z",'
+               b'"source_format":"hl7v2","units":"mg/dL","reference_range":"70-99","test_name":"Glucose"}\n')
+
+
+@contextmanager
+def _bench_names():
+    """While building clients with the app's own factory, point its resource names at the bench's resources."""
+    names = {"CONTAINER": CONTAINER, "REPORTS_TABLE": TABLE, "SENDERS_TABLE": SENDERS, "QUEUE": QUEUE,
+             "POISON_QUEUE": QUEUE + "-poison", "IDEMPOTENCY_TABLE": TABLE + "idem"}
+    saved = {name: getattr(app_storage, name) for name in names if hasattr(app_storage, name)}
+    try:
+        for name, value in names.items():
+            setattr(app_storage, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(app_storage, name, value)
+
+
+@dataclass
+class Clients:
+    container: ContainerClient
+    table: TableClient
+    senders: TableClient
+    queue: QueueClient
+
+    @classmethod
+    def create(cls, conn: str) -> "Clients":
+        # The app's own client factory (same retry, timeout and transport options, base64 queue encoding), so the
+        # ceiling follows the app's client configuration whatever it becomes.
+        with _bench_names():
+            app = app_storage.Storage.from_connection_string(conn)
+        tables: TableServiceClient = app.tables
+        clients = cls(app.container, app.reports, app.senders, app.queue)
+        try:
+            clients.container.create_container()
+        except ResourceExistsError:
+            pass
+        tables.create_table_if_not_exists(TABLE)
+        tables.create_table_if_not_exists(SENDERS)
+        try:
+            clients.queue.create_queue()
+        except ResourceExistsError:
+            pass
+        clients.senders.upsert_entity({"PartitionKey": "key", "RowKey": KEY_DIGEST, "sender": SENDER,
+                                       "active": True, "sender_enabled": True, "created_at": now_iso()})
+        return clients
+
+    def depth(self) -> int:
+        return self.queue.get_queue_properties().approximate_message_count
+
+    def clear(self) -> None:
+        """Drop the bench queue's messages: Azurite's queue operations cost O(messages in all queues)."""
+        self.queue.clear_messages()
+
+
+def _entity_template() -> dict:
+    """An entity with exactly the properties the app's `received` row has."""
+    now = now_iso()
+    record = StatusRecord(id="X" * 26, sender=SENDER, status="received", content_type=HL7, size_bytes=1001,
+                          sha256="0" * 64, received_at=now, updated_at=now)
+    return new_entity(record, "raw/x/x")
+
+
+class IntakeOps:
+    """One ingest's storage calls, thread-safe (the clients are shared)."""
+
+    def __init__(self, clients: Clients, app_ops: bool) -> None:
+        self.c = clients
+        self.app_ops = app_ops
+        self.template = _entity_template()
+        self.settings = ContentSettings(content_type=HL7)
+        self._n = iter(range(10**12))
+        self._lock = threading.Lock()
+
+    def __call__(self, _seq: int) -> str:
+        with self._lock:
+            n = 10_000_000 + next(self._n)
+        body = small_report(n)
+        if self.app_ops:
+            row = self.c.senders.get_entity("key", KEY_DIGEST)
+            assert row["sender_enabled"]
+        digest = hashlib.sha256(body).hexdigest()
+        rid = str(ULID())
+        blob = f"raw/{SENDER}/{rid}"
+        self.c.container.upload_blob(blob, body, overwrite=False, content_settings=self.settings,
+                                     metadata={"sha256": digest, "sender": SENDER})
+        now = now_iso()
+        entity = {**self.template, "RowKey": rid, "sha256": digest, "size_bytes": len(body), "received_at": now,
+                  "updated_at": now, "blob": blob}
+        meta = self.c.table.create_entity(entity)
+        message = json.dumps({"v": 1, "id": rid, "sender": SENDER, "blob": blob, "sha256": digest,
+                              "content_type": HL7}, separators=(",", ":"))
+        self.c.queue.send_message(message, time_to_live=-1)
+        if self.app_ops:
+            self.c.table.update_entity({"PartitionKey": SENDER, "RowKey": rid, "status": "queued",
+                                        "updated_at": now_iso()}, mode=UpdateMode.MERGE, etag=meta["etag"],
+                                       match_condition=MatchConditions.IfNotModified)
+        return "ok"
+
+
+def _merge_checked(table: TableClient, rid: str, changes: dict) -> None:
+    """The app's status.update: read, then an etag-conditional merge."""
+    row = table.get_entity(SENDER, rid)
+    table.update_entity({"PartitionKey": SENDER, "RowKey": rid, "updated_at": now_iso(), **changes},
+                        mode=UpdateMode.MERGE, etag=row.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+
+
+def process_one(c: Clients, message, app_ops: bool) -> None:
+    info = json.loads(message.content)
+    rid, blob = info["id"], info["blob"]
+    if app_ops:
+        _merge_checked(c.table, rid, {"status": "processing", "attempts": 1})
+    raw = c.container.download_blob(blob).readall()
+    if hashlib.sha256(raw).hexdigest() != info["sha256"]:
+        raise RuntimeError("digest mismatch")
+    done = {"status": "processed", "completed_at": now_iso(), "items": '{"total":1,"accepted":1,"rejected":0}',
+            "errors": "[]", "warnings": "[]"}
+    if app_ops:
+        c.container.upload_blob(f"results/{SENDER}/{rid}.ndjson", RESULT_LINE % rid.encode(), overwrite=True)
+        _merge_checked(c.table, rid, done)
+    else:
+        c.table.update_entity({"PartitionKey": SENDER, "RowKey": rid, "updated_at": now_iso(), **done},
+                              mode=UpdateMode.MERGE)
+    c.queue.delete_message(message.id, message.pop_receipt)
+
+
+def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages: int, app_ops: bool) -> LevelResult:
+    """`threads` workers each receive `batch` messages at a time and process them one by one, until the queue is
+    empty, `max_messages` are done or `duration_s` has passed. Latency is per message (receive amortised)."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    counts = {"ok": 0, "error": 0}
+    start = time.perf_counter()
+    end = start + duration_s
+    last_done = [start]
+
+    def worker() -> None:
+        while time.perf_counter() < end:
+            with lock:
+                if counts["ok"] >= max_messages:
+                    return
+            t0 = time.perf_counter()
+            try:
+                page = next(c.queue.receive_messages(messages_per_page=batch, visibility_timeout=600).by_page(), None)
+                messages = list(page) if page is not None else []
+            except Exception as exc:  # noqa: BLE001
+                with lock:
+                    counts["error"] += 1
+                    errors.append(f"receive: {type(exc).__name__}: {str(exc)[:200]}")
+                time.sleep(0.05)
+                continue
+            if not messages:
+                return
+            share = (time.perf_counter() - t0) / len(messages)
+            for message in messages:
+                t1 = time.perf_counter()
+                try:
+                    process_one(c, message, app_ops)
+                    label = "ok"
+                except Exception as exc:  # noqa: BLE001
+                    label = f"{type(exc).__name__}: {str(exc)[:200]}"
+                t2 = time.perf_counter()
+                with lock:
+                    if label == "ok":
+                        counts["ok"] += 1
+                        latencies.append(t2 - t1 + share)
+                        last_done[0] = t2
+                    else:
+                        counts["error"] += 1
+                        if len(errors) < 5:
+                            errors.append(label)
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=max(0.0, end - time.perf_counter()) + 120)
+    elapsed = max(1e-9, last_done[0] - start)
+    return LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors)
+
+
+def drain_summary(result: LevelResult, batch: int, app_ops: bool) -> dict:
+    return {
+        "flavour": "app_ops" if app_ops else "basic",
+        "threads": result.concurrency,
+        "batch": batch,
+        "processed": result.ok,
+        "errors": result.errors,
+        "elapsed_s": round(result.duration_s, 3),
+        "reports_per_s": round(result.rate, 2),
+        "latency_per_message": latency_summary(result.latencies),
+        "error_samples": result.error_samples[:5],
+    }

@@ -1,0 +1,189 @@
+"""Closed-loop load: N threads each run an operation back to back for a fixed time; latency statistics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# An operation returns an outcome label ("ok" counts as success); it may raise, which counts as an error.
+Op = Callable[[int], str]
+# Called once per worker thread (index) to make that thread's operation (its own HTTP client, ...).
+OpFactory = Callable[[int], tuple[Op, Callable[[], None]]]
+
+MAX_OPS_PER_LEVEL = 500_000
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float | None]:
+    values = sorted(latencies_s)
+    ms = lambda v: None if v is None else round(v * 1000.0, 3)  # noqa: E731
+    return {
+        "count": len(values),
+        "mean_ms": ms(sum(values) / len(values)) if values else None,
+        "p50_ms": ms(percentile(values, 50)),
+        "p95_ms": ms(percentile(values, 95)),
+        "p99_ms": ms(percentile(values, 99)),
+        "max_ms": ms(values[-1]) if values else None,
+    }
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    duration_s: float
+    ok: int
+    errors: int
+    outcomes: dict[str, int]
+    latencies: list[float] = field(repr=False)
+    error_samples: list[str] = field(default_factory=list)
+    # The longest time inside the window in which nothing completed: a storage stall (Azurite's periodic queue GC
+    # blocks it for seconds when thousands of messages were created) shows up here.
+    longest_gap_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "measured_s": round(self.duration_s, 3),
+            "ok": self.ok,
+            "errors": self.errors,
+            "outcomes": self.outcomes,
+            "ops_per_s": round(self.rate, 2),
+            "latency": latency_summary(self.latencies),
+            "longest_gap_s": round(self.longest_gap_s, 3),
+            "error_samples": self.error_samples[:5],
+        }
+
+
+def run_level(factory: OpFactory, concurrency: int, duration_s: float, warmup_s: float = 0.0,
+              max_ops: int = MAX_OPS_PER_LEVEL) -> LevelResult:
+    """Run `concurrency` threads for warmup + duration seconds; operations completing inside the measured window
+    (after the warm-up) are counted. Every loop is bounded by the deadline and `max_ops`."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    error_samples: list[str] = []
+    ok = errors = 0
+    issued = 0
+    completions: list[float] = []
+    ready = threading.Barrier(concurrency + 1, timeout=120)
+    times: dict[str, float] = {}
+
+    def worker(index: int) -> None:
+        nonlocal ok, errors, issued
+        try:
+            op, close = factory(index)
+        except BaseException:
+            ready.abort()
+            raise
+        try:
+            ready.wait()
+            start_window, end = times["start"], times["end"]
+            seq = 0
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    break
+                with lock:
+                    if issued >= max_ops:
+                        break
+                    issued += 1
+                seq += 1
+                try:
+                    label = op(seq)
+                    failed = None
+                except Exception as exc:  # noqa: BLE001 - an error is a result here
+                    label, failed = "exception", f"{type(exc).__name__}: {str(exc)[:200]}"
+                t1 = time.perf_counter()
+                # Throughput counts completions inside the window (unbiased at any concurrency); operations that
+                # started during the warm-up but end in the window count too.
+                if t1 < start_window or t1 > end:
+                    continue
+                with lock:
+                    outcomes[label] += 1
+                    completions.append(t1)
+                    if label == "ok":
+                        ok += 1
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+                        if len(error_samples) < 5:
+                            error_samples.append(failed or label)
+        finally:
+            close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True, name=f"load-{i}") for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    times["start"] = now + 0.05 + warmup_s
+    times["end"] = times["start"] + duration_s
+    ready.wait()
+    for t in threads:
+        # Bounded: an operation in flight at the deadline has its own client timeout.
+        t.join(timeout=max(0.0, times["end"] - time.perf_counter()) + 120)
+    marks = [times["start"], *sorted(completions), times["end"]]
+    gap = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+    return LevelResult(concurrency, duration_s, ok, errors, dict(outcomes), latencies, error_samples, gap)
+
+
+def run_count(factory: OpFactory, concurrency: int, count: int, deadline_s: float) -> LevelResult:
+    """Run exactly `count` operations (or fewer if the deadline passes) on `concurrency` threads."""
+    lock = threading.Lock()
+    remaining = count
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    samples: list[str] = []
+    ok = errors = 0
+    end = time.perf_counter() + deadline_s
+
+    def worker(index: int) -> None:
+        nonlocal remaining, ok, errors
+        op, close = factory(index)
+        try:
+            seq = 0
+            while time.perf_counter() < end:
+                with lock:
+                    if remaining <= 0:
+                        return
+                    remaining -= 1
+                seq += 1
+                t0 = time.perf_counter()
+                try:
+                    label, failed = op(seq), None
+                except Exception as exc:  # noqa: BLE001
+                    label, failed = "exception", f"{type(exc).__name__}: {str(exc)[:200]}"
+                t1 = time.perf_counter()
+                with lock:
+                    outcomes[label] += 1
+                    if label == "ok":
+                        ok += 1
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+                        if len(samples) < 5:
+                            samples.append(failed or label)
+        finally:
+            close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, end - time.perf_counter()) + 120)
+    return LevelResult(concurrency, time.perf_counter() - started, ok, errors, dict(outcomes), latencies, samples)
