@@ -179,6 +179,7 @@ def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages:
     start = time.perf_counter()
     end = start + duration_s
     last_done = [start]
+    done_times: list[float] = []
 
     def worker() -> None:
         while time.perf_counter() < end:
@@ -211,6 +212,7 @@ def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages:
                         counts["ok"] += 1
                         latencies.append(t2 - t1 + share)
                         last_done[0] = t2
+                        done_times.append(t2)
                     else:
                         counts["error"] += 1
                         if len(errors) < 5:
@@ -222,7 +224,9 @@ def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages:
     for w in workers:
         w.join(timeout=max(0.0, end - time.perf_counter()) + 120)
     elapsed = max(1e-9, last_done[0] - start)
-    return LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors)
+    marks = [start, *sorted(done_times)]
+    gap = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+    return LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors, gap)
 
 
 def drain_summary(result: LevelResult, batch: int, app_ops: bool) -> dict:
@@ -235,5 +239,6 @@ def drain_summary(result: LevelResult, batch: int, app_ops: bool) -> dict:
         "elapsed_s": round(result.duration_s, 3),
         "reports_per_s": round(result.rate, 2),
         "latency_per_message": latency_summary(result.latencies),
+        "longest_gap_s": round(result.longest_gap_s, 3),
         "error_samples": result.error_samples[:5],
     }

@@ -54,8 +54,8 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
     return Problem(500, "internal", "Internal Server Error", "The request failed; nothing was acknowledged.").response()
 
 
-def authenticate(req: func.HttpRequest, storage: Storage) -> str:
-    sender = senders.authenticate(storage.senders, req.headers.get("authorization"))
+def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings) -> str:
+    sender = senders.authenticate(storage.senders, req.headers.get("authorization"), settings.auth_cache_seconds)
     if sender is None:
         raise unauthorized()
     return sender
@@ -81,7 +81,7 @@ def status_url(base: str, report_id: str) -> str:
 
 
 def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
-    sender = authenticate(req, storage)
+    sender = authenticate(req, storage, settings)
     submission = intake.Submission(
         sender=sender,
         body=req.get_body() or b"",
@@ -120,7 +120,7 @@ def _wants_hl7_ack(req: func.HttpRequest, record: StatusRecord) -> bool:
 
 
 def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
-    sender = authenticate(req, storage)
+    sender = authenticate(req, storage, settings)
     report_id = req.route_params.get("id")
     if not report_id:
         return _list(req, storage, sender)

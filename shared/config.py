@@ -30,6 +30,7 @@ SETTING_NAMES = {
     "PUBLIC_BASE_URL": "public_base_url",
     "RECONCILE_AFTER_SECONDS": "reconcile_after_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
+    "AUTH_CACHE_SECONDS": "auth_cache_seconds",
 }
 
 
@@ -46,6 +47,8 @@ class Settings(BaseModel):
     # A `received` row older than this is taken to be an ingest that crashed before enqueueing.
     reconcile_after_seconds: int = Field(default=60, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
+    # How long an accepted API key is trusted without a table read; a revoked key works at most this much longer.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     max_dequeue_count: int = Field(default=5, ge=1)
 
     @field_validator("storage_connection")

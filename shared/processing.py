@@ -85,9 +85,10 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
         return "ignored"
     attempt = int(started.entity.get("attempts", 1))
     try:
-        outcome = _run(storage, settings, message)
+        outcome = _run(storage, settings, message, started)
     except PermanentFailure as failure:
-        _finish(storage, message, Status.FAILED, errors=[failure.issue.model_dump()], delivery=failure.delivery)
+        _finish(storage, message, started, Status.FAILED, errors=[failure.issue.model_dump()],
+                delivery=failure.delivery)
         log.warning("report %s failed permanently: %s", message.id, failure.issue.code)
         return Status.FAILED.value
     except Exception as exc:
@@ -109,14 +110,14 @@ def _start_attempt(row: status.Row) -> dict | None:
     return {"status": Status.PROCESSING, "attempts": int(row.entity.get("attempts", 0)) + 1}
 
 
-def _run(storage: Storage, settings: Settings, message: QueueMessage) -> Status:
+def _run(storage: Storage, settings: Settings, message: QueueMessage, started: status.Row) -> Status:
     raw = _download(storage, message)
     parsed = _parse(raw, message)
     del raw
     try:
         if parsed.counts.accepted == 0:
             _finish(
-                storage, message, Status.REJECTED, items=parsed.counts,
+                storage, message, started, Status.REJECTED, items=parsed.counts,
                 errors=parsed.errors.listed(), warnings=parsed.warnings.listed(),
             )
             return Status.REJECTED
@@ -126,7 +127,7 @@ def _run(storage: Storage, settings: Settings, message: QueueMessage) -> Status:
         )
         delivery = _deliver(settings, message, parsed) if settings.delivery_url else None
         _finish(
-            storage, message, Status.PROCESSED, items=parsed.counts,
+            storage, message, started, Status.PROCESSED, items=parsed.counts,
             errors=parsed.errors.listed(), warnings=parsed.warnings.listed(), delivery=delivery,
         )
         return Status.PROCESSED
@@ -198,6 +199,7 @@ def _deliver(settings: Settings, message: QueueMessage, parsed: Parsed) -> Deliv
 def _finish(
     storage: Storage,
     message: QueueMessage,
+    started: status.Row,
     outcome: Status,
     items: ItemCounts | None = None,
     errors: list[dict] | None = None,
@@ -214,7 +216,7 @@ def _finish(
     def change(row: status.Row) -> dict | None:
         return None if row.status in TERMINAL else changes
 
-    status.update(storage.reports, message.sender, message.id, change)
+    status.update(storage.reports, message.sender, message.id, change, known=started)
 
 
 def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc: Exception, last_try: bool) -> None:

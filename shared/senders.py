@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -43,7 +45,37 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def authenticate(table: TableClient, authorization: str | None) -> str | None:
+class _AcceptedKeys:
+    """Keys that authenticated recently, by hash, so a busy sender does not cost a table read per report.
+
+    Only successes are kept, for AUTH_CACHE_SECONDS: a rotated or disabled key stops working within that time.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> str | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, digest: str, sender: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (sender, time.monotonic() + seconds)
+
+
+_accepted = _AcceptedKeys()
+
+
+def authenticate(table: TableClient, authorization: str | None, cache_seconds: float = 0) -> str | None:
     """The sender name for a `Bearer` key that is known, active and whose sender is enabled; else None."""
     if not authorization:
         return None
@@ -52,6 +84,16 @@ def authenticate(table: TableClient, authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not key or len(key) > 512:
         return None
     digest = key_hash(key)
+    cached = _accepted.get(digest)
+    if cached is not None:
+        return cached
+    sender = _lookup(table, digest)
+    if sender is not None:
+        _accepted.put(digest, sender, cache_seconds)
+    return sender
+
+
+def _lookup(table: TableClient, digest: str) -> str | None:
     try:
         row = table.get_entity(KEY_PARTITION, digest)
     except ResourceNotFoundError:

@@ -138,13 +138,16 @@ def update(
     report_id: str,
     change: Callable[[Row], dict[str, object] | None],
     attempts: int = 8,
+    known: Row | None = None,
 ) -> Row | None:
     """Read-modify-write with retry on conflict. `change` returns the fields to merge, or None to leave the row.
 
-    Returns the row as written (or as read, when `change` declined), or None when the row does not exist.
+    `known` is a row this caller wrote last: tried first without reading, which saves a round trip when nobody
+    else wrote in between. Returns the row as written (or as read, when `change` declined), or None when the row
+    does not exist.
     """
     for _ in range(attempts):
-        row = read(table, sender, report_id)
+        row, known = (known, None) if known is not None else (read(table, sender, report_id), None)
         if row is None:
             return None
         changes = change(row)
