@@ -51,7 +51,8 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         log.exception("storage error")
     except Exception:
         log.exception("unhandled error during %s %s", req.method, urlsplit(req.url).path)
-    return Problem(500, "internal", "Internal Server Error", "The request failed; nothing was acknowledged.").response()
+    detail = "The request failed unexpectedly" + (": nothing was stored." if req.method == "POST" else ".")
+    return Problem(500, "internal", "Internal Server Error", detail).response()
 
 
 def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings) -> str:
