@@ -71,10 +71,21 @@ class StatusRecord(BaseModel):
     delivery: Delivery | None = None
 
 
+class Observation(BaseModel):
+    """One result of an item. A panel (several OBX, several Observations) keeps every result here."""
+
+    test_code: str
+    test_name: str | None = None
+    result: str
+    result_text: str | None = None  # the display text of a coded result, e.g. "Detected" for SNOMED 260373001
+    result_units: str | None = None
+
+
 class NormalisedItem(BaseModel):
     """One accepted item, as one line of `results/{sender}/{id}.ndjson`.
 
     Field order is fixed and every field is always written, so the same raw report always gives the same bytes.
+    The top-level test and result fields are those of the item's first result; `observations` holds them all.
     """
 
     report_id: str
@@ -86,7 +97,9 @@ class NormalisedItem(BaseModel):
     test_name: str | None = None
     result: str
     result_units: str | None = None
+    result_text: str | None = None
     specimen_collected_at: str
     performing_facility: str | None = None
     source_format: Literal["hl7v2", "fhir", "csv"]
+    observations: list[Observation] = Field(default_factory=list)
     extra: dict[str, str] | None = None

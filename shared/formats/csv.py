@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from shared.formats import ContentError, ItemResult
 from shared.formats._dates import iso_from_text
-from shared.models import Issue, NormalisedItem
+from shared.models import Issue, NormalisedItem, Observation
 
 REQUIRED = ("patient_id", "test_code", "result", "specimen_collected_at")
 OPTIONAL = ("message_id", "patient_state", "test_name", "result_units", "performing_facility")
@@ -135,6 +135,12 @@ def _row(row: list[str], columns: list[str], index: int, line: int, report_id: s
         )
     if result.errors or collected is None:
         return result
+    observation = Observation(
+        test_code=values["test_code"],
+        test_name=values.get("test_name") or None,
+        result=values["result"],
+        result_units=values.get("result_units") or None,
+    )
     result.item = NormalisedItem(
         report_id=report_id,
         item_index=index,
@@ -148,6 +154,7 @@ def _row(row: list[str], columns: list[str], index: int, line: int, report_id: s
         specimen_collected_at=collected,
         performing_facility=values.get("performing_facility") or None,
         source_format="csv",
+        observations=[observation],
         extra=extra or None,
     )
     return result

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from shared.formats import ItemResult
 from shared.formats._dates import iso_from_text
-from shared.models import Issue, NormalisedItem
+from shared.models import Issue, NormalisedItem, Observation
 
 _MAX_VALIDATION_ISSUES = 10
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
@@ -143,7 +143,8 @@ def _normalise(doc: dict[str, Any], index: int, report_id: str) -> tuple[Normali
     if errors or collected is None:
         return None, errors
 
-    result, units = _value(observation)
+    results = [r for r in map(_observation, observations) if r is not None]
+    first = results[0]  # the same Observation _first_valid_observation chose
     return (
         NormalisedItem(
             report_id=report_id,
@@ -151,17 +152,34 @@ def _normalise(doc: dict[str, Any], index: int, report_id: str) -> tuple[Normali
             message_id=_text(doc.get("id")) or f"{report_id}-{index}",
             patient_id=patient_id,
             patient_state=_text(_get(patient, "address", 0, "state")) or None,
-            test_code=_text(_get(observation, "code", "coding", 0, "code")),
-            test_name=_text(_get(observation, "code", "coding", 0, "display"))
-            or _text(_get(observation, "code", "text"))
-            or None,
-            result=result,
-            result_units=units or None,
+            test_code=first.test_code,
+            test_name=first.test_name,
+            result=first.result,
+            result_units=first.result_units,
+            result_text=first.result_text,
             specimen_collected_at=collected,
             performing_facility=_text(_get(observation, "performer", 0, "display")) or None,
             source_format="fhir",
+            observations=results,
         ),
         [],
+    )
+
+
+def _observation(resource: dict[str, Any]) -> Observation | None:
+    """One Observation with a coded test and a value, as a normalised result; None otherwise."""
+    code = _text(_get(resource, "code", "coding", 0, "code"))
+    result, units = _value(resource)
+    if not code or not result:
+        return None
+    concept = resource.get("valueCodeableConcept")
+    display = (_text(_get(concept, "coding", 0, "display")) or _text(_get(concept, "text"))) if concept else ""
+    return Observation(
+        test_code=code,
+        test_name=_text(_get(resource, "code", "coding", 0, "display")) or _text(_get(resource, "code", "text")) or None,
+        result=result,
+        result_text=display or None,
+        result_units=units or None,
     )
 
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from shared.formats import ContentError, ItemResult
 from shared.formats._dates import iso_from_hl7
-from shared.models import Issue, NormalisedItem
+from shared.models import Issue, NormalisedItem, Observation
 
 # Any run of bytes between CR/LF characters is a segment, so \r, \n and \r\n all work and blank lines vanish.
 _LINE = re.compile(rb"[^\r\n]+")
@@ -223,6 +223,7 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
 
     if errors or obx is None or collected is None:
         return None, errors
+    observations = _observations(message)
     return (
         NormalisedItem(
             report_id=report_id,
@@ -232,11 +233,13 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
             patient_state=message.value(pid, 11, 4) or None,
             test_code=message.value(obx, 3),
             test_name=message.value(obx, 3, 2) or None,
-            result=_result(message, obx),
-            result_units=message.value(obx, 6) or None,
+            result=observations[0].result,
+            result_units=observations[0].result_units,
+            result_text=observations[0].result_text,
             specimen_collected_at=collected,
             performing_facility=message.value(obx, 23) or message.value(msh, 4) or None,
             source_format="hl7v2",
+            observations=observations,
         ),
         [],
     )
@@ -266,6 +269,29 @@ def _first_valid_obx(message: _Message, index: int) -> tuple[list[str] | None, I
     if not any(message.value(obx, 3) for obx in observations):
         return None, _issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")
     return None, _issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")
+
+
+def _observations(message: _Message) -> list[Observation]:
+    """Every OBX with an identifier and a value, in order: a panel's results all reach the output."""
+    return [
+        Observation(
+            test_code=message.value(obx, 3),
+            test_name=message.value(obx, 3, 2) or None,
+            result=_result(message, obx),
+            result_text=_result_text(message, obx),
+            result_units=message.value(obx, 6) or None,
+        )
+        for obx in message.all("OBX")
+        if message.value(obx, 3) and _result(message, obx)
+    ]
+
+
+def _result_text(message: _Message, obx: list[str]) -> str | None:
+    """The display text (component 2) of a coded OBX-5; None for other value types."""
+    if message.value(obx, 2).upper() not in _CODED_TYPES or len(obx) <= 5:
+        return None
+    components = obx[5].split(message.seps.repetition)[0].split(message.seps.component)
+    return message.text(_nth(components, 2)) or None
 
 
 def _result(message: _Message, obx: list[str]) -> str:
