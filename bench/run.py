@@ -24,6 +24,7 @@ machine, `others`) is recorded with each measurement.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import itertools
 import json
@@ -73,6 +74,8 @@ class Plan:
     big_deadline_s: float = 240.0
     budget_s: float = 570.0
     settle_gc: bool = True  # wait for Azurite's queue GC after the ceiling (quick runs create too few messages)
+    # FUNCTIONS_WORKER_PROCESS_COUNT for the intake devhost: Python is GIL-bound, so the host runs several workers.
+    workers: int = 2
 
 
 FULL = Plan()
@@ -239,7 +242,7 @@ class Bench:
     def phase_intake(self) -> None:
         p = self.plan
         say("phase 2: intake over HTTP through devhost (processor disabled)")
-        host = self.procs.start_devhost(processor=False)
+        host = self.procs.start_devhost(processor=False, FUNCTIONS_WORKER_PROCESS_COUNT=str(p.workers))
         self.host_intake = host
         say(f"  devhost up at {host.url} (pid {host.process.pid}); health {wait_health(host.url)}")
         # A few requests so that imports and first-use resource creation are not measured.
@@ -737,13 +740,15 @@ def table(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts: a smoke run in under 2 minutes")
+    parser.add_argument("--workers", type=int, default=FULL.workers,
+                        help="FUNCTIONS_WORKER_PROCESS_COUNT of the intake host (default %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="wait up to this long for other processes to leave the CPU idle before starting")
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy profiles of devhost during intake c=32 and the drain (perturbs a little)")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = dataclasses.replace(QUICK if args.quick else FULL, workers=args.workers)
 
     def on_term(_sig, _frame):  # SIGTERM cleans up like Ctrl-C: processes stopped, partial results written
         raise KeyboardInterrupt

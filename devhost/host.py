@@ -50,6 +50,10 @@ class Host:
     bind: str
     state: str = "Initializing"
     listing: list[str] = field(default_factory=list)
+    sock: socket.socket | None = None
+    # FUNCTIONS_WORKER_PROCESS_COUNT > 1: worker 0 runs every trigger, workers 1.. serve HTTP only.
+    worker_index: int = 0
+    children: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from devhost.functions import Dispatcher
@@ -165,15 +169,9 @@ class Host:
                                 timeout_keep_alive=120, timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
                                 backlog=2048, server_header=False)
         server = _make_server(config)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.bind, self.port))
-        except OSError as exc:
-            log.error("Cannot listen on %s:%d: %s", self.bind, self.port, exc)
+        sock = self.sock or listen(self.bind, self.port)
+        if sock is None:
             return 1
-        sock.listen(2048)
-        sock.setblocking(False)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -182,6 +180,10 @@ class Host:
             return 1
 
         self.state = "Running"
+        if self.worker_index:
+            log.info("Worker process %d (pid %d) serving HTTP.", self.worker_index, os.getpid())
+            await stop.wait()
+            return await self.shutdown(server, serving)
         print("\nFunctions:\n", flush=False)
         for line in self.listing:
             print(f"        {line}\n", flush=False)
@@ -205,6 +207,7 @@ class Host:
         pending |= {t.task for t in self.timers if t.task is not None}
         done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
         self.io_pool.shutdown(wait=False)
+        _stop_children(self.children, max(1.0, deadline - time.monotonic()))
         if still:
             log.warning("%d invocation(s) still running after %ds; exiting anyway.", len(still),
                         int(SHUTDOWN_GRACE_SECONDS))
@@ -212,6 +215,81 @@ class Host:
             os._exit(0)
         log.info("Host stopped.")
         return 0
+
+
+MAX_WORKER_PROCESSES = 10
+
+
+def listen(bind: str, port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        log.error("Cannot listen on %s:%d: %s", bind, port, exc)
+        return None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def worker_process_count() -> int:
+    """FUNCTIONS_WORKER_PROCESS_COUNT, as the real host reads it (1 to 10, default 1)."""
+    text = os.environ.get("FUNCTIONS_WORKER_PROCESS_COUNT", "1").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKER_PROCESSES:
+        raise ValueError(f"FUNCTIONS_WORKER_PROCESS_COUNT must be 1 to {MAX_WORKER_PROCESSES}, got {text!r}")
+    return int(text)
+
+
+def fork_http_workers(host: "Host", count: int) -> None:
+    """Fork HTTP-only worker processes sharing the listening socket; the kernel spreads connections over them.
+
+    Queue and timer triggers stay in the first process, so batch sizes, retries and poison stay exactly the host's.
+    """
+    for index in range(1, count):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            host.worker_index, host.children = index, []
+            host.pollers, host.timers = [], []
+            with asyncio.Runner(loop_factory=_new_loop) as runner:
+                code = runner.run(host.serve())
+            _flush()
+            os._exit(code)
+        host.children.append(pid)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a host that was killed (SIGKILL gives the host no chance to stop it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_children(children: list[int], timeout: float) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in children:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _make_server(config: Any) -> Any:
@@ -263,9 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(app_dir, args.port, args.host)
     try:
         host.load()
+        workers = worker_process_count()
     except ValueError as exc:
         log.error("Cannot start the host: %s", exc)
         return 1
+    if workers > 1:
+        host.sock = listen(args.host, args.port)
+        if host.sock is None:
+            return 1
+        fork_http_workers(host, workers)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         code = runner.run(host.serve())
     _flush()

@@ -37,3 +37,50 @@ def test_sigterm_makes_received_but_unstarted_messages_visible_at_once(start_dev
     back = list(raw_queue(storage, q["SLOW_QUEUE"]).receive_messages(max_messages=32, visibility_timeout=5))
     assert time.monotonic() - t0 < 2
     assert len(back) == 2 and all(m.dequeue_count == 2 for m in back)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_process_count_spreads_http_over_processes_and_stops_them_all(start_devhost, storage):
+    """FUNCTIONS_WORKER_PROCESS_COUNT=3: three processes answer HTTP; SIGTERM stops all; SIGKILL leaves none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    env = {"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "3"}
+    for stop in ("stop", "kill"):
+        host = start_devhost(APPS / "basic", env=env)
+
+        def ask(_: int) -> int:
+            with httpx.Client() as client:  # a new connection each time, so the kernel can pick any process
+                return int(client.get(f"{host.url}/api/whoami").text)
+
+        seen: set[int] = set()
+        with ThreadPoolExecutor(8) as pool:
+            wait_until(lambda: seen.update(pool.map(ask, range(40))) or len(seen) == 3, 30, what="three workers")
+        assert host.process.pid in seen
+        workers = seen - {host.process.pid}
+        if stop == "stop":
+            assert host.stop() == 0
+        else:
+            host.kill()
+        wait_until(lambda: not any(_alive(pid) for pid in workers), 15, what="workers gone")
+
+
+def test_bad_worker_process_count_fails_at_start(start_devhost, storage):
+    import pytest
+
+    with pytest.raises(RuntimeError, match="FUNCTIONS_WORKER_PROCESS_COUNT"):
+        start_devhost(APPS / "basic", env={"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "99"})
