@@ -48,21 +48,30 @@ POISON_QUEUE = "reports-poison"
 # default back-off (blob and queue start at 15 s and reach 42 s in all) while storage is down.
 TIMEOUTS = {"connection_timeout": 3, "read_timeout": 60}
 TABLE_RETRY = {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 1}
-PROXY_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXY_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+CA_BUNDLE_SETTINGS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def _transport() -> RequestsTransport:
     """One pooled HTTP session for every storage client.
 
     requests otherwise looks for ~/.netrc and proxy variables on every call, a quarter of the SDK's time under
-    load; that is skipped unless a proxy or CA bundle is configured. The pool is sized for the host's concurrency.
+    load. That lookup is kept only when a proxy is configured (a CA bundle setting is passed on by
+    `_connection_options`). The pool is sized for the host's concurrency.
     """
     session = requests.Session()
     session.trust_env = any(os.environ.get(name) for name in PROXY_SETTINGS)
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
+    return RequestsTransport(session=session, session_owner=False, **_connection_options())
+
+
+def _connection_options() -> dict:
+    """Timeouts, and the CA bundle requests would have read from the environment (azure-core passes `verify` on
+    every call, so it must be given here)."""
+    bundle = next((os.environ[name] for name in CA_BUNDLE_SETTINGS if os.environ.get(name)), None)
+    return {**TIMEOUTS, **({"connection_verify": bundle} if bundle else {})}
 
 
 def _fast_retry(policy: type) -> dict:
@@ -101,7 +110,7 @@ class Storage:
 
     @classmethod
     def from_connection_string(cls, conn: str) -> "Storage":
-        shared = {"transport": _transport(), **TIMEOUTS}
+        shared = {"transport": _transport()}
         blobs = BlobServiceClient.from_connection_string(conn, **_fast_retry(BlobLinearRetry), **shared)
         tables = TableServiceClient.from_connection_string(conn, **TABLE_RETRY, **shared)
         queues = QueueServiceClient.from_connection_string(conn, **_fast_retry(QueueLinearRetry), **shared)
