@@ -30,10 +30,10 @@ from ulid import ULID
 
 from bench.load import LevelResult, latency_summary
 from bench.reports import HL7, small_report
+from shared import storage as app_storage
 from shared.clock import now_iso
 from shared.models import StatusRecord
 from shared.status import new_entity
-from shared import storage as app_storage
 
 CONTAINER = "bench-ceiling"
 TABLE = "benchceiling"

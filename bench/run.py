@@ -47,7 +47,14 @@ from bench.load import latency_summary, run_count, run_level
 from bench.profiling import Recording, py_spy
 from bench.reports import HL7, big_report, small_report
 from bench.service import (
-    CpuMeter, Processes, add_sender, foreign_load, machine_info, proc_memory, reset_peak, wait_health,
+    CpuMeter,
+    Processes,
+    add_sender,
+    foreign_load,
+    machine_info,
+    proc_memory,
+    reset_peak,
+    wait_health,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -709,7 +716,7 @@ def table(r: dict) -> str:
         tail = d.get("tail", {})
         lines += ["", f"drain: {d.get('backlog')} reports in {f(d.get('drain_s_from_ready'))} s = "
                       f"{f(d.get('reports_per_s'))}/s overall; statuses {d.get('statuses_after')}",
-                  f"       by depth: " + ", ".join(f"{b['depth']}: {b['reports_per_s']}/s"
+                  "       by depth: " + ", ".join(f"{b['depth']}: {b['reports_per_s']}/s"
                                                  for b in d.get("rate_by_depth", [])),
                   f"       last {tail.get('from_depth', '-')}: {f(tail.get('reports_per_s'))}/s vs SDK ceiling over "
                   f"the same depth {f(pc.get('basic', {}).get('reports_per_s'))}/s (app-ops "
