@@ -81,7 +81,7 @@ class Plan:
     big_deadline_s: float = 240.0
     budget_s: float = 570.0
     settle_gc: bool = True  # wait for Azurite's queue GC after the ceiling (quick runs create too few messages)
-    # FUNCTIONS_WORKER_PROCESS_COUNT for the intake devhost: Python is GIL-bound, so the host runs several workers.
+    # FUNCTIONS_WORKER_PROCESS_COUNT of every devhost: Python is GIL-bound, so the host runs several workers.
     workers: int = 2
 
 
@@ -107,7 +107,7 @@ class Bench:
         self.wait_quiet_s = wait_quiet_s
         self.out = out
         self.profile = profile and py_spy() is not None
-        self.procs = Processes()
+        self.procs = Processes(workers=plan.workers)
         self.results: dict = {
             "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": quick,
@@ -249,7 +249,7 @@ class Bench:
     def phase_intake(self) -> None:
         p = self.plan
         say("phase 2: intake over HTTP through devhost (processor disabled)")
-        host = self.procs.start_devhost(processor=False, FUNCTIONS_WORKER_PROCESS_COUNT=str(p.workers))
+        host = self.procs.start_devhost(processor=False)
         self.host_intake = host
         say(f"  devhost up at {host.url} (pid {host.process.pid}); health {wait_health(host.url)}")
         # A few requests so that imports and first-use resource creation are not measured.
@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts: a smoke run in under 2 minutes")
     parser.add_argument("--workers", type=int, default=FULL.workers,
-                        help="FUNCTIONS_WORKER_PROCESS_COUNT of the intake host (default %(default)s)")
+                        help="FUNCTIONS_WORKER_PROCESS_COUNT of the devhosts (default %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="wait up to this long for other processes to leave the CPU idle before starting")

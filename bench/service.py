@@ -49,7 +49,8 @@ def add_sender(conn: str, name: str) -> str:
 class Processes:
     """Everything started by the run, so that `stop_all` in a `finally` leaves nothing behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         self.azurite: Azurite | None = None
         self.hosts: list[DevHostProcess] = []
 
@@ -60,6 +61,7 @@ class Processes:
 
     def start_devhost(self, processor: bool, timeout: float = 90.0, **extra: str) -> DevHostProcess:
         assert self.azurite is not None
+        extra.setdefault("FUNCTIONS_WORKER_PROCESS_COUNT", str(self.workers))
         host = DevHostProcess(REPO_ROOT, env=app_env(self.azurite.connection_string, processor, **extra))
         self.hosts.append(host)
         host.start(timeout=timeout)

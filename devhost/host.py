@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import signal
@@ -51,7 +52,7 @@ class Host:
     state: str = "Initializing"
     listing: list[str] = field(default_factory=list)
     sock: socket.socket | None = None
-    # FUNCTIONS_WORKER_PROCESS_COUNT > 1: worker 0 runs every trigger, workers 1.. serve HTTP only.
+    # FUNCTIONS_WORKER_PROCESS_COUNT > 1: forked workers 1.. serve HTTP and queues; timers stay in worker 0.
     worker_index: int = 0
     children: list[int] = field(default_factory=list)
 
@@ -181,7 +182,7 @@ class Host:
 
         self.state = "Running"
         if self.worker_index:
-            log.info("Worker process %d (pid %d) serving HTTP.", self.worker_index, os.getpid())
+            log.info("Worker process %d (pid %d) started.", self.worker_index, os.getpid())
             await stop.wait()
             return await self.shutdown(server, serving)
         print("\nFunctions:\n", flush=False)
@@ -241,17 +242,24 @@ def worker_process_count() -> int:
     return int(text)
 
 
-def fork_http_workers(host: "Host", count: int) -> None:
-    """Fork HTTP-only worker processes sharing the listening socket; the kernel spreads connections over them.
+def fork_workers(host: "Host", count: int) -> None:
+    """Fork worker processes sharing the listening socket (the kernel spreads connections over them).
 
-    Queue and timer triggers stay in the first process, so batch sizes, retries and poison stay exactly the host's.
+    Like the real host, which spreads invocations over its workers, every worker runs the HTTP and queue triggers;
+    each polls with batchSize/N and newBatchThreshold/N, so together they keep the host's concurrency bound.
+    Timers run in the first process only: a schedule fires once.
     """
+    for poller in host.pollers:
+        options = poller.options
+        poller.options = dataclasses.replace(
+            options, batch_size=max(1, options.batch_size // count),
+            new_batch_threshold=options.new_batch_threshold // count,
+        )
     for index in range(1, count):
         pid = os.fork()
         if pid == 0:
             _die_with_parent()
-            host.worker_index, host.children = index, []
-            host.pollers, host.timers = [], []
+            host.worker_index, host.children, host.timers = index, [], []
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 code = runner.run(host.serve())
             _flush()
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         host.sock = listen(args.host, args.port)
         if host.sock is None:
             return 1
-        fork_http_workers(host, workers)
+        fork_workers(host, workers)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         code = runner.run(host.serve())
     _flush()

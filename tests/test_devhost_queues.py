@@ -176,3 +176,15 @@ def test_disabled_queue_function_is_not_polled(start_devhost, storage, tmp_path,
     assert [m.content for m in peek_all(storage, q["OK_QUEUE"])] == [base64.b64encode(b"should stay").decode()]
     assert "Function 'q_ok' is disabled." in host.logs()
     assert "q_ok: queueTrigger" not in host.logs()
+
+
+def test_worker_processes_share_the_batch_and_run_each_message_once(start_devhost, storage, tmp_path):
+    """FUNCTIONS_WORKER_PROCESS_COUNT=2: both processes take messages, together never above batchSize."""
+    env, q = queue_env(storage, tmp_path, batchSize="4", newBatchThreshold="0")
+    env["FUNCTIONS_WORKER_PROCESS_COUNT"] = "2"
+    _send_many(storage, q["SLOW_QUEUE"], ["0.4"] * 8)
+    start_devhost(QUEUES_APP, env=env)
+    wait_until(lambda: len(events(tmp_path, "q_slow")) == 16, 30, what="all eight messages")
+    seen = events(tmp_path, "q_slow")
+    assert max_concurrency(seen) <= 4
+    assert len({e["pid"] for e in seen}) == 2, "both worker processes ran invocations"

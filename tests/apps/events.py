@@ -10,7 +10,7 @@ from typing import Any
 
 
 def record(fn: str, **fields: Any) -> None:
-    line = json.dumps({"fn": fn, "t": time.time(), **fields}, default=str) + "\n"
+    line = json.dumps({"fn": fn, "t": time.time(), "pid": os.getpid(), **fields}, default=str) + "\n"
     # One O_APPEND write per line keeps lines whole when invocations run concurrently.
     fd = os.open(os.environ["EVENTS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
