@@ -99,28 +99,47 @@ def wait_health(url: str, deadline_s: float = 30.0) -> dict:
 # --- memory of a process --------------------------------------------------------------------------------------
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its direct children: devhost's worker processes (FUNCTIONS_WORKER_PROCESS_COUNT)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(") ", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return [pid, *children]
+
+
 def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of `pid` in bytes (empty if the process is gone)."""
+    """VmRSS and VmHWM in bytes: the largest over `pid` and its worker processes (empty if all are gone).
+
+    A request lands in one worker, so its peak is that worker's, not a sum."""
     out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    name, value = line.split(":", 1)
-                    out[name] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                for line in f:
+                    if line.startswith(("VmRSS:", "VmHWM:")):
+                        name, value = line.split(":", 1)
+                        out[name] = max(out.get(name, 0), int(value.split()[0]) * 1024)
+        except OSError:
+            continue
     return out
 
 
 def reset_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0, `5` to clear_refs); False if not allowed."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """Reset VmHWM to the current RSS (Linux >= 4.0, `5` to clear_refs) of `pid` and its workers."""
+    done = True
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            done = False
+    return done
 
 
 # --- machine facts -------------------------------------------------------------------------------------------
