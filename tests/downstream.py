@@ -20,6 +20,8 @@ class Downstream:
     default: int = 200
     answers: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    # Requests whose sender died before the whole body arrived: an HTTP server discards them, so do we.
+    incomplete: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -33,7 +35,13 @@ class Downstream:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                expected = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(expected)
+                if len(body) < expected:
+                    with outer.lock:
+                        outer.incomplete += 1
+                    self.close_connection = True
+                    return
                 with outer.lock:
                     code = outer.answers.pop(0) if outer.answers else outer.default
                     outer.received.append(Received(self.headers.get("Idempotency-Key", ""), body))
