@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
@@ -132,10 +137,7 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
         raise unavailable(settings.retry_after_seconds) from exc
 
     try:
-        row = status.write(storage.reports, row, {"status": Status.QUEUED})
-    except ResourceModifiedError:
-        # The processor got to it first; its state is newer than `queued`.
-        pass
+        work.mark_queued(storage, row)
     except AzureError as exc:
         # Stored and enqueued, so the 202 stands; the reconciler may enqueue it again, which processing tolerates.
         log.warning("report %s enqueued but not marked queued: %s", report_id, type(exc).__name__)

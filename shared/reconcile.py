@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from azure.core.exceptions import ResourceModifiedError
-
 from shared import status, work
 from shared.clock import to_iso
 from shared.config import Settings
@@ -19,10 +17,7 @@ log = logging.getLogger(__name__)
 def enqueue(storage: Storage, row: status.Row) -> None:
     """Send the message, then mark the row `queued` (a processor may take `received` rows, so order is safe)."""
     work.send(storage, row)
-    try:
-        status.write(storage.reports, row, {"status": Status.QUEUED})
-    except ResourceModifiedError:
-        pass  # already picked up by a processor
+    work.mark_queued(storage, row)
 
 
 def reconcile(storage: Storage, settings: Settings, now: datetime | None = None) -> int:

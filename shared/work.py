@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from azure.core.exceptions import ResourceModifiedError
+
 from shared import status
 from shared.models import QueueMessage
+from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 
 
@@ -21,3 +24,11 @@ def message_for(row: status.Row) -> QueueMessage:
 def send(storage: Storage, row: status.Row) -> None:
     """Enqueue the report's message; it never expires, since a report must not be lost to a TTL."""
     storage.queue.send_message(message_for(row).model_dump_json(), time_to_live=-1)
+
+
+def mark_queued(storage: Storage, row: status.Row) -> None:
+    """After the send: the row becomes `queued`, unless a processor already moved it on (its state is newer)."""
+    try:
+        status.write(storage.reports, row, {"status": Status.QUEUED})
+    except ResourceModifiedError:
+        pass
