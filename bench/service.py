@@ -55,7 +55,7 @@ class Processes:
         self.hosts: list[DevHostProcess] = []
 
     def start_azurite(self) -> Azurite:
-        self.azurite = Azurite()  # in memory
+        self.azurite = Azurite(silent=True)  # in memory, no access log
         self.azurite.start(timeout=60)
         return self.azurite
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MAX_ITEMS = 10_000
 MAX_LISTED_ISSUES = 100
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
+# Reports up to this size skip the `processing` write: it would be overwritten within milliseconds, and it is one
+# of the five storage calls a report costs. Larger ones are marked first so pollers see the work under way.
+MARK_PROCESSING_OVER_BYTES = 256 * 1024
 CHUNK = 1024 * 1024
 
 
@@ -76,18 +79,23 @@ class Parsed:
 def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
     """Handle one queue message; returns what happened (for the log). Raises to ask the host for a retry."""
     message = QueueMessage.model_validate_json(body)
-    started = status.update(storage.reports, message.sender, message.id, _start_attempt)
-    if started is None:
+    row = status.read(storage.reports, message.sender, message.id)
+    if row is None:
         log.warning("report %s: no status row; message dropped", message.id)
         return "unknown"
-    if started.status in TERMINAL:
-        log.info("report %s already %s; message acknowledged", message.id, started.status.value)
+    if row.status in TERMINAL:
+        log.info("report %s already %s; message acknowledged", message.id, row.status.value)
         return "ignored"
-    attempt = int(started.entity.get("attempts", 1))
+    # The host's dequeue count restarts after a replay and the row's count misses a try that crashed, so take
+    # whichever is further along.
+    attempt = max(int(row.entity.get("attempts") or 0) + 1, dequeue_count)
+    started = _mark_processing(storage, message, row, attempt) if _is_long(row) else row
+    if started is None or started.status in TERMINAL:
+        return "ignored"
     try:
-        outcome = _run(storage, settings, message, started)
+        outcome = _run(storage, settings, message, started, attempt)
     except PermanentFailure as failure:
-        _finish(storage, message, started, Status.FAILED, errors=[failure.issue.model_dump()],
+        _finish(storage, message, started, Status.FAILED, attempt, errors=[failure.issue.model_dump()],
                 delivery=failure.delivery)
         log.warning("report %s failed permanently: %s", message.id, failure.issue.code)
         return Status.FAILED.value
@@ -104,20 +112,28 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
     return outcome.value
 
 
-def _start_attempt(row: status.Row) -> dict | None:
-    if row.status in TERMINAL:
-        return None
-    return {"status": Status.PROCESSING, "attempts": int(row.entity.get("attempts", 0)) + 1}
+def _is_long(row: status.Row) -> bool:
+    """Whether a poller could see this try at all: a small report is parsed and finished in milliseconds."""
+    return int(row.entity.get("size_bytes") or 0) > MARK_PROCESSING_OVER_BYTES
 
 
-def _run(storage: Storage, settings: Settings, message: QueueMessage, started: status.Row) -> Status:
+def _mark_processing(storage: Storage, message: QueueMessage, row: status.Row, attempt: int) -> status.Row | None:
+    def start(current: status.Row) -> dict | None:
+        if current.status in TERMINAL:
+            return None
+        return {"status": Status.PROCESSING, "attempts": attempt}
+
+    return status.update(storage.reports, message.sender, message.id, start, known=row)
+
+
+def _run(storage: Storage, settings: Settings, message: QueueMessage, started: status.Row, attempt: int) -> Status:
     raw = _download(storage, message)
     parsed = _parse(raw, message)
     del raw
     try:
         if parsed.counts.accepted == 0:
             _finish(
-                storage, message, started, Status.REJECTED, items=parsed.counts,
+                storage, message, started, Status.REJECTED, attempt, items=parsed.counts,
                 errors=parsed.errors.listed(), warnings=parsed.warnings.listed(),
             )
             return Status.REJECTED
@@ -127,7 +143,7 @@ def _run(storage: Storage, settings: Settings, message: QueueMessage, started: s
         )
         delivery = _deliver(settings, message, parsed) if settings.delivery_url else None
         _finish(
-            storage, message, started, Status.PROCESSED, items=parsed.counts,
+            storage, message, started, Status.PROCESSED, attempt, items=parsed.counts,
             errors=parsed.errors.listed(), warnings=parsed.warnings.listed(), delivery=delivery,
         )
         return Status.PROCESSED
@@ -201,13 +217,14 @@ def _finish(
     message: QueueMessage,
     started: status.Row,
     outcome: Status,
+    attempt: int,
     items: ItemCounts | None = None,
     errors: list[dict] | None = None,
     warnings: list[dict] | None = None,
     delivery: Delivery | None = None,
 ) -> None:
-    changes: dict[str, object] = {"status": outcome, "completed_at": now_iso(), "errors": errors or [],
-                                  "warnings": warnings or []}
+    changes: dict[str, object] = {"status": outcome, "attempts": attempt, "completed_at": now_iso(),
+                                  "errors": errors or [], "warnings": warnings or []}
     if items is not None:
         changes["items"] = items.model_dump()
     if delivery is not None:
@@ -226,7 +243,10 @@ def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc
         if row.status in TERMINAL:
             return None
         record = row.record()
-        changes: dict[str, object] = {"exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()]}
+        changes: dict[str, object] = {
+            "exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()],
+            "attempts": max(record.attempts, attempt),
+        }
         if isinstance(exc, DeliveryError):
             changes["delivery"] = Delivery(
                 status="failed" if last_try else "pending", at=entry.at, http_status=exc.http_status
@@ -234,6 +254,8 @@ def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc
         if last_try:
             changes["status"] = Status.FAILED
             changes["completed_at"] = entry.at
+        elif row.status is not Status.PROCESSING:
+            changes["status"] = Status.PROCESSING  # tried and waiting for the host's retry, however small
         return changes
 
     try:

@@ -30,11 +30,12 @@ class Status(str, Enum):
 
 TERMINAL = frozenset({Status.PROCESSED, Status.REJECTED, Status.FAILED})
 
-# received -> processing happens when the processor wins the race against ingest marking the row `queued`.
+# A processor may leave a row `received` or `queued` straight for a terminal state: small reports skip the
+# `processing` write, and the processor can win the race against ingest marking the row `queued`.
 # processing -> processing is a redelivery after a crash. failed -> queued is an operator's replay.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.RECEIVED: frozenset({Status.QUEUED, Status.PROCESSING}),
-    Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING}),
+    Status.RECEIVED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
     Status.PROCESSING: frozenset({Status.PROCESSING, Status.QUEUED, *TERMINAL}),
     Status.PROCESSED: frozenset(),
     Status.REJECTED: frozenset(),

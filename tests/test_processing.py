@@ -89,6 +89,44 @@ def test_message_for_a_finished_report_is_ignored(app: Storage) -> None:
     assert again == done
 
 
+def _status_while_running(app: Storage, monkeypatch: pytest.MonkeyPatch, report_id: str, **run_args: object) -> dict:
+    """The status row as a poller would see it while the processor works on the report."""
+    seen: dict = {}
+    real_parse = processing._parse
+
+    def parse_and_look(raw: bytes, message: object) -> object:
+        seen.update(status.read(app.reports, "unit-proc", report_id).record().model_dump(mode="json"))
+        return real_parse(raw, message)
+
+    monkeypatch.setattr(processing, "_parse", parse_and_look)
+    run(app, report_id, **run_args)
+    return seen
+
+
+def test_a_large_report_shows_processing_while_it_runs(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = b"".join(b"P%d,T1,pos,2026-01-01\n" % i for i in range(processing.MARK_PROCESSING_OVER_BYTES // 20))
+    report_id = submit(app, CSV_HEADER + rows, "text/csv")
+    seen = _status_while_running(app, monkeypatch, report_id)
+    assert seen["status"] == "processing" and seen["attempts"] == 1
+    assert status.read(app.reports, "unit-proc", report_id).record().attempts == 1
+
+
+def test_a_small_report_goes_from_queued_to_processed_in_one_write(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    seen = _status_while_running(app, monkeypatch, report_id)
+    assert seen["status"] == "queued" and seen["attempts"] == 0
+    done = status.read(app.reports, "unit-proc", report_id).record()
+    assert done.status == "processed" and done.attempts == 1
+
+
+def test_a_try_that_crashed_unrecorded_still_counts(app: Storage) -> None:
+    # The first delivery died with its process (nothing written); the host's count says this is the second try.
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    assert run(app, report_id, dequeue_count=2)["attempts"] == 2
+
+
 def test_more_than_10000_items_is_rejected(app: Storage) -> None:
     body = CSV_HEADER + b"".join(b"P%d,T1,pos,2026-01-01\n" % i for i in range(processing.MAX_ITEMS + 1))
     record = run(app, submit(app, body, "text/csv"))
