@@ -1,17 +1,16 @@
 """Storage ceilings: the storage calls an ingest / a processing does, made directly with the Azure SDK.
 
 Clients are made once by the app's own factory (`shared.storage.Storage`) and shared by all threads, as the app
-does. The resources
-are the bench's own (container, tables and queue named `bench...`), so the app's queue never sees these messages;
-the intake ceiling's messages are the backlog the processing ceiling then drains.
+does. The resources are the bench's own (container, table and queue named `bench...`), so the app's queue never
+sees these messages.
 
-Two flavours of each:
-- `basic`: what the brief calls the ceiling. Intake: blob upload + table insert + queue put (base64, ttl -1).
-  Processing: receive (batches of 16) + blob read + table merge + delete.
-- `app_ops`: every storage call the app makes. Intake adds the sender point read (auth) and the etag-conditional
-  merge to `queued`. Processing adds the status row read (is the report finished already?) and the results blob
-  upload, and makes its merge etag-conditional; reports over 256 KB also mark the row `processing`, which small
-  ones (all of the bench's) skip.
+Intake: blob upload + table insert + queue put (base64, ttl -1), the brief's ceiling.
+
+Processing, two flavours:
+- `basic`: what the brief calls the ceiling: receive (batches of 16) + blob read + table merge + delete.
+- `app_ops`: the processor's own calls: `basic` plus the status row read (is the report finished already?) and the
+  results blob upload, with the merge etag-conditional. Reports over 256 KB also mark the row `processing`; small
+  ones (all of the bench's) skip it.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ TABLE = "benchceiling"
 SENDERS = "benchsenders"
 QUEUE = "bench-ceiling"
 SENDER = "bench-ceiling"
-KEY_DIGEST = hashlib.sha256(b"bench-ceiling-key").hexdigest()
 RESULT_LINE = (b'{"report_id":"%s","item_index":0,"message_id":"BENCH-000000001","patient_id":"MRN000000001",'
                b'"test_code":"2345-7","result":"98","specimen_collected_at":"2026-11-19T07:15:00Z",'
                b'"source_format":"hl7v2","units":"mg/dL","reference_range":"70-99","test_name":"Glucose"}\n')
@@ -67,7 +65,6 @@ def _bench_names():
 class Clients:
     container: ContainerClient
     table: TableClient
-    senders: TableClient
     queue: QueueClient
 
     @classmethod
@@ -77,19 +74,16 @@ class Clients:
         with _bench_names():
             app = app_storage.Storage.from_connection_string(conn)
         tables: TableServiceClient = app.tables
-        clients = cls(app.container, app.reports, app.senders, app.queue)
+        clients = cls(app.container, app.reports, app.queue)
         try:
             clients.container.create_container()
         except ResourceExistsError:
             pass
         tables.create_table_if_not_exists(TABLE)
-        tables.create_table_if_not_exists(SENDERS)
         try:
             clients.queue.create_queue()
         except ResourceExistsError:
             pass
-        clients.senders.upsert_entity({"PartitionKey": "key", "RowKey": KEY_DIGEST, "sender": SENDER,
-                                       "active": True, "sender_enabled": True, "created_at": now_iso()})
         return clients
 
     def depth(self) -> int:
@@ -111,9 +105,8 @@ def _entity_template() -> dict:
 class IntakeOps:
     """One ingest's storage calls, thread-safe (the clients are shared)."""
 
-    def __init__(self, clients: Clients, app_ops: bool) -> None:
+    def __init__(self, clients: Clients) -> None:
         self.c = clients
-        self.app_ops = app_ops
         self.template = _entity_template()
         self.settings = ContentSettings(content_type=HL7)
         self._n = iter(range(10**12))
@@ -123,9 +116,6 @@ class IntakeOps:
         with self._lock:
             n = 10_000_000 + next(self._n)
         body = small_report(n)
-        if self.app_ops:
-            row = self.c.senders.get_entity("key", KEY_DIGEST)
-            assert row["sender_enabled"]
         digest = hashlib.sha256(body).hexdigest()
         rid = str(ULID())
         blob = f"raw/{SENDER}/{rid}"
@@ -134,14 +124,10 @@ class IntakeOps:
         now = now_iso()
         entity = {**self.template, "RowKey": rid, "sha256": digest, "size_bytes": len(body), "received_at": now,
                   "updated_at": now, "blob": blob}
-        meta = self.c.table.create_entity(entity)
+        self.c.table.create_entity(entity)
         message = json.dumps({"v": 1, "id": rid, "sender": SENDER, "blob": blob, "sha256": digest,
                               "content_type": HL7}, separators=(",", ":"))
         self.c.queue.send_message(message, time_to_live=-1)
-        if self.app_ops:
-            self.c.table.update_entity({"PartitionKey": SENDER, "RowKey": rid, "status": "queued",
-                                        "updated_at": now_iso()}, mode=UpdateMode.MERGE, etag=meta["etag"],
-                                       match_condition=MatchConditions.IfNotModified)
         return "ok"
 
 
@@ -164,9 +150,21 @@ def process_one(c: Clients, message, app_ops: bool) -> None:
     c.queue.delete_message(message.id, message.pop_receipt)
 
 
-def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages: int, app_ops: bool) -> LevelResult:
+@dataclass
+class DrainResult:
+    level: LevelResult
+    tail: dict  # the last `tail` messages: {"messages", "seconds", "reports_per_s"}
+    stall_s: float  # time in gaps of STALL_S or more with nothing completed (Azurite's queue GC)
+
+
+STALL_S = 2.0
+
+
+def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages: int, app_ops: bool,
+          tail: int = 1000) -> DrainResult:
     """`threads` workers each receive `batch` messages at a time and process them one by one, until the queue is
-    empty, `max_messages` are done or `duration_s` has passed. Latency is per message (receive amortised)."""
+    empty, `max_messages` are done or `duration_s` has passed. Latency is per message (receive amortised). The
+    last `tail` messages are timed on their own: the rate at a depth under `tail`."""
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
@@ -220,11 +218,19 @@ def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages:
         w.join(timeout=max(0.0, end - time.perf_counter()) + 120)
     elapsed = max(1e-9, last_done[0] - start)
     marks = [start, *sorted(done_times)]
-    gap = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
-    return LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors, gap)
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    level = LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors,
+                        max(gaps, default=0.0))
+    tail_info: dict = {}
+    if len(marks) > tail + 1:
+        seconds = marks[-1] - marks[-tail - 1]
+        tail_info = {"messages": tail, "seconds": round(seconds, 3), "reports_per_s": round(tail / seconds, 2)}
+    return DrainResult(level, tail_info, sum(g for g in gaps if g >= STALL_S))
 
 
-def drain_summary(result: LevelResult, batch: int, app_ops: bool) -> dict:
+def drain_summary(drained: DrainResult, batch: int, app_ops: bool) -> dict:
+    result = drained.level
+    without_stalls = result.duration_s - drained.stall_s
     return {
         "flavour": "app_ops" if app_ops else "basic",
         "threads": result.concurrency,
@@ -233,6 +239,9 @@ def drain_summary(result: LevelResult, batch: int, app_ops: bool) -> dict:
         "errors": result.errors,
         "elapsed_s": round(result.duration_s, 3),
         "reports_per_s": round(result.rate, 2),
+        "stalls_s": round(drained.stall_s, 2),
+        "reports_per_s_without_stalls": round(result.ok / without_stalls, 2) if without_stalls > 0 else None,
+        "tail": drained.tail,
         "latency_per_message": latency_summary(result.latencies),
         "longest_gap_s": round(result.longest_gap_s, 3),
         "error_samples": result.error_samples[:5],

@@ -68,11 +68,10 @@ class Plan:
     level_s: float = 8.0
     ceiling_level_s: float = 6.0  # fewer queue messages created, so Azurite's GC sweep afterwards is shorter
     warmup_s: float = 1.5
-    app_ops_level_s: float = 3.0
     backlog: int = 5000
     proc_threads: int = 16
     proc_batch: int = 16
-    proc_ceiling_s: float = 60.0  # a deadline: the ceiling drains proc_ceiling_max messages to empty
+    proc_ceiling_s: float = 300.0  # a deadline: each ceiling drain runs until its queue is empty
     proc_ceiling_max: int = 1000
     drain_deadline_s: float = 300.0
     e2e_reports: int = 200
@@ -86,7 +85,7 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(level_s=2.0, ceiling_level_s=2.0, warmup_s=0.5, app_ops_level_s=1.0, backlog=400, proc_ceiling_s=20.0,
+QUICK = Plan(level_s=2.0, ceiling_level_s=2.0, warmup_s=0.5, backlog=400, proc_ceiling_s=20.0,
              proc_ceiling_max=200, drain_deadline_s=90.0, e2e_reports=30, big_bytes=5_000_000, big_deadline_s=60.0,
              budget_s=170.0, settle_gc=False)
 
@@ -203,18 +202,16 @@ class Bench:
         say("phase 1: storage ceiling (blob upload + table insert + queue put, direct SDK)")
         self.clients = ceil.Clients.create(self.procs.azurite.connection_string)
         out: dict = {"what": "per op: blob upload ~1 KB + table insert + queue put (base64, ttl -1); shared clients, "
-                             "app client options; threads in the bench process", "basic": [], "app_ops": []}
-        for flavour, seconds in (("basic", p.ceiling_level_s), ("app_ops", p.app_ops_level_s)):
-            ops = ceil.IntakeOps(self.clients, app_ops=flavour == "app_ops")
-            for c in p.levels:
-                self.check_budget("ceiling")
-                level, summary = self.measure(f"ceiling {flavour} c={c}", self.pids(),
-                                              lambda: run_level(lambda _i: (ops, lambda: None), c, seconds, p.warmup_s))
-                out[flavour].append(summary)
-                say(f"  ceiling {flavour:7s} c={c:<2d} {level.rate:7.1f} ops/s  p50 {summary['latency']['p50_ms']} ms"
-                    f"  p99 {summary['latency']['p99_ms']} ms  errors {level.errors}  cpu {summary['cpu_cores']}")
-        out["app_ops_what"] = ("every storage call an ingest makes: sender point read + blob + insert + queue put + "
-                               "etag merge to queued")
+                             "app client options; threads in the bench process", "basic": []}
+        ops = ceil.IntakeOps(self.clients)
+        for c in p.levels:
+            self.check_budget("ceiling")
+            level, summary = self.measure(f"ceiling c={c}", self.pids(),
+                                          lambda: run_level(lambda _i: (ops, lambda: None), c, p.ceiling_level_s,
+                                                            p.warmup_s))
+            out["basic"].append(summary)
+            say(f"  ceiling c={c:<2d} {level.rate:7.1f} ops/s  p50 {summary['latency']['p50_ms']} ms"
+                f"  p99 {summary['latency']['p99_ms']} ms  errors {level.errors}  cpu {summary['cpu_cores']}")
         # Azurite's in-memory queues scan every message of every queue on each receive/delete/count, so the
         # ceiling's leftovers would slow the app's drain: drop them.
         out["messages_left_and_cleared"] = self.clients.depth()
@@ -273,15 +270,11 @@ class Bench:
                 f"p95 {summary['latency']['p95_ms']} ms  p99 {summary['latency']['p99_ms']} ms  "
                 f"errors {level.errors} {level.outcomes}  cpu {summary['cpu_cores']}")
         base = {lv["concurrency"]: lv["ops_per_s"] for lv in self.results["ceiling"]["basic"]}
-        full = {lv["concurrency"]: lv["ops_per_s"] for lv in self.results["ceiling"]["app_ops"]}
         ratios = {f"c{lv['concurrency']}": round(lv["ops_per_s"] / base[lv["concurrency"]], 3)
                   for lv in levels if base.get(lv["concurrency"])}
-        ratios_full = {f"c{lv['concurrency']}": round(lv["ops_per_s"] / full[lv["concurrency"]], 3)
-                       for lv in levels if full.get(lv["concurrency"])}
-        self.results["intake"] = {"levels": levels, "ratio_to_ceiling": ratios,
-                                  "ratio_to_app_ops_ceiling": ratios_full, "report_bytes": len(small_report(1)),
+        self.results["intake"] = {"levels": levels, "ratio_to_ceiling": ratios, "report_bytes": len(small_report(1)),
                                   "profiles": profiles}
-        say(f"  intake / ceiling: {ratios}  (vs app-ops ceiling: {ratios_full})")
+        say(f"  intake / ceiling: {ratios}")
 
     def build_backlog(self) -> int:
         p = self.plan
@@ -300,44 +293,55 @@ class Bench:
 
     def phase_processing_ceiling(self) -> None:
         p = self.plan
-        k = p.proc_ceiling_max
-        say(f"phase 5: processing ceiling: {k} messages queued directly, then drained with the SDK "
-            f"({p.proc_threads} threads, receive x{p.proc_batch} + blob read + table merge + delete)")
-        out = {"what": "per message: receive (batches) + blob read + table merge + delete; 'app_ops' adds the "
-                       "app's read+etag-merge at start and finish and the results blob upload. Each drains a queue "
-                       f"of {k} messages to 0, compared with the devhost drain over the same depth range "
-                       f"({k} -> 0), because Azurite's queue operations slow down with the number of messages."}
-        for app_ops in (False, True):
+        backlog = self.results.get("drain", {}).get("backlog") or p.backlog
+        say(f"phase 5: processing ceiling: the drain's calls made directly with the SDK ({p.proc_threads} threads, "
+            f"receive x{p.proc_batch} + blob read + table merge + delete), over a backlog of {backlog} as the "
+            f"drain had, then the processor's own calls over {p.proc_ceiling_max}")
+        out = {"what": "per message: receive (batches) + blob read + table merge + delete. 'basic' drains a backlog "
+                       "as large as the devhost drain's, so both cross the same queue depths (Azurite's queue "
+                       "operations slow down with the number of messages); its last messages are timed on their "
+                       "own for the rate at low depth. 'app_ops' makes the processor's calls (status row read, blob "
+                       "read, results blob upload, etag-conditional merge, delete) over a smaller backlog, to "
+                       "compare with the drain's last messages: what devhost and the app cost beyond storage."}
+        for flavour, count in (("basic", backlog), ("app_ops", p.proc_ceiling_max)):
+            app_ops = flavour == "app_ops"
             stalled = None
-            for _attempt in range(2):
-                self.check_budget("processing ceiling", 20)
+            for _attempt in range(1 if count > p.proc_ceiling_max else 2):
+                self.check_budget("processing ceiling", count / 50)
                 self.clients.clear()
-                fill = run_count(lambda _i: (ceil.IntakeOps(self.clients, app_ops=False), lambda: None), 16, k, 120)
+                fill = run_count(lambda _i: (ceil.IntakeOps(self.clients), lambda: None), 16, count,
+                                 max(120.0, count / 20))
                 depth = self.clients.depth()
                 meter = CpuMeter(self.pids())
-                result = ceil.drain(self.clients, p.proc_threads, p.proc_batch, p.proc_ceiling_s, depth, app_ops)
-                summary = {**ceil.drain_summary(result, p.proc_batch, app_ops), "cpu_cores": meter.read(),
+                drained = ceil.drain(self.clients, p.proc_threads, p.proc_batch, p.proc_ceiling_s, depth, app_ops,
+                                     tail=p.proc_ceiling_max)
+                summary = {**ceil.drain_summary(drained, p.proc_batch, app_ops), "cpu_cores": meter.read(),
                            "start_depth": depth, "fill_errors": fill.errors}
                 if stalled is not None:
                     summary["stalled_attempt"] = stalled
-                if result.longest_gap_s <= 2.0 or stalled is not None:
+                if drained.stall_s == 0 or stalled is not None or count > p.proc_ceiling_max:
                     break
                 stalled = {k2: summary[k2] for k2 in ("reports_per_s", "longest_gap_s", "cpu_cores")}
-                say(f"  ceiling {summary['flavour']}: nothing completed for {result.longest_gap_s:.1f}s (storage "
+                say(f"  ceiling {flavour}: nothing completed for {drained.level.longest_gap_s:.1f}s (storage "
                     f"stall; Azurite GC?); measuring again")
-            out["app_ops" if app_ops else "basic"] = summary
-            say(f"  ceiling {summary['flavour']:7s} {summary['reports_per_s']:7.1f} msgs/s "
-                f"({summary['processed']} of {depth} in {summary['elapsed_s']} s, errors {summary['errors']}) "
-                f"cpu {summary['cpu_cores']}")
+            out[flavour] = summary
+            say(f"  ceiling {flavour:7s} {summary['reports_per_s']:7.1f} msgs/s ({summary['processed']} of {depth} in "
+                f"{summary['elapsed_s']} s, stalls {summary['stalls_s']} s, errors {summary['errors']}); last "
+                f"{p.proc_ceiling_max}: {summary['tail'].get('reports_per_s')}/s; cpu {summary['cpu_cores']}")
         self.clients.clear()
         self.results["processing_ceiling"] = out
         d = self.results.get("drain", {})
+        basic, app = out.get("basic", {}), out.get("app_ops", {})
         tail = d.get("tail", {}).get("reports_per_s")
-        for key, flavour in (("ratio_to_ceiling", "basic"), ("ratio_to_app_ops_ceiling", "app_ops")):
-            rate = out.get(flavour, {}).get("reports_per_s")
-            d[key] = round(tail / rate, 3) if tail and rate else None
-        say(f"  drain / ceiling over depth {k} -> 0: {d.get('ratio_to_ceiling')} (vs app-ops ceiling: "
-            f"{d.get('ratio_to_app_ops_ceiling')})")
+        d["ratio_to_ceiling"] = _ratio(d.get("reports_per_s"), basic.get("reports_per_s"))
+        d["ratio_to_ceiling_without_stalls"] = _ratio(d.get("reports_per_s_without_stalls"),
+                                                      basic.get("reports_per_s_without_stalls"))
+        d["ratio_to_ceiling_tail"] = _ratio(tail, basic.get("tail", {}).get("reports_per_s"))
+        d["ratio_to_app_ops_ceiling_tail"] = _ratio(tail, app.get("reports_per_s"))
+        say(f"  drain / ceiling over the whole backlog: {d['ratio_to_ceiling']} (without stalls: "
+            f"{d['ratio_to_ceiling_without_stalls']}); over the last {p.proc_ceiling_max}: "
+            f"{d['ratio_to_ceiling_tail']}, and {d['ratio_to_app_ops_ceiling_tail']} of the processor's "
+            f"own calls made directly")
 
     def list_statuses(self, url: str, limit_pages: int) -> tuple[dict[str, int], list[dict]]:
         counts: dict[str, int] = {}
@@ -394,17 +398,21 @@ class Bench:
         profile = rec.finish() if rec is not None else None
         counts, records = self.list_statuses(host.url, limit_pages=backlog // 1000 + 30)
         terminal = sum(v for k, v in counts.items() if k in TERMINAL)
-        completed = sorted(r["completed_at"] for r in records if r.get("completed_at"))
-        span_rate = None
-        if len(completed) > 1:
-            first = datetime.fromisoformat(completed[0].replace("Z", "+00:00"))
-            last = datetime.fromisoformat(completed[-1].replace("Z", "+00:00"))
-            span = (last - first).total_seconds()
-            span_rate = round((len(completed) - 1) / span, 2) if span > 0 else None
+        # The same measures as the SDK ceiling's drain, from the moments reports were completed: Azurite's stalls
+        # (gaps with nothing completed) and the rate over the last reports.
+        completed = sorted(_seconds(r["completed_at"]) for r in records if r.get("completed_at"))
+        gaps = [b - a for a, b in zip(completed, completed[1:])]
+        stalls = [{"at_s": round(a - completed[0], 1), "seconds": round(g, 1)}
+                  for a, g in zip(completed, gaps) if g >= ceil.STALL_S]
+        stall_s = sum(g for g in gaps if g >= ceil.STALL_S)
+        span_rate = round((len(completed) - 1) / (completed[-1] - completed[0]), 2) if len(completed) > 1 else None
         drain_s = (done_at - ready) if done_at else None
         rate = round(backlog / drain_s, 2) if drain_s else None
-        tail = _tail_rate(timeline, p.proc_ceiling_max, done_at - ready if done_at else None)
-        stalls = _stalls(timeline)
+        tail: dict = {}
+        n = min(p.proc_ceiling_max, len(completed) - 1)
+        if n > 0 and completed[-1] > completed[-n - 1]:
+            seconds = completed[-1] - completed[-n - 1]
+            tail = {"messages": n, "seconds": round(seconds, 3), "reports_per_s": round(n / seconds, 2)}
         buckets = _bucket_rates(timeline, backlog)
         self.results["drain"] = {
             "backlog": backlog,
@@ -417,12 +425,14 @@ class Bench:
             "terminal": terminal,
             "cpu_cores": cpu,
             "stalls": stalls,
-            "reports_per_s_without_stalls": (round(backlog / (drain_s - sum(x["seconds"] for x in stalls)), 2)
-                                             if drain_s and drain_s > sum(x["seconds"] for x in stalls) else None),
+            "stalls_s": round(stall_s, 2),
+            "reports_per_s_without_stalls": round(backlog / (drain_s - stall_s), 2) if drain_s else None,
             "tail": tail,
             "rate_by_depth": buckets,
             "ratio_to_ceiling": None,
-            "ratio_to_app_ops_ceiling": None,
+            "ratio_to_ceiling_without_stalls": None,
+            "ratio_to_ceiling_tail": None,
+            "ratio_to_app_ops_ceiling_tail": None,
             "queue_depth_timeline": timeline[:: max(1, len(timeline) // 80)],
             "profile": profile,
         }
@@ -431,7 +441,7 @@ class Bench:
         say(f"  drained in {drain_s if drain_s is None else round(drain_s, 1)} s -> {rate} reports/s "
             f"(completed_at span: {span_rate}/s); last {p.proc_ceiling_max}: {tail.get('reports_per_s')}/s; "
             f"statuses {counts}; cpu {cpu}")
-        say(f"  rate by queue depth: {buckets}; stalls (depth unchanged >= 2 s): {stalls}")
+        say(f"  rate by queue depth: {buckets}; stalls (nothing completed for >= {ceil.STALL_S} s): {stalls}")
 
     def phase_e2e(self) -> None:
         p = self.plan
@@ -618,31 +628,12 @@ class Bench:
         say(f"results: {self.out / 'latest.json'} and {stamp}.json; chart: {chart or 'not drawn (matplotlib?)'}")
 
 
-def _tail_rate(timeline: list[tuple], depth: int, done_s: float | None) -> dict:
-    """Reports/s over the drain's last `depth` reports: from the first sample at or below `depth` to empty."""
-    if done_s is None:
-        return {}
-    for t, d, _ in timeline:
-        if d is not None and d <= depth:
-            if done_s - t <= 0 or d == 0:
-                return {}
-            return {"from_depth": d, "seconds": round(done_s - t, 2), "reports_per_s": round(d / (done_s - t), 2)}
-    return {}
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
-def _stalls(timeline: list[tuple], min_s: float = 2.0) -> list[dict]:
-    """Stretches of the drain in which the queue depth did not move for at least `min_s` seconds."""
-    out = []
-    i = 0
-    while i < len(timeline) - 1:
-        j = i
-        while j + 1 < len(timeline) and timeline[j + 1][1] == timeline[i][1]:
-            j += 1
-        if j > i and timeline[j][0] - timeline[i][0] >= min_s and timeline[i][1]:
-            out.append({"at_s": timeline[i][0], "seconds": round(timeline[j][0] - timeline[i][0], 1),
-                        "depth": timeline[i][1]})
-        i = j + 1 if j > i else i + 1
-    return out
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _bucket_rates(timeline: list[tuple], backlog: int, buckets: int = 5) -> list[dict]:
@@ -684,6 +675,7 @@ def summary(r: dict) -> dict:
         "intake_over_ceiling_c8": intake.get("ratio_to_ceiling", {}).get("c8"),
         "intake_over_ceiling_c32": intake.get("ratio_to_ceiling", {}).get("c32"),
         "drain_over_ceiling": r.get("drain", {}).get("ratio_to_ceiling"),
+        "drain_over_ceiling_tail": r.get("drain", {}).get("ratio_to_ceiling_tail"),
         "e2e_p50_ms": r.get("e2e", {}).get("post_to_terminal", {}).get("p50_ms"),
         "e2e_p95_ms": r.get("e2e", {}).get("post_to_terminal", {}).get("p95_ms"),
         "big_accept_s": r.get("big_report", {}).get("accept_s"),
@@ -699,29 +691,33 @@ def table(r: dict) -> str:
     lines = ["", "=== lab intake benchmark" + (" (quick)" if r.get("quick") else "") + " ===",
              f"machine: {r.get('machine', {}).get('nproc')} cores, {r.get('machine', {}).get('cpu_model')}, "
              f"Python {r.get('machine', {}).get('python')}, Azurite {r.get('machine', {}).get('azurite_version')}", "",
-             f"{'conc':>4}  {'ceiling/s':>9}  {'app-ops/s':>9}  {'intake/s':>8}  {'ratio':>6}  "
+             f"{'conc':>4}  {'ceiling/s':>9}  {'intake/s':>8}  {'ratio':>6}  "
              f"{'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  {'ceil p50':>8}"]
     ceiling = {lv["concurrency"]: lv for lv in r.get("ceiling", {}).get("basic", [])}
-    app_ops = {lv["concurrency"]: lv for lv in r.get("ceiling", {}).get("app_ops", [])}
     for lv in r.get("intake", {}).get("levels", []):
         c = lv["concurrency"]
         cl = ceiling.get(c, {})
         ratio = lv["ops_per_s"] / cl["ops_per_s"] if cl.get("ops_per_s") else None
-        lines.append(f"{c:>4}  {f(cl.get('ops_per_s')):>9}  {f(app_ops.get(c, {}).get('ops_per_s')):>9}  "
+        lines.append(f"{c:>4}  {f(cl.get('ops_per_s')):>9}  "
                      f"{f(lv['ops_per_s']):>8}  {f(ratio, '{:.2f}'):>6}  {f(lv['latency']['p50_ms']):>7}  "
                      f"{f(lv['latency']['p95_ms']):>7}  {f(lv['latency']['p99_ms']):>7}  "
                      f"{f(cl.get('latency', {}).get('p50_ms')):>8}")
     d, pc = r.get("drain", {}), r.get("processing_ceiling", {})
     if d:
         tail = d.get("tail", {})
+        basic, app = pc.get("basic", {}), pc.get("app_ops", {})
         lines += ["", f"drain: {d.get('backlog')} reports in {f(d.get('drain_s_from_ready'))} s = "
-                      f"{f(d.get('reports_per_s'))}/s overall; statuses {d.get('statuses_after')}",
+                      f"{f(d.get('reports_per_s'))}/s ({f(d.get('reports_per_s_without_stalls'))}/s without Azurite "
+                      f"stalls); statuses {d.get('statuses_after')}",
+                  f"       SDK ceiling over the same backlog: {f(basic.get('reports_per_s'))}/s "
+                  f"({f(basic.get('reports_per_s_without_stalls'))}/s without stalls) -> ratio "
+                  f"{f(d.get('ratio_to_ceiling'), '{:.2f}')} ({f(d.get('ratio_to_ceiling_without_stalls'), '{:.2f}')})",
                   "       by depth: " + ", ".join(f"{b['depth']}: {b['reports_per_s']}/s"
                                                  for b in d.get("rate_by_depth", [])),
-                  f"       last {tail.get('from_depth', '-')}: {f(tail.get('reports_per_s'))}/s vs SDK ceiling over "
-                  f"the same depth {f(pc.get('basic', {}).get('reports_per_s'))}/s (app-ops "
-                  f"{f(pc.get('app_ops', {}).get('reports_per_s'))}/s) -> ratio "
-                  f"{f(d.get('ratio_to_ceiling'), '{:.2f}')} (app-ops {f(d.get('ratio_to_app_ops_ceiling'), '{:.2f}')})"]
+                  f"       last {tail.get('messages', '-')}: {f(tail.get('reports_per_s'))}/s vs ceiling "
+                  f"{f(basic.get('tail', {}).get('reports_per_s'))}/s -> "
+                  f"{f(d.get('ratio_to_ceiling_tail'), '{:.2f}')}; vs the processor's calls made directly "
+                  f"{f(app.get('reports_per_s'))}/s -> {f(d.get('ratio_to_app_ops_ceiling_tail'), '{:.2f}')}"]
     e = r.get("e2e", {})
     if e:
         lines.append(f"e2e (idle, POST -> terminal seen): p50 {f(e['post_to_terminal']['p50_ms'])} ms, p95 "
@@ -737,7 +733,8 @@ def table(r: dict) -> str:
     s = r.get("summary", {})
     lines += ["", f"RATIOS  intake/ceiling c=8: {f(s.get('intake_over_ceiling_c8'), '{:.2f}')}   "
                   f"c=32: {f(s.get('intake_over_ceiling_c32'), '{:.2f}')}   drain/ceiling: "
-                  f"{f(s.get('drain_over_ceiling'), '{:.2f}')}   e2e p50: {f(s.get('e2e_p50_ms'))} ms",
+                  f"{f(s.get('drain_over_ceiling'), '{:.2f}')} (last {r.get('plan', {}).get('proc_ceiling_max')}: "
+                  f"{f(s.get('drain_over_ceiling_tail'), '{:.2f}')})   e2e p50: {f(s.get('e2e_p50_ms'))} ms",
               f"total run time {f(r.get('total_s'))} s; other processes used up to "
               f"{f(s.get('other_processes_cpu_cores_max'), '{:.2f}')} cores during the measurements"
               + (f"; notes: {r['notes']}" if r.get("notes") else ""), ""]
