@@ -1,24 +1,27 @@
 """The service benchmark: storage ceiling, HTTP intake, queue drain, end-to-end latency, and one 50 MB report.
 
-    .venv/bin/python -m bench.run            # full run, about 8 minutes on 2 cores
-    .venv/bin/python -m bench.run --quick    # smoke run, about 1 minute
-    .venv/bin/python -m bench.run --profile  # also py-spy profiles of devhost (intake c=32, drain start)
-    options: --out DIR (default bench/results), --wait-quiet SECONDS (wait for other processes to leave the CPU)
+    ./scripts/bench            # installs what it needs, then a full run, about 7.5 minutes on 2 cores
+    ./scripts/bench --quick    # smoke run, about 1 minute
+    ./scripts/bench --profile  # also py-spy profiles of devhost (intake c=32, drain start) and the processor's
+                               # own storage calls made directly
+    options: --workers N, --out DIR (default bench/results), --wait-quiet SECONDS (wait for other processes to
+    leave the CPU)
 
-One in-memory Azurite is started on free loopback ports, and devhost processes against it; everything is stopped
-in a `finally` (Ctrl-C and SIGTERM included). Results: <out>/latest.json, a timestamped copy, <out>/latency.png.
+One in-memory Azurite (access log off) is started on free loopback ports, and devhost processes against it;
+everything is stopped in a `finally` (Ctrl-C and SIGTERM included). Results: <out>/latest.json, a timestamped copy,
+<out>/latency.png.
 
-Phases: 1 storage ceiling (direct SDK: blob + insert + queue put; and every call an ingest makes) at c=1/8/32;
-2 intake over HTTP (processor disabled) at c=1/8/32; 3 drain of a 5,000-report backlog by a devhost with the
-processor enabled; 4 end-to-end latency on the idle service; 5 processing ceiling (direct SDK) over the same queue
-depth as the drain's last 1,000; 6 one ~50 MB HL7 batch: accept time and peak memory of the intake devhost, then
-processing time and peak memory of a separate processing devhost.
+Phases: 1 storage ceiling (direct SDK: blob + insert + queue put) at c=1/8/32; 2 intake over HTTP (processor
+disabled) at c=1/8/32; 3 drain of a 5,000-report backlog by a devhost with the processor enabled; 4 end-to-end
+latency on the idle service; 5 processing ceiling (direct SDK: receive + blob read + table merge + delete) over a
+backlog as large as the drain's, its last 1,000 timed apart; 6 one ~50 MB HL7 batch: accept time and peak memory
+of the intake devhost, then processing time and peak memory of a separate processing devhost.
 
 Azurite's in-memory queue costs O(messages in all queues) per receive/delete/count and sweeps deleted messages every
 minute (blocking it for seconds after thousands of deletes): the ceiling's messages are cleared and swept before
-intake is measured, a level during which nothing completed for a long stretch is measured again, and the drain is
-compared with the ceiling over the same depth range. CPU use of every process (and of other processes on the
-machine, `others`) is recorded with each measurement.
+intake is measured, a level during which nothing completed for a long stretch is measured again, and both drains
+report their rate with and without such stalls. CPU use of every process (devhost with its workers, and other
+processes on the machine, `others`) is recorded with each measurement.
 """
 
 from __future__ import annotations
