@@ -69,22 +69,56 @@ class LevelResult:
         }
 
 
+@dataclass
+class _Tally:
+    """What the worker threads of one run completed; `add` and the callers' own counters share `lock`."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    completions: list[float] = field(default_factory=list)
+    ok: int = 0
+    errors: int = 0
+
+    def add(self, label: str, failed: str | None, t0: float, t1: float) -> None:
+        with self.lock:
+            self.outcomes[label] += 1
+            self.completions.append(t1)
+            if label == "ok":
+                self.ok += 1
+                self.latencies.append(t1 - t0)
+            else:
+                self.errors += 1
+                if len(self.samples) < 5:
+                    self.samples.append(failed or label)
+
+    def result(self, concurrency: int, duration_s: float, longest_gap_s: float = 0.0) -> LevelResult:
+        return LevelResult(concurrency, duration_s, self.ok, self.errors, dict(self.outcomes), self.latencies,
+                           self.samples, longest_gap_s)
+
+
+def _call(op: Op, seq: int) -> tuple[str, str | None, float, float]:
+    """Run one operation: (outcome label, error text or None, start, end)."""
+    t0 = time.perf_counter()
+    try:
+        label, failed = op(seq), None
+    except Exception as exc:  # noqa: BLE001 - an error is a result here
+        label, failed = "exception", f"{type(exc).__name__}: {str(exc)[:200]}"
+    return label, failed, t0, time.perf_counter()
+
+
 def run_level(factory: OpFactory, concurrency: int, duration_s: float, warmup_s: float = 0.0,
               max_ops: int = MAX_OPS_PER_LEVEL) -> LevelResult:
     """Run `concurrency` threads for warmup + duration seconds; operations completing inside the measured window
     (after the warm-up) are counted. Every loop is bounded by the deadline and `max_ops`."""
-    lock = threading.Lock()
-    latencies: list[float] = []
-    outcomes: Counter[str] = Counter()
-    error_samples: list[str] = []
-    ok = errors = 0
+    tally = _Tally()
     issued = 0
-    completions: list[float] = []
     ready = threading.Barrier(concurrency + 1, timeout=120)
     times: dict[str, float] = {}
 
     def worker(index: int) -> None:
-        nonlocal ok, errors, issued
+        nonlocal issued
         try:
             op, close = factory(index)
         except BaseException:
@@ -94,35 +128,17 @@ def run_level(factory: OpFactory, concurrency: int, duration_s: float, warmup_s:
             ready.wait()
             start_window, end = times["start"], times["end"]
             seq = 0
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= end:
-                    break
-                with lock:
+            while time.perf_counter() < end:
+                with tally.lock:
                     if issued >= max_ops:
                         break
                     issued += 1
                 seq += 1
-                try:
-                    label = op(seq)
-                    failed = None
-                except Exception as exc:  # noqa: BLE001 - an error is a result here
-                    label, failed = "exception", f"{type(exc).__name__}: {str(exc)[:200]}"
-                t1 = time.perf_counter()
+                label, failed, t0, t1 = _call(op, seq)
                 # Throughput counts completions inside the window (unbiased at any concurrency); operations that
                 # started during the warm-up but end in the window count too.
-                if t1 < start_window or t1 > end:
-                    continue
-                with lock:
-                    outcomes[label] += 1
-                    completions.append(t1)
-                    if label == "ok":
-                        ok += 1
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
-                        if len(error_samples) < 5:
-                            error_samples.append(failed or label)
+                if start_window <= t1 <= end:
+                    tally.add(label, failed, t0, t1)
         finally:
             close()
 
@@ -136,47 +152,29 @@ def run_level(factory: OpFactory, concurrency: int, duration_s: float, warmup_s:
     for t in threads:
         # Bounded: an operation in flight at the deadline has its own client timeout.
         t.join(timeout=max(0.0, times["end"] - time.perf_counter()) + 120)
-    marks = [times["start"], *sorted(completions), times["end"]]
+    marks = [times["start"], *sorted(tally.completions), times["end"]]
     gap = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
-    return LevelResult(concurrency, duration_s, ok, errors, dict(outcomes), latencies, error_samples, gap)
+    return tally.result(concurrency, duration_s, gap)
 
 
 def run_count(factory: OpFactory, concurrency: int, count: int, deadline_s: float) -> LevelResult:
     """Run exactly `count` operations (or fewer if the deadline passes) on `concurrency` threads."""
-    lock = threading.Lock()
+    tally = _Tally()
     remaining = count
-    latencies: list[float] = []
-    outcomes: Counter[str] = Counter()
-    samples: list[str] = []
-    ok = errors = 0
     end = time.perf_counter() + deadline_s
 
     def worker(index: int) -> None:
-        nonlocal remaining, ok, errors
+        nonlocal remaining
         op, close = factory(index)
         try:
             seq = 0
             while time.perf_counter() < end:
-                with lock:
+                with tally.lock:
                     if remaining <= 0:
                         return
                     remaining -= 1
                 seq += 1
-                t0 = time.perf_counter()
-                try:
-                    label, failed = op(seq), None
-                except Exception as exc:  # noqa: BLE001
-                    label, failed = "exception", f"{type(exc).__name__}: {str(exc)[:200]}"
-                t1 = time.perf_counter()
-                with lock:
-                    outcomes[label] += 1
-                    if label == "ok":
-                        ok += 1
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
-                        if len(samples) < 5:
-                            samples.append(failed or label)
+                tally.add(*_call(op, seq))
         finally:
             close()
 
@@ -186,4 +184,4 @@ def run_count(factory: OpFactory, concurrency: int, count: int, deadline_s: floa
         t.start()
     for t in threads:
         t.join(timeout=max(0.0, end - time.perf_counter()) + 120)
-    return LevelResult(concurrency, time.perf_counter() - started, ok, errors, dict(outcomes), latencies, samples)
+    return tally.result(concurrency, time.perf_counter() - started)
