@@ -76,30 +76,39 @@ class Observation(BaseModel):
 
     test_code: str
     test_name: str | None = None
-    result: str
-    result_text: str | None = None  # the display text of a coded result, e.g. "Detected" for SNOMED 260373001
+    result: str  # a coded result gives its code, a number its digits as sent, text its text
+    result_code: str | None = None  # SNOMED CT code of a coded qualitative result, e.g. 260373001
+    result_text: str | None = None  # display text of a coded result, e.g. "Detected"
     result_units: str | None = None
 
 
 class NormalisedItem(BaseModel):
-    """One accepted item, as one line of `results/{sender}/{id}.ndjson`.
+    """One accepted item, as one line of `results/{sender}/{id}.ndjson`: the ELR core (DESIGN section 5).
 
     Field order is fixed and every field is always written, so the same raw report always gives the same bytes.
+    The same values come out whatever the source format; a field the source does not carry is null, never guessed.
     The top-level test and result fields are those of the item's first result; `observations` holds them all.
     """
 
     report_id: str
     item_index: int
+    source_format: Literal["hl7v2", "fhir", "csv"]
     message_id: str
-    patient_id: str
+    patient_id: str | None = None
+    patient_birth_date: str | None = None  # YYYY-MM-DD
+    patient_sex: Literal["F", "M", "O", "U"] | None = None  # HL7 table 0001 letters
+    patient_race: str | None = None  # CDC race code when known, else the sender's text
+    patient_ethnicity: str | None = None  # CDC ethnicity code when known, else the sender's text
+    patient_postal_code: str | None = None
     patient_state: str | None = None
     test_code: str
     test_name: str | None = None
     result: str
-    result_units: str | None = None
+    result_code: str | None = None
     result_text: str | None = None
-    specimen_collected_at: str
-    performing_facility: str | None = None
-    source_format: Literal["hl7v2", "fhir", "csv"]
+    result_units: str | None = None
+    specimen_collected_at: str | None = None  # ISO 8601, the sender's offset kept, none added
+    specimen_type_code: str | None = None  # SNOMED CT
+    performing_lab_clia: str | None = None
+    ordering_provider_npi: str | None = None
     observations: list[Observation] = Field(default_factory=list)
-    extra: dict[str, str] | None = None

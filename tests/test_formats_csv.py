@@ -40,8 +40,7 @@ def test_excel_export_with_bom_and_optional_columns() -> None:
     assert (item.test_code, item.test_name) == ("2345-7", "Glucose, fasting")
     assert (item.result, item.result_units) == ("102", "mg/dL")
     assert item.specimen_collected_at == "2024-04-02T07:30:00-05:00"
-    assert item.performing_facility == "Prairie Clinic Lab"
-    assert item.extra == {"ordering_provider": "Hale, Dana MD"}
+    assert item.performing_lab_clia is None  # performing_facility is not a core column: ignored
     assert results[1].item.specimen_collected_at == "2024-04-02"
 
 
@@ -50,7 +49,7 @@ def test_reordered_columns_and_quoted_newlines() -> None:
     assert [r.index for r in results] == [0, 1]
     first, second = (r.item for r in results)
     assert first.patient_id == "CH-77"  # header "Patient_ID" matched case-insensitively
-    assert first.extra == {"comment": "Hemolysed sample;\nrecollect advised"}
+    assert (first.result, first.result_code, first.result_text) == ("260385009", "260385009", "Negative")
     assert first.specimen_collected_at == "2024-05-06T14:03:00+00:00"
     assert first.message_id == "r1-0" and second.message_id == "r1-1"
     assert second.specimen_collected_at == "2024-05-06T15:10:00"
@@ -126,7 +125,7 @@ def test_short_row_and_no_extra_columns() -> None:
     [result] = parse(HEADER + b"A1,718-7\n")
     assert codes(result) == [("csv.missing_value", "result"), ("csv.missing_value", "specimen_collected_at")]
     [result] = parse(HEADER + b" A1 , 718-7 , 5 , 2024-01-01T10:00 \n")
-    assert result.item.patient_id == "A1" and result.item.extra is None
+    assert result.item.patient_id == "A1" and result.item.result_code is None
     assert result.item.specimen_collected_at == "2024-01-01T10:00:00"
 
 

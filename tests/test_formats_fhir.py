@@ -31,7 +31,7 @@ def test_hospital_bundle_with_specimen() -> None:
     assert item.test_code == "92142-9" and item.test_name.startswith("Influenza virus A RNA")
     assert item.result == "260373001" and item.result_units is None
     assert item.specimen_collected_at == "2024-02-10T16:45:00-06:00"  # Specimen beats effectiveDateTime
-    assert item.performing_facility == "Lakeside Regional Medical Center Laboratory"
+    assert item.performing_lab_clia is None  # the performer is a display only, no Organization with a CLIA
     assert item.source_format == "fhir"
 
 
@@ -42,7 +42,6 @@ def test_quantity_keeps_precision_and_falls_back() -> None:
     assert item.message_id == "r1-0"  # no Bundle.id
     assert (item.result, item.result_units) == ("4.10", "mmol/L")
     assert item.specimen_collected_at == "2024-02-12T07:05:00+00:00"  # effectiveDateTime, Z normalised
-    assert item.performing_facility is None
 
 
 def test_model_validation_errors_name_the_element() -> None:
@@ -96,10 +95,12 @@ def test_value_types() -> None:
     base = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "c"}]},
             "effectiveDateTime": "2024-01-02"}
     for value, expected in [
-        ({"valueString": " reactive "}, "reactive"),
+        ({"valueString": " reactive "}, "11214006"),  # a known qualitative result name: its SNOMED CT code
+        ({"valueString": " faint band "}, "faint band"),
         ({"valueInteger": 7}, "7"),
         ({"valueBoolean": False}, "false"),
-        ({"valueCodeableConcept": {"text": "Not detected"}}, "Not detected"),
+        ({"valueCodeableConcept": {"text": "Not detected"}}, "260415000"),
+        ({"valueCodeableConcept": {"coding": [{"code": "L7", "display": "Weak"}]}}, "L7"),
         ({"valueQuantity": {"value": 1e2, "code": "mg"}}, "100.0"),
     ]:
         [result] = bundle(_doc(PATIENT, base | value))

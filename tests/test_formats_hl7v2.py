@@ -37,9 +37,14 @@ def test_hospital_oru_with_spm() -> None:
     assert item.result == "260373001"  # coded (CWE) result: the code
     assert item.result_units is None
     assert item.specimen_collected_at == "2024-01-04T08:30:00-05:00"  # SPM-17 wins over OBR-7
-    assert item.performing_facility == "ST MARY HOSPITAL LAB"  # OBX-23
+    assert item.performing_lab_clia == "05D0001234"  # OBX-23.10
+    assert (item.result_code, item.result_text) == ("260373001", "Detected")
+    assert (item.patient_birth_date, item.patient_sex, item.patient_race) == ("1975-03-14", "F", "2106-3")
+    assert item.patient_ethnicity is None  # PID-22 empty: null, not guessed
+    assert item.patient_postal_code == "61602"
+    assert item.specimen_type_code == "258500001"  # SPM-4.1
+    assert item.ordering_provider_npi == "1234567893"  # ORC-12 empty: OBR-16.1
     assert item.source_format == "hl7v2" and item.report_id == "r1" and item.item_index == 0
-    assert item.extra is None
 
 
 def test_reference_lab_batch_file_crlf() -> None:
@@ -52,7 +57,8 @@ def test_reference_lab_batch_file_crlf() -> None:
     assert [(i.result, i.result_units) for i in items] == [("98", "mg/dL"), ("141", "mmol/L"), ("13.6", "g/dL")]
     # No SPM: OBR-7, minute precision padded to seconds, no zone invented.
     assert items[2].specimen_collected_at == "2024-01-03T07:45:00"
-    assert items[0].performing_facility == "NORTHSTAR REFERENCE LAB"  # MSH-4 fallback
+    assert items[0].performing_lab_clia == "24D0404292"  # no OBX-23 nor OBX-15: MSH-4.2, typed CLIA
+    assert [i.result_code for i in items] == [None, None, None]  # numbers are not coded results
 
 
 def test_custom_encoding_characters_and_escapes() -> None:
@@ -63,7 +69,7 @@ def test_custom_encoding_characters_and_escapes() -> None:
     assert item.message_id == "SJ|2024|77"  # \F\
     assert item.test_name == "HBsAg $ screen ~ confirm"  # \S\ is the custom component char, \R\ repetition
     assert item.result == "Reactive|repeat&confirmed"  # \F\ and \T\
-    assert item.performing_facility == "Smith & Jones \\ Co"  # \T\ and \E\
+    assert item.performing_lab_clia == "11D2233445"  # MSH-4.2 split on the custom '$' component separator
     assert item.specimen_collected_at == "2024-02-09T15:45:00+01:00"
 
 
@@ -151,9 +157,9 @@ def test_first_valid_obx_is_used_and_bad_obr_date() -> None:
 
 
 def test_latin1_message_is_read_with_a_warning() -> None:
-    raw = "MSH|^~\\&|A|Hôpital|C|D|20240101||ORU^R01|X1|P|2.5.1\rPID|1||9\rOBR|1||1|x|||20240101\rOBX|1|ST|1^t||ok\r"
+    raw = "MSH|^~\\&|A|Hôpital|C|D|20240101||ORU^R01|X1|P|2.5.1\rPID|1||9\rOBR|1||1|x|||20240101\rOBX|1|ST|1^t||prélevé\r"
     [result] = parse(raw.encode("latin-1"))
-    assert result.item.performing_facility == "Hôpital"
+    assert result.item.result == "prélevé"
     assert [w.code for w in result.warnings] == ["hl7.encoding"]
 
 
@@ -191,3 +197,17 @@ def test_agrees_with_python_hl7(name: str) -> None:
     obx = message.segment("OBX")
     assert item.test_code == obx.extract_field(1, 3, 1, 1)
     assert item.test_name == obx.extract_field(1, 3, 1, 2)
+
+
+def test_bom_does_not_cost_the_first_message() -> None:
+    message = b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X%d|P|2.5.1\rPID|1||9\rOBR|1||1|x|||20240101\rOBX|1|NM|1^t||5\r"
+    results = parse(b"\xef\xbb\xbf" + message % 1 + message % 2)
+    assert [r.item.message_id for r in results] == ["X1", "X2"]
+    [result] = parse(b"\x0b\xef\xbb\xbf" + message % 3 + b"\x1c\r")  # MLLP framing around a BOM
+    assert result.item.message_id == "X3"
+
+
+def test_order_messages_are_not_results() -> None:
+    for kind in (b"ORM^O01", b"OML^O21"):
+        [result] = parse(b"MSH|^~\\&|A|B|C|D|20240101||" + kind + b"|X1|P|2.5.1\rPID|1||9\r")
+        assert codes(result) == [("hl7.not_a_result", "MSH-9")]

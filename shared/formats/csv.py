@@ -6,12 +6,16 @@ import csv as _csv
 import re
 from collections.abc import Iterator
 
-from shared.formats import ContentError, ItemResult
+from shared.formats import ContentError, ItemResult, codes
 from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
 REQUIRED = ("patient_id", "test_code", "result", "specimen_collected_at")
-OPTIONAL = ("message_id", "patient_state", "test_name", "result_units", "performing_facility")
+# The minimal CSV's optional columns are the ELR core fields of the same name; values go through the code sets.
+OPTIONAL = (
+    "message_id", "patient_birth_date", "patient_sex", "patient_race", "patient_ethnicity", "patient_postal_code",
+    "patient_state", "test_name", "result_units", "specimen_type_code", "performing_lab_clia", "ordering_provider_npi",
+)
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
 # One physical line with its terminator; \r\n, \r and \n all end a line (the csv module wants them kept).
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
@@ -105,12 +109,9 @@ def _header(reader: Iterator[list[str]], lines: _Lines) -> list[str] | None:
 def _row(row: list[str], columns: list[str], index: int, line: int, report_id: str) -> ItemResult:
     result = ItemResult(index=index, item=None)
     values: dict[str, str] = {}
-    extra: dict[str, str] = {}
     for name, cell in zip(columns, row):
         if name in _KNOWN:
             values[name] = cell.strip()
-        elif name:
-            extra[name] = cell
     if len(row) > len(columns):
         result.warnings.append(
             _issue(
@@ -133,29 +134,40 @@ def _row(row: list[str], columns: list[str], index: int, line: int, report_id: s
                 f"line {line}: specimen_collected_at is not an ISO 8601 date or date-time",
             )
         )
+    birth_date = values.get("patient_birth_date") or None
+    if birth_date and (len(birth_date) != 10 or iso_from_text(birth_date) != birth_date):
+        result.errors.append(
+            _issue(index, "patient_birth_date", "csv.bad_date", f"line {line}: patient_birth_date is not YYYY-MM-DD")
+        )
     if result.errors or collected is None:
         return result
+    value, result_code, result_text = codes.result_values(values["result"])
     observation = Observation(
         test_code=values["test_code"],
         test_name=values.get("test_name") or None,
-        result=values["result"],
+        result=value,
+        result_code=result_code,
+        result_text=result_text,
         result_units=values.get("result_units") or None,
     )
     result.item = NormalisedItem(
         report_id=report_id,
         item_index=index,
+        source_format="csv",
         message_id=values.get("message_id") or f"{report_id}-{index}",
         patient_id=values["patient_id"],
+        patient_birth_date=birth_date,
+        patient_sex=codes.sex(values.get("patient_sex")),
+        patient_race=codes.coded_or_text(codes.RACE, values.get("patient_race")),
+        patient_ethnicity=codes.coded_or_text(codes.ETHNICITY, values.get("patient_ethnicity")),
+        patient_postal_code=values.get("patient_postal_code") or None,
         patient_state=values.get("patient_state") or None,
-        test_code=values["test_code"],
-        test_name=values.get("test_name") or None,
-        result=values["result"],
-        result_units=values.get("result_units") or None,
+        **observation.model_dump(),
         specimen_collected_at=collected,
-        performing_facility=values.get("performing_facility") or None,
-        source_format="csv",
+        specimen_type_code=codes.specimen_type(values.get("specimen_type_code")),
+        performing_lab_clia=values.get("performing_lab_clia") or None,
+        ordering_provider_npi=values.get("ordering_provider_npi") or None,
         observations=[observation],
-        extra=extra or None,
     )
     return result
 

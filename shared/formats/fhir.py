@@ -14,7 +14,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from shared.formats import ItemResult
+from shared.formats import ItemResult, codes
 from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
@@ -113,82 +113,211 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_LOINC = "http://loinc.org"
+_NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+_CLIA_SYSTEMS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia"})
+_RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+              "http://ibm.com/fhir/cdm/StructureDefinition/local-race-cd")
+_ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
+                   "http://ibm.com/fhir/cdm/StructureDefinition/local-ethnicity")
+
+
+class _Resources:
+    """The Bundle's resources, found by type and by reference (fullUrl, `Type/id`, or an absolute URL ending so)."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.all: list[dict[str, Any]] = []
+        self._by_ref: dict[str, dict[str, Any]] = {}
+        for entry in doc.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            self.all.append(resource)
+            full_url = _text(entry.get("fullUrl"))
+            if full_url:
+                self._by_ref.setdefault(full_url, resource)
+            kind, rid = _text(resource.get("resourceType")), _text(resource.get("id"))
+            if kind and rid:
+                self._by_ref.setdefault(f"{kind}/{rid}", resource)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.all if r.get("resourceType") == kind]
+
+    def follow(self, reference: Any, kind: str) -> dict[str, Any] | None:
+        """The resource a Reference points at, when it is in the Bundle and of the expected type."""
+        ref = _text(_get(reference, "reference"))
+        if not ref:
+            return None
+        found = self._by_ref.get(ref)
+        if found is None:
+            parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
+            found = self._by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+        return found if found is not None and found.get("resourceType") == kind else None
+
+
 def _normalise(doc: dict[str, Any], index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
-    resources = [
-        entry["resource"]
-        for entry in doc.get("entry") or []
-        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
-    ]
-    patient = next((r for r in resources if r.get("resourceType") == "Patient"), None)
-    observations = [r for r in resources if r.get("resourceType") == "Observation"]
+    resources = _Resources(doc)
+    observations = resources.of_type("Observation")
     errors: list[Issue] = []
-    if patient is None:
-        errors.append(_issue(index, "Patient", "fhir.missing_resource", "the Bundle has no Patient"))
     if not observations:
         errors.append(_issue(index, "Observation", "fhir.missing_resource", "the Bundle has no Observation"))
-    if errors:
         return None, errors
-
-    patient_id = _text(_get(patient, "identifier", 0, "value"))
-    if not patient_id:
-        field = "Patient.identifier[0].value"
-        errors.append(_issue(index, field, "fhir.missing_field", f"{field} is empty"))
     observation, error = _first_valid_observation(observations, index)
     if error is not None:
         errors.append(error)
-        observation = observations[0]
-    collected, error = _collected_at(resources, observation, index)
+    patient = resources.follow(observation.get("subject"), "Patient") or next(iter(resources.of_type("Patient")), None)
+    if patient is None:
+        errors.append(_issue(index, "Patient", "fhir.missing_resource", "the Bundle has no Patient"))
+        return None, errors
+
+    patient_id = _text(_get(patient, "identifier", 0, "value"))
+    birth_date = _birth_date(patient)
+    name = _get(patient, "name", 0)
+    if not patient_id and not (birth_date and (_text(_get(name, "family")) or _text(_get(name, "text")))):
+        field = "Patient.identifier[0].value"
+        errors.append(_issue(index, field, "fhir.missing_field", f"{field} is empty, and no Patient.name with birthDate"))
+    specimen = resources.follow(observation.get("specimen"), "Specimen") or next(
+        iter(resources.of_type("Specimen")), None
+    )
+    collected, error = _collected_at(specimen, observation, index)
     if error is not None:
         errors.append(error)
-    if errors or collected is None:
+    if errors:
         return None, errors
 
     results = [r for r in map(_observation, observations) if r is not None]
     first = results[0]  # the same Observation _first_valid_observation chose
+    address = _get(patient, "address", 0)
     return (
         NormalisedItem(
             report_id=report_id,
             item_index=index,
-            message_id=_text(doc.get("id")) or f"{report_id}-{index}",
-            patient_id=patient_id,
-            patient_state=_text(_get(patient, "address", 0, "state")) or None,
-            test_code=first.test_code,
-            test_name=first.test_name,
-            result=first.result,
-            result_units=first.result_units,
-            result_text=first.result_text,
-            specimen_collected_at=collected,
-            performing_facility=_text(_get(observation, "performer", 0, "display")) or None,
             source_format="fhir",
+            message_id=_text(_get(doc, "identifier", "value")) or _text(doc.get("id")) or f"{report_id}-{index}",
+            patient_id=patient_id or None,
+            patient_birth_date=birth_date,
+            patient_sex=codes.sex(_text(patient.get("gender"))),
+            patient_race=_extension_code(patient, _RACE_URLS, codes.RACE),
+            patient_ethnicity=_extension_code(patient, _ETHNICITY_URLS, codes.ETHNICITY),
+            patient_postal_code=_text(_get(address, "postalCode")) or None,
+            patient_state=_text(_get(address, "state")) or None,
+            **first.model_dump(),
+            specimen_collected_at=collected,
+            specimen_type_code=_specimen_type(specimen),
+            performing_lab_clia=_performing_lab_clia(resources, observation),
+            ordering_provider_npi=_ordering_provider_npi(resources),
             observations=results,
         ),
         [],
     )
 
 
+def _birth_date(patient: dict[str, Any]) -> str | None:
+    """Patient.birthDate as YYYY-MM-DD; a year or year-month only is not a date and stays null."""
+    text = _text(patient.get("birthDate"))
+    return text if len(text) == 10 and iso_from_text(text) == text else None
+
+
+def _extension_code(resource: dict[str, Any], urls: tuple[str, ...], code_set: codes.CodeSet) -> str | None:
+    """Race or ethnicity from the US Core extension (ombCategory, else text) or the code-valued form RS and SR use."""
+    for extension in resource.get("extension") or []:
+        if not isinstance(extension, dict) or extension.get("url") not in urls:
+            continue
+        for part in extension.get("extension") or []:
+            if isinstance(part, dict) and part.get("url") == "ombCategory":
+                return codes.coded_or_text(code_set, _text(_get(part, "valueCoding", "code")), _text(_get(part, "valueCoding", "display")))
+        concept = extension.get("valueCodeableConcept")
+        coding = _get(concept, "coding", 0) or extension.get("valueCoding")
+        found = codes.coded_or_text(code_set, _text(_get(coding, "code")), _text(_get(coding, "display")) or _text(_get(concept, "text")))
+        if found:
+            return found
+        for part in extension.get("extension") or []:
+            if isinstance(part, dict) and part.get("url") == "text":
+                return codes.coded_or_text(code_set, None, _text(part.get("valueString")))
+    return None
+
+
+def _specimen_type(specimen: dict[str, Any] | None) -> str | None:
+    for coding in _get(specimen, "type", "coding") or []:
+        found = codes.specimen_type(_text(_get(coding, "code")), _text(_get(coding, "display")), _text(_get(coding, "system")))
+        if found:
+            return found
+    return codes.specimen_type(None, _text(_get(specimen, "type", "text")))
+
+
+def _identifier(resource: dict[str, Any] | None, systems: frozenset[str], type_code: str) -> str | None:
+    """The value of the identifier with one of `systems`, or typed `type_code` (identifier.type.coding.code)."""
+    for identifier in _get(resource, "identifier") or []:
+        system = _text(_get(identifier, "system"))
+        kinds = {_text(_get(c, "code")).upper() for c in _get(identifier, "type", "coding") or []}
+        if system in systems or type_code in kinds:
+            return _text(_get(identifier, "value")) or None
+    return None
+
+
+def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
+    """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer)."""
+    performers = list(observation.get("performer") or [])
+    for report in resources.of_type("DiagnosticReport"):
+        performers += report.get("performer") or []
+    for reference in performers:
+        clia = _identifier(resources.follow(reference, "Organization"), _CLIA_SYSTEMS, "CLIA")
+        if clia:
+            return clia
+    return None
+
+
+def _ordering_provider_npi(resources: _Resources) -> str | None:
+    """The NPI of the Practitioner (directly or through PractitionerRole) that requested the test."""
+    for request in resources.of_type("ServiceRequest"):
+        requester = request.get("requester")
+        practitioner = resources.follow(requester, "Practitioner")
+        role = resources.follow(requester, "PractitionerRole")
+        if practitioner is None and role is not None:
+            practitioner = resources.follow(role.get("practitioner"), "Practitioner")
+        npi = _identifier(practitioner, frozenset({_NPI_SYSTEM}), "NPI")
+        if npi:
+            return npi
+    return None
+
+
 def _observation(resource: dict[str, Any]) -> Observation | None:
     """One Observation with a coded test and a value, as a normalised result; None otherwise."""
-    code = _text(_get(resource, "code", "coding", 0, "code"))
-    result, units = _value(resource)
-    if not code or not result:
+    coding = _test_coding(resource)
+    code = _text(_get(coding, "code"))
+    value, units = _value(resource)
+    if not code or not value:
         return None
     concept = resource.get("valueCodeableConcept")
-    display = (_text(_get(concept, "coding", 0, "display")) or _text(_get(concept, "text"))) if concept else ""
+    if isinstance(concept, dict):
+        display = _text(_get(concept, "coding", 0, "display")) or _text(concept.get("text"))
+        result, result_code, result_text = codes.result_values(value, display or None, _text(_get(concept, "coding", 0, "system")))
+    elif "valueString" in resource:
+        result, result_code, result_text = codes.result_values(value)
+    else:
+        result, result_code, result_text = value, None, None
     return Observation(
         test_code=code,
-        test_name=_text(_get(resource, "code", "coding", 0, "display")) or _text(_get(resource, "code", "text")) or None,
+        test_name=_text(_get(coding, "display")) or _text(_get(resource, "code", "text")) or None,
         result=result,
-        result_text=display or None,
+        result_code=result_code,
+        result_text=result_text,
         result_units=units or None,
     )
+
+
+def _test_coding(observation: dict[str, Any]) -> Any:
+    """The LOINC coding of Observation.code when there is one, else its first coding."""
+    codings = _get(observation, "code", "coding") or []
+    return next((c for c in codings if isinstance(c, dict) and c.get("system") == _LOINC), _get(codings, 0))
 
 
 def _first_valid_observation(observations: list[dict[str, Any]], index: int) -> tuple[dict[str, Any], Issue | None]:
     """Like HL7's first valid OBX: the first Observation with both a coded test and a value."""
     for observation in observations:
-        if _text(_get(observation, "code", "coding", 0, "code")) and _value(observation)[0]:
+        if _text(_get(_test_coding(observation), "code")) and _value(observation)[0]:
             return observation, None
-    if not any(_text(_get(o, "code", "coding", 0, "code")) for o in observations):
+    if not any(_text(_get(_test_coding(o), "code")) for o in observations):
         field = "Observation.code.coding[0].code"
         return observations[0], _issue(index, field, "fhir.missing_field", f"no Observation has {field}")
     return observations[0], _issue(
@@ -218,14 +347,12 @@ def _value(observation: dict[str, Any]) -> tuple[str, str]:
 
 
 def _collected_at(
-    resources: list[dict[str, Any]], observation: dict[str, Any], index: int
+    specimen: dict[str, Any] | None, observation: dict[str, Any], index: int
 ) -> tuple[str | None, Issue | None]:
-    """Specimen.collection.collectedDateTime, else Observation.effectiveDateTime (or effectivePeriod.start)."""
+    """Specimen.collection.collectedDateTime (or collectedPeriod.start), else Observation.effective[x]."""
     candidates = [
-        ("Specimen.collection.collectedDateTime", _get(r, "collection", "collectedDateTime"))
-        for r in resources
-        if r.get("resourceType") == "Specimen"
-    ] + [
+        ("Specimen.collection.collectedDateTime", _get(specimen, "collection", "collectedDateTime")),
+        ("Specimen.collection.collectedPeriod.start", _get(specimen, "collection", "collectedPeriod", "start")),
         ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
         ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),
     ]

@@ -10,19 +10,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.formats import ContentError, ItemResult
+from shared.formats import ContentError, ItemResult, codes
 from shared.formats._dates import iso_from_hl7
 from shared.models import Issue, NormalisedItem, Observation
 
 # Any run of bytes between CR/LF characters is a segment, so \r, \n and \r\n all work and blank lines vanish.
 _LINE = re.compile(rb"[^\r\n]+")
-_HAS_MSH = re.compile(rb"(?:\A|[\r\n])[ \t\x0b]*MSH")
+_HAS_MSH = re.compile(rb"(?:\A|[\r\n])[ \t\x0b]*(?:\xef\xbb\xbf)?MSH")
+_UTF8_BOM = b"\xef\xbb\xbf"
 # MLLP framing bytes (VT, FS) and stray spaces sometimes survive in files exported from interface engines.
 _FRAMING = b" \t\x0b\x1c"
 _BATCH_SEGMENTS = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
 _TEXT_TYPES = frozenset({"TX", "FT"})
+_ORDER_TYPES = frozenset({"ORM", "OML"})
 _DEFAULT_ENCODING = "^~\\&"
 
 
@@ -56,6 +58,8 @@ def _messages(raw: bytes) -> Iterator[list[bytes]]:
     current: list[bytes] = []
     for match in _LINE.finditer(raw):
         line = match.group().strip(_FRAMING)
+        if line.startswith(_UTF8_BOM):  # a BOM (file start, or after MLLP framing) must not hide the MSH
+            line = line[len(_UTF8_BOM) :].strip(_FRAMING)
         if not line:
             continue
         head = line[:3]
@@ -199,7 +203,7 @@ def unescape(value: str, seps: _Separators) -> str:
 
 
 def _normalise(message: _Message, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
-    """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the normalised item."""
+    """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the ELR core."""
     errors: list[Issue] = []
     msh = message.segments[0]
     errors.extend(_check_type(message, msh, index))
@@ -208,50 +212,102 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
 
     pid = message.first("PID")
     patient_id = message.value(pid, 3)
+    birth_date, birth_error = _birth_date(message, pid, index)
     if pid is None:
         errors.append(_issue(index, "PID", "hl7.missing_segment", "no PID segment"))
-    elif not patient_id:
-        errors.append(_issue(index, "PID-3", "hl7.missing_field", "PID-3 (patient identifier) is empty"))
+    elif not patient_id and not (message.value(pid, 5) and birth_date):
+        errors.append(
+            _issue(index, "PID-3", "hl7.missing_field", "PID-3 (patient identifier) is empty, and no PID-5 name with PID-7 birth date")
+        )
+    if birth_error is not None:
+        errors.append(birth_error)
 
     obx, obx_error = _first_valid_obx(message, index)
     if obx_error is not None:
         errors.append(obx_error)
 
-    collected, date_error = _collected_at(message, index)
+    collected, date_error = _collected_at(message, obx, index)
     if date_error is not None:
         errors.append(date_error)
 
-    if errors or obx is None or collected is None:
+    if errors or obx is None:
         return None, errors
     observations = _observations(message)
+    first = observations[0]
+    spm = message.first("SPM")
     return (
         NormalisedItem(
             report_id=report_id,
             item_index=index,
-            message_id=message.value(msh, 10) or f"{report_id}-{index}",
-            patient_id=patient_id,
-            patient_state=message.value(pid, 11, 4) or None,
-            test_code=message.value(obx, 3),
-            test_name=message.value(obx, 3, 2) or None,
-            result=observations[0].result,
-            result_units=observations[0].result_units,
-            result_text=observations[0].result_text,
-            specimen_collected_at=collected,
-            performing_facility=message.value(obx, 23) or message.value(msh, 4) or None,
             source_format="hl7v2",
+            message_id=message.value(msh, 10) or f"{report_id}-{index}",
+            patient_id=patient_id or None,
+            patient_birth_date=birth_date,
+            patient_sex=codes.sex(message.value(pid, 8)),
+            patient_race=codes.coded_or_text(codes.RACE, message.value(pid, 10), message.value(pid, 10, 2)),
+            patient_ethnicity=codes.coded_or_text(
+                codes.ETHNICITY, message.value(pid, 22), message.value(pid, 22, 2)
+            ),
+            patient_postal_code=message.value(pid, 11, 5) or None,
+            patient_state=message.value(pid, 11, 4) or None,
+            **first.model_dump(),
+            specimen_collected_at=collected,
+            specimen_type_code=codes.specimen_type(
+                message.value(spm, 4), message.value(spm, 4, 2), message.value(spm, 4, 3)
+            ),
+            performing_lab_clia=_performing_lab_clia(message, msh, obx),
+            ordering_provider_npi=_ordering_provider_npi(message),
             observations=observations,
         ),
         [],
     )
 
 
+def _birth_date(message: _Message, pid: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
+    """PID-7 as YYYY-MM-DD (a time part is dropped); null when absent or given only to the year or month."""
+    value = message.value(pid, 7)
+    if not value:
+        return None, None
+    converted = iso_from_hl7(value[:8]) if value[:8].isdigit() else None
+    if converted is None:
+        if value.isdigit() and len(value) in (4, 6):
+            return None, None  # legal DTM at year or month precision: not a date, and not guessed into one
+        return None, _issue(index, "PID-7", "hl7.bad_date", "PID-7 is not an HL7 date (YYYYMMDD)")
+    return converted, None
+
+
+def _performing_lab_clia(message: _Message, msh: list[str], obx: list[str]) -> str | None:
+    """OBX-23.10 (ELR: the performing organization's CLIA), else OBX-15, else MSH-4.2 when each is a CLIA."""
+    candidates = (
+        (message.value(obx, 23, 10), message.value(obx, 23, 7)),
+        (message.value(obx, 15), message.value(obx, 15, 3)),
+        (message.value(msh, 4, 2), message.value(msh, 4, 3)),
+    )
+    for value, kind in candidates:
+        if value and (kind.upper() == "CLIA" or codes.CLIA.fullmatch(value)):
+            return value
+    return None
+
+
+def _ordering_provider_npi(message: _Message) -> str | None:
+    """ORC-12.1, else OBR-16.1, when it is an NPI (typed NPI, or the NPI's ten digits)."""
+    for segment, field in ((message.first("ORC"), 12), (message.first("OBR"), 16)):
+        value = message.value(segment, field)
+        kind = message.value(segment, field, 13).upper() or message.value(segment, field, 9).upper()
+        if value and (kind == "NPI" or codes.NPI.fullmatch(value)):
+            return value
+    return None
+
+
 def _check_type(message: _Message, msh: list[str], index: int) -> list[Issue]:
     kind, trigger = message.value(msh, 9, 1), message.value(msh, 9, 2)
     if not kind:
         return [_issue(index, "MSH-9", "hl7.missing_field", "MSH-9 (message type) is empty")]
+    # The type is not patient data, but it is still sender input: keep it short and printable.
+    shown = re.sub(r"[^A-Za-z0-9_^]", "?", f"{kind}^{trigger}"[:16])
+    if kind.upper() in _ORDER_TYPES:
+        return [_issue(index, "MSH-9", "hl7.not_a_result", f"message type {shown} is an order, not a result (ORU^R01)")]
     if (kind.upper(), trigger.upper()) != ("ORU", "R01"):
-        # The type is not patient data, but it is still sender input: keep it short and printable.
-        shown = re.sub(r"[^A-Za-z0-9_^]", "?", f"{kind}^{trigger}"[:16])
         return [
             _issue(index, "MSH-9", "hl7.unsupported_message_type", f"message type {shown} is not ORU^R01")
         ]
@@ -273,25 +329,26 @@ def _first_valid_obx(message: _Message, index: int) -> tuple[list[str] | None, I
 
 def _observations(message: _Message) -> list[Observation]:
     """Every OBX with an identifier and a value, in order: a panel's results all reach the output."""
-    return [
-        Observation(
-            test_code=message.value(obx, 3),
-            test_name=message.value(obx, 3, 2) or None,
-            result=_result(message, obx),
-            result_text=_result_text(message, obx),
-            result_units=message.value(obx, 6) or None,
-        )
-        for obx in message.all("OBX")
-        if message.value(obx, 3) and _result(message, obx)
-    ]
+    return [_observation(message, obx) for obx in message.all("OBX") if message.value(obx, 3) and _result(message, obx)]
 
 
-def _result_text(message: _Message, obx: list[str]) -> str | None:
-    """The display text (component 2) of a coded OBX-5; None for other value types."""
-    if message.value(obx, 2).upper() not in _CODED_TYPES or len(obx) <= 5:
-        return None
-    components = obx[5].split(message.seps.repetition)[0].split(message.seps.component)
-    return message.text(_nth(components, 2)) or None
+def _observation(message: _Message, obx: list[str]) -> Observation:
+    value, display, system = _result(message, obx), None, None
+    value_type = message.value(obx, 2).upper()
+    if value_type in _CODED_TYPES:
+        display, system = message.value(obx, 5, 2) or None, message.value(obx, 5, 3)
+    if value_type in _CODED_TYPES or value_type in ("ST", ""):
+        result, result_code, result_text = codes.result_values(value, display, system)
+    else:
+        result, result_code, result_text = value, None, None
+    return Observation(
+        test_code=message.value(obx, 3),
+        test_name=message.value(obx, 3, 2) or None,
+        result=result,
+        result_code=result_code,
+        result_text=result_text,
+        result_units=message.value(obx, 6) or None,
+    )
 
 
 def _result(message: _Message, obx: list[str]) -> str:
@@ -311,21 +368,22 @@ def _result(message: _Message, obx: list[str]) -> str:
     return message.text(components[0])
 
 
-def _collected_at(message: _Message, index: int) -> tuple[str | None, Issue | None]:
-    """SPM-17 (start of the range) or else OBR-7, converted from DTM to ISO 8601."""
-    field, value = "SPM-17", message.value(message.first("SPM"), 17)
-    if not value:
-        field, value = "OBR-7", message.value(message.first("OBR"), 7)
-    if not value:
-        return None, _issue(
-            index, "SPM-17", "hl7.missing_field", "no specimen collection time: SPM-17 and OBR-7 are empty"
-        )
-    converted = iso_from_hl7(value)
-    if converted is None:
-        return None, _issue(
-            index, field, "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
-        )
-    return converted, None
+def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
+    """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks), converted from DTM to ISO 8601."""
+    for field, segment, number in (("SPM-17", message.first("SPM"), 17), ("OBR-7", message.first("OBR"), 7),
+                                   ("OBX-14", obx, 14)):
+        value = message.value(segment, number)
+        if not value:
+            continue
+        converted = iso_from_hl7(value)
+        if converted is None:
+            return None, _issue(
+                index, field, "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
+            )
+        return converted, None
+    return None, _issue(
+        index, "SPM-17", "hl7.missing_field", "no specimen collection time: SPM-17, OBR-7 and OBX-14 are empty"
+    )
 
 
 def _issue(index: int, field: str | None, code: str, message: str) -> Issue:

@@ -1,0 +1,160 @@
+"""The ELR code sets, defined once: sex letters, result and specimen-type SNOMED CT codes, CDC race and ethnicity.
+
+Every parser maps what its format carries (a FHIR gender word, an HL7 code, a CSV name) through these tables, so
+the same result normalises to the same ELR core values whatever the source format (DESIGN section 5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SNOMED_SYSTEMS = frozenset({"SCT", "SNM", "SNOMED", "SNOMED-CT", "SNOMEDCT", "HTTP://SNOMED.INFO/SCT", "2.16.840.1.113883.6.96"})
+_SPACES = re.compile(r"[\s_]+")
+
+
+def _key(value: str) -> str:
+    """Case-, space- and underscore-insensitive lookup key: 'Not  Detected' and 'not_detected' meet."""
+    return _SPACES.sub(" ", value.strip()).casefold()
+
+
+@dataclass(frozen=True)
+class CodeSet:
+    """A code system subset: code -> preferred name, plus other names senders use for the same code."""
+
+    names: Mapping[str, str]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lookup = {_key(code): code for code in self.names}
+        lookup.update({_key(name): code for code, name in self.names.items()})
+        lookup.update({_key(alias): code for alias, code in self.aliases.items()})
+        object.__setattr__(self, "_lookup", lookup)
+
+    def code(self, value: str | None) -> str | None:
+        """The code for a code or a known name (any case); None when the value is not in the set."""
+        if not value:
+            return None
+        return self._lookup.get(_key(value))  # type: ignore[attr-defined]
+
+    def name(self, code: str | None) -> str | None:
+        return self.names.get(code) if code else None
+
+    def extended(self, names: Mapping[str, str] | None = None, aliases: Mapping[str, str] | None = None) -> CodeSet:
+        """A copy with more codes or names (a format adds the spellings its senders use)."""
+        return CodeSet({**self.names, **(names or {})}, {**self.aliases, **(aliases or {})})
+
+
+# HL7 table 0001 (administrative sex). v2.5.1 also has A (ambiguous) and N (not applicable): HL7's own v2 -> FHIR
+# concept map sends both to `other`, so they become O here.
+_SEX = {
+    "f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O", "a": "O", "n": "O",
+    "ambiguous": "O", "not applicable": "O", "u": "U", "unknown": "U", "unk": "U",
+}
+
+
+def sex(value: str | None) -> str | None:
+    """F, M, O or U from an HL7 0001 letter or a FHIR AdministrativeGender word; None when it is neither."""
+    return _SEX.get(_key(value)) if value else None
+
+
+# Qualitative results (SNOMED CT), as SimpleReport and ReportStream's COVID-19 schemas use them.
+RESULTS = CodeSet(
+    {
+        "260373001": "Detected",
+        "260415000": "Not detected",
+        "10828004": "Positive",
+        "260385009": "Negative",
+        "455371000124106": "Invalid result",
+        "419984006": "Inconclusive",
+        "720735008": "Presumptive positive",
+        "125154007": "Specimen unsatisfactory for evaluation",
+        "82334004": "Indeterminate",
+        "11214006": "Reactive",
+        "131194007": "Non-Reactive",
+    },
+    {"undetected": "260415000", "invalid": "455371000124106", "nonreactive": "131194007",
+     "non reactive": "131194007"},
+)
+
+# Specimen types (SNOMED CT) most ELR senders use; the CSV format adds its own list of names.
+SPECIMEN_TYPES = CodeSet(
+    {
+        "258500001": "Nasopharyngeal swab",
+        "871810001": "Mid-turbinate nasal swab",
+        "697989009": "Anterior nares swab",
+        "258411007": "Nasopharyngeal aspirate",
+        "258467004": "Nasopharyngeal washings",
+        "433801000124107": "Nasopharyngeal and oropharyngeal swab",
+        "461911000124106": "Oropharyngeal swab",
+        "258529004": "Throat swab",
+        "445297001": "Swab of internal nose",
+        "119297000": "Blood specimen",
+        "122555007": "Venous blood specimen",
+        "258580003": "Whole blood sample",
+        "119361006": "Plasma specimen",
+        "119364003": "Serum specimen",
+        "119342007": "Saliva specimen",
+        "258607008": "Bronchoalveolar lavage fluid sample",
+        "122575003": "Urine specimen",
+    }
+)
+
+# CDC Race & Ethnicity code set (PHIN VADS; HL7 v3 Race), plus the null flavours senders use for "not given".
+RACE = CodeSet(
+    {
+        "1002-5": "American Indian or Alaska Native",
+        "2028-9": "Asian",
+        "2054-5": "Black or African American",
+        "2076-8": "Native Hawaiian or Other Pacific Islander",
+        "2106-3": "White",
+        "2131-1": "Other Race",
+        "ASKU": "Asked but unknown",
+        "UNK": "Unknown",
+    },
+    {"black": "2054-5", "other": "2131-1", "unknown": "UNK", "refused": "ASKU"},
+)
+
+# HL7 table 0189 letters (H, N, U) are the v2 spelling of the same concepts.
+ETHNICITY = CodeSet(
+    {"2135-2": "Hispanic or Latino", "2186-5": "Not Hispanic or Latino", "ASKU": "Asked but unknown", "UNK": "Unknown"},
+    {"H": "2135-2", "N": "2186-5", "U": "UNK", "hispanic": "2135-2", "not hispanic": "2186-5", "unknown": "UNK",
+     "refused": "ASKU"},
+)
+
+
+def coded_or_text(codes: CodeSet, code: str | None, text: str | None = None) -> str | None:
+    """The set's code for a code or name when known, else the sender's text as given (never a guess)."""
+    for value in (code, text):
+        found = codes.code(value)
+        if found:
+            return found
+    return (code or text or "").strip() or None
+
+
+def result_values(value: str, display: str | None = None, system: str | None = None) -> tuple[str, str | None, str | None]:
+    """(result, result_code, result_text) of one result value, the same whatever format carried it.
+
+    A qualitative result known by its SNOMED CT code or its name gives that code as both `result` and
+    `result_code`, and its preferred name as `result_text`; a code the sender labels SNOMED CT is kept as such.
+    Anything else (a number, free text, a local code) stays as sent, with the sender's display text.
+    """
+    if value and system and system.strip().upper() in SNOMED_SYSTEMS:
+        code: str | None = value
+    else:
+        code = RESULTS.code(value) or RESULTS.code(display)
+    if code:
+        return code, code, RESULTS.name(code) or display or None
+    return value or display or "", None, display or None
+
+
+def specimen_type(code: str | None, name: str | None = None, system: str | None = None) -> str | None:
+    """SNOMED CT code of a specimen type given by code (labelled SNOMED or known) or by known name; else None."""
+    if code and system and system.strip().upper() in SNOMED_SYSTEMS:
+        return code
+    return SPECIMEN_TYPES.code(code) or SPECIMEN_TYPES.code(name)
+
+
+CLIA = re.compile(r"\d{2}D\d{7}")
+NPI = re.compile(r"\d{10}")
