@@ -262,16 +262,58 @@ def _import_entry_point(info: FunctionInfo, app_dir: Path) -> Callable[..., Any]
 
 
 class Dispatcher:
-    """Runs invocations: sync functions on a thread pool (as the worker does), async ones on the loop."""
+    """Runs invocations: sync functions on a thread pool (as the worker does), async ones on the loop, each bounded
+    by host.json's functionTimeout."""
 
-    def __init__(self, max_workers: int | None) -> None:
+    def __init__(self, max_workers: int | None, timeout: float | None = None) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="func")
+        self.timeout = timeout
 
-    def submit(self, fn: LoadedFunction, args: dict[str, Any], reason: str) -> concurrent.futures.Future[Outcome]:
-        """Queue a synchronous invocation; the returned future can still be cancelled until a thread takes it."""
-        return self.pool.submit(fn.run_sync, args, reason, str(uuid.uuid4()))
+    async def invoke(self, fn: LoadedFunction, args: dict[str, Any], reason: str,
+                     pending: set[concurrent.futures.Future[Outcome]] | None = None) -> Outcome:
+        """Run one invocation to its end, or until functionTimeout: then it counts as failed, as in the host.
 
-    async def invoke(self, fn: LoadedFunction, args: dict[str, Any], reason: str) -> Outcome:
+        A synchronous invocation waits in `pending` until a thread takes it, so that shutdown can still take it
+        back (the outcome then says not started).
+        """
+        invocation_id = str(uuid.uuid4())
+        future: concurrent.futures.Future[Outcome] | None = None
         if fn.is_async:
-            return await fn.run_async(args, reason, str(uuid.uuid4()))
-        return await asyncio.wrap_future(self.submit(fn, args, reason))
+            running: asyncio.Future[Outcome] = asyncio.ensure_future(fn.run_async(args, reason, invocation_id))
+        else:
+            future = self.pool.submit(fn.run_sync, args, reason, invocation_id)
+            if pending is not None:
+                pending.add(future)
+            running = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait({running}, timeout=self.timeout)
+        finally:
+            if future is not None and pending is not None:
+                pending.discard(future)
+        if running in done:
+            if future is not None and future.cancelled():
+                return Outcome(False, started=False)  # shutdown took it back before a thread ran it
+            return running.result()
+        self._time_out(fn, invocation_id)
+        running.cancel()  # stops an async function; a thread cannot be stopped (see _time_out)
+        return Outcome(False)
+
+    def _time_out(self, fn: LoadedFunction, invocation_id: str) -> None:
+        limit = format_timespan(self.timeout or 0)
+        log.error("Timeout value of %s exceeded by function 'Functions.%s' (Id: '%s'). Initiating cancellation.",
+                  limit, fn.name, invocation_id)
+        log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)\nResult: Failure\nException: "
+                  "FunctionTimeoutException: Timeout value of %s was exceeded by function: Functions.%s",
+                  fn.name, invocation_id, int((self.timeout or 0) * 1000), limit, fn.name)
+        if not fn.is_async:
+            # The real host restarts the worker process to stop such a function; devhost cannot stop a thread, so
+            # it only disowns the invocation: its trigger is completed as failed and its result is ignored.
+            log.warning("Functions.%s (Id=%s) keeps running in its thread until it returns; its outcome is ignored.",
+                        fn.name, invocation_id)
+
+
+def format_timespan(seconds: float) -> str:
+    """`hh:mm:ss` as the host prints a TimeSpan."""
+    whole = int(seconds)
+    text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    return text + (f".{round((seconds - whole) * 1000):03d}" if seconds != whole else "")

@@ -87,9 +87,8 @@ class Host:
         prefix = hostconfig.route_prefix(config)
         queue_options = hostconfig.QueueOptions.from_config(config, hostconfig.is_development(settings))
         threads = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
-        self.dispatcher = Dispatcher(int(threads) if threads else None)
+        self.dispatcher = Dispatcher(int(threads) if threads else None, hostconfig.function_timeout(config))
         lock_seconds = int(float(settings.get("DEVHOST_QUEUE_LOCK_SECONDS") or queues.DEFAULT_LOCK_SECONDS))
-        queues.install_send_hook()
 
         for info in discover(self.app_dir):
             if info.config.get("disabled") is True or settings.is_disabled(info.name):

@@ -80,6 +80,23 @@ def route_prefix(config: dict[str, Any]) -> str:
     return str(prefix if prefix is not None else "api").strip("/")
 
 
+# The host's default when host.json sets no functionTimeout on a plan other than Consumption (5 minutes there).
+DEFAULT_FUNCTION_TIMEOUT = 30 * 60.0
+
+
+def function_timeout(config: dict[str, Any]) -> float | None:
+    """host.json `functionTimeout` in seconds; None when it is `-1` (unbounded)."""
+    value = get_ci(config, "functionTimeout")
+    if value is None or value == "":
+        return DEFAULT_FUNCTION_TIMEOUT
+    if str(value).strip() == "-1":
+        return None
+    seconds = parse_timespan(value)
+    if seconds <= 0:
+        raise ValueError(f"functionTimeout must be positive or -1, got {value!r}")
+    return seconds
+
+
 def is_development(settings: Settings) -> bool:
     env = settings.get("AZURE_FUNCTIONS_ENVIRONMENT") or settings.get("ASPNETCORE_ENVIRONMENT") or "Development"
     return env.lower() == "development"

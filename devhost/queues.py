@@ -10,8 +10,6 @@ import functools
 import logging
 import random
 import re
-import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +21,7 @@ from azure.storage.queue import QueueMessage as SdkMessage
 
 from devhost.functions import Dispatcher, LoadedFunction, Outcome
 from devhost.hostconfig import QueueOptions
+from shared.connection import StorageConnection
 
 log = logging.getLogger("devhost")
 
@@ -56,59 +55,6 @@ class Backoff:
         return self.current
 
 
-# --- "a write to the queue from the same host wakes the poller" -------------------------------------------
-
-_watchers: dict[str, set[Callable[[], None]]] = {}
-_watchers_lock = threading.Lock()
-_hook_installed = False
-
-
-def watch(queue_name: str, callback: Callable[[], None]) -> None:
-    with _watchers_lock:
-        _watchers.setdefault(queue_name.lower(), set()).add(callback)
-
-
-def notify(queue_name: str) -> None:
-    with _watchers_lock:
-        callbacks = list(_watchers.get(queue_name.lower(), ()))
-    for callback in callbacks:
-        callback()
-
-
-def install_send_hook() -> None:
-    """Wrap QueueClient.send_message in this process so that a function's own sends wake the matching poller.
-
-    The real host does this for messages written through its output bindings (SharedQueueWatcher); a Python
-    function here writes with azure-storage-queue, so the hook sits on the SDK client instead.
-    """
-    global _hook_installed
-    if _hook_installed:
-        return
-    _hook_installed = True
-    original = QueueClient.send_message
-
-    @functools.wraps(original)
-    def send_message(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        notify(self.queue_name)
-        return result
-
-    QueueClient.send_message = send_message  # type: ignore[method-assign]
-    try:
-        from azure.storage.queue.aio import QueueClient as AioQueueClient
-    except Exception:  # noqa: BLE001 - the aio client is optional (needs aiohttp at run time)
-        return
-    aio_original = AioQueueClient.send_message
-
-    @functools.wraps(aio_original)
-    async def aio_send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = await aio_original(self, *args, **kwargs)
-        notify(self.queue_name)
-        return result
-
-    AioQueueClient.send_message = aio_send_message  # type: ignore[method-assign]
-
-
 # --- messages ---------------------------------------------------------------------------------------------
 
 
@@ -123,7 +69,9 @@ def decode_body(text: str, encoding: str) -> bytes | None:
         return None
 
 
-def make_client(connection: str, queue_name: str) -> QueueClient:
+def make_client(connection: StorageConnection, queue_name: str) -> QueueClient:
+    """A queue client for the trigger's connection: by connection string, or by the queue service URI with the
+    connection's token credential (identity-based connection)."""
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -132,10 +80,12 @@ def make_client(connection: str, queue_name: str) -> QueueClient:
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    transport = RequestsTransport(session=session, session_owner=False)
     # No encode/decode policy: devhost sees and forwards the stored text exactly (poison copies stay byte-exact).
-    return QueueClient.from_connection_string(
-        connection, queue_name, transport=RequestsTransport(session=session, session_owner=False)
-    )
+    if connection.connection_string is not None:
+        return QueueClient.from_connection_string(connection.connection_string, queue_name, transport=transport)
+    return QueueClient(connection.service_uri("queue"), queue_name, credential=connection.token_credential(),
+                       transport=transport)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -155,7 +105,7 @@ class _Receipt:
 class QueuePoller:
     """One queue-triggered function: polls, dispatches, renews locks, and completes/releases/poisons."""
 
-    def __init__(self, fn: LoadedFunction, queue_name: str, connection: str, options: QueueOptions,
+    def __init__(self, fn: LoadedFunction, queue_name: str, connection: StorageConnection, options: QueueOptions,
                  dispatcher: Dispatcher, io_pool: concurrent.futures.Executor, lock_seconds: int) -> None:
         self.fn = fn
         self.queue_name = queue_name
@@ -185,9 +135,9 @@ class QueuePoller:
             pass
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Set only to stop: like the real host, devhost never wakes the poller for messages the app writes through
+        # the storage SDK, so an idle queue is noticed after the current polling interval, as in Azure.
         self._wake = asyncio.Event()
-        watch(self.queue_name, lambda: loop.call_soon_threadsafe(self._wake.set))
         try:
             await self._ensure_queue(self.client)
         except Exception as exc:  # noqa: BLE001 - storage down at start: keep going, the loop backs off
@@ -292,18 +242,9 @@ class QueuePoller:
         done = asyncio.Event()
         renewer = asyncio.create_task(self._renew(receipt, done))
         try:
-            if self.fn.is_async:
-                return await self.fn.run_async(args, self.reason, str(uuid.uuid4()))
-            future = self.dispatcher.submit(self.fn, args, self.reason)
-            self.waiting.add(future)
-            try:
-                return await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                if future.cancelled():
-                    return Outcome(False, started=False)  # shutdown took it back before a thread ran it
-                raise
-            finally:
-                self.waiting.discard(future)
+            # A timed-out invocation (functionTimeout) comes back failed, so the message is retried or poisoned
+            # like any failed try, as the host does.
+            return await self.dispatcher.invoke(self.fn, args, self.reason, pending=self.waiting)
         finally:
             done.set()
             # Let an in-flight renewal finish, so the receipt used to complete the message is the newest one.

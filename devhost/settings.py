@@ -8,7 +8,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from devhost.azurite import DEFAULT_PORTS, connection_string
+# The connection rule (connection string or identity-based `<name>__*` settings) is the app's own leaf module, so
+# the host and the app read a connection the same way; it imports nothing else from the app.
+from shared.connection import ConnectionSettingError, StorageConnection, expand_development_storage, resolve
 
 _SETTING_EXPR = re.compile(r"%([^%]+)%")
 
@@ -68,21 +70,23 @@ class Settings:
                 return True
         return False
 
-    def storage_connection(self, setting: str | None) -> str:
-        """The connection string a binding's `connection` names (default `AzureWebJobsStorage`)."""
+    def storage_connection(self, setting: str | None, services: tuple[str, ...] = ("queue",)) -> StorageConnection:
+        """The storage connection a binding's `connection` names (default `AzureWebJobsStorage`): a connection
+        string, or identity-based settings under `<name>__`."""
         name = setting or "AzureWebJobsStorage"
-        value = self.get(name)
-        if value is None:
-            # The host also looks for the `AzureWebJobs` prefixed form of a short connection name.
-            value = self.get(f"AzureWebJobs{name}")
-        if not value:
-            raise SettingError(f"connection setting '{name}' is missing or empty")
-        return expand_connection_string(value)
+        # The host also looks for the `AzureWebJobs` prefixed form of a short connection name.
+        candidates = [name] if name.lower().startswith("azurewebjobs") else [name, f"AzureWebJobs{name}"]
+        values = dict(self._values)
+        for candidate in candidates:
+            folded = candidate.lower()
+            if any(k.lower() == folded or k.lower().replace(":", "__").startswith(folded + "__")
+                   for k, v in values.items() if v):
+                try:
+                    return resolve(values, candidate, services)
+                except ConnectionSettingError as exc:
+                    raise SettingError(f"connection '{name}': {exc}") from None
+        raise SettingError(f"connection setting '{name}' is missing or empty")
 
 
-def expand_connection_string(value: str) -> str:
-    """The Python SDKs do not understand `UseDevelopmentStorage=true`: spell out Azurite's default endpoints."""
-    parts = dict(p.split("=", 1) for p in value.split(";") if "=" in p)
-    if parts.get("UseDevelopmentStorage", "").strip().lower() == "true":
-        return connection_string(*DEFAULT_PORTS)
-    return value
+# `UseDevelopmentStorage=true` → Azurite's default endpoints, by the same rule the app uses.
+expand_connection_string = expand_development_storage

@@ -84,8 +84,18 @@ class TimerRunner:
                     await asyncio.wait_for(self._stop.wait(), delay)
                     break
                 except asyncio.TimeoutError:
-                    pass
+                    # The loop's timers may wake a little early (uvloop counts whole milliseconds, and the loop's
+                    # monotonic clock drifts from the wall clock): wait out the rest rather than fire early.
+                    continue
             now = datetime.now()
             await self._fire(next_at, past_due=now - next_at > PAST_DUE_TOLERANCE)
-            # Like the host's TimerListener: the next occurrence counts from when this one finished.
-            next_at = self.schedule.next_after(max(now, datetime.now()))
+            next_at = following(self.schedule, next_at, datetime.now())
+
+
+def following(schedule: Schedule, fired: datetime, now: datetime) -> datetime:
+    """The occurrence after one that fired at `fired`, now that the invocation ended at `now`.
+
+    Strictly after `fired`, so that an occurrence never fires twice; and, like the host's TimerListener, after the
+    end of the invocation, so occurrences missed while it ran are skipped rather than run back to back.
+    """
+    return schedule.next_after(max(fired, now))

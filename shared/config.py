@@ -7,23 +7,19 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, StorageConnection, resolve
+
+__all__ = ["APP_ROOT", "DEVELOPMENT_STORAGE", "Settings", "SettingsError", "get_settings", "load_settings"]
 
 APP_ROOT = Path(__file__).resolve().parent.parent
-
-# Azurite's published development account: what `UseDevelopmentStorage=true` stands for. The Python storage SDKs
-# do not understand that shorthand, so it is expanded here.
-DEVELOPMENT_STORAGE = (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
-    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
-    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
-)
+STORAGE_SETTING = "AzureWebJobsStorage"
 
 # Environment variable -> field name. One place, so error messages can name the setting the operator sets.
+# The storage connection (AzureWebJobsStorage, or its identity-based AzureWebJobsStorage__* form) is read by
+# shared.connection, which names its own settings.
 SETTING_NAMES = {
-    "AzureWebJobsStorage": "storage_connection",
     "MAX_REPORT_BYTES": "max_report_bytes",
     "DELIVERY_URL": "delivery_url",
     "DELIVERY_TIMEOUT_SECONDS": "delivery_timeout_seconds",
@@ -39,7 +35,9 @@ class SettingsError(RuntimeError):
 
 
 class Settings(BaseModel):
-    storage_connection: str
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    storage: StorageConnection
     max_report_bytes: int = Field(default=50_000_000, gt=0)
     delivery_url: str | None = None
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -50,16 +48,6 @@ class Settings(BaseModel):
     # How long an accepted API key is trusted without a table read; a revoked key works at most this much longer.
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     max_dequeue_count: int = Field(default=5, ge=1)
-
-    @field_validator("storage_connection")
-    @classmethod
-    def _expand_development_storage(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("is empty")
-        if value.lower().replace(" ", "") in ("usedevelopmentstorage=true", "usedevelopmentstorage=true;"):
-            return DEVELOPMENT_STORAGE
-        return value
 
     @field_validator("delivery_url", "public_base_url")
     @classmethod
@@ -91,6 +79,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     for name, field_name in SETTING_NAMES.items():
         if env.get(name, "") != "":
             values[field_name] = env[name]
+    try:
+        values["storage"] = resolve(env, STORAGE_SETTING)
+    except ConnectionSettingError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
     try:
         max_dequeue = _host_json_max_dequeue_count(env)
         if max_dequeue is not None:

@@ -34,6 +34,7 @@ from azure.storage.queue import (
 from requests.adapters import HTTPAdapter
 
 from shared.config import get_settings
+from shared.connection import StorageConnection
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,25 @@ class Storage:
 
     @classmethod
     def from_connection_string(cls, conn: str) -> "Storage":
+        return cls.connect(StorageConnection("AzureWebJobsStorage", connection_string=conn))
+
+    @classmethod
+    def connect(cls, connection: StorageConnection) -> "Storage":
+        """Clients for a connection string, or for the service URIs with the connection's token credential."""
         shared = {"transport": _transport()}
-        blobs = BlobServiceClient.from_connection_string(conn, **_fast_retry(BlobLinearRetry), **shared)
-        tables = TableServiceClient.from_connection_string(conn, **TABLE_RETRY, **shared)
-        queues = QueueServiceClient.from_connection_string(conn, **_fast_retry(QueueLinearRetry), **shared)
+        blob_options = {**_fast_retry(BlobLinearRetry), **shared}
+        queue_options = {**_fast_retry(QueueLinearRetry), **shared}
+        table_options = {**TABLE_RETRY, **shared}
+        if connection.connection_string is not None:
+            conn = connection.connection_string
+            blobs = BlobServiceClient.from_connection_string(conn, **blob_options)
+            tables = TableServiceClient.from_connection_string(conn, **table_options)
+            queues = QueueServiceClient.from_connection_string(conn, **queue_options)
+        else:
+            credential = connection.token_credential()
+            blobs = BlobServiceClient(connection.service_uri("blob"), credential=credential, **blob_options)
+            tables = TableServiceClient(connection.service_uri("table"), credential=credential, **table_options)
+            queues = QueueServiceClient(connection.service_uri("queue"), credential=credential, **queue_options)
 
         def queue(name: str) -> QueueClient:
             # The Functions host reads base64 by default (host.json messageEncoding), so write base64.
@@ -154,19 +170,19 @@ _ensure_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _storage(conn: str) -> Storage:
-    return Storage.from_connection_string(conn)
+def _storage(conn: StorageConnection) -> Storage:
+    return Storage.connect(conn)
 
 
-_ensured: set[str] = set()
-_last_try: dict[str, float] = {}
+_ensured: set[StorageConnection] = set()
+_last_try: dict[StorageConnection, float] = {}
 # While storage is down, creating resources is not retried on every request: each try costs a round of retries.
 ENSURE_RETRY_SECONDS = 5.0
 
 
 def get_storage() -> Storage:
     """The process-wide clients; resources are created on first use and the result remembered."""
-    conn = get_settings().storage_connection
+    conn = get_settings().storage
     storage = _storage(conn)
     if conn not in _ensured and time.monotonic() - _last_try.get(conn, -ENSURE_RETRY_SECONDS) >= ENSURE_RETRY_SECONDS:
         with _ensure_lock:

@@ -95,8 +95,8 @@ def test_use_development_storage_is_expanded():
     assert expand_connection_string("UseDevelopmentStorage=true") == connection_string(*DEFAULT_PORTS)
     other = "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=b"
     assert expand_connection_string(other) == other
-    assert Settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}).storage_connection(None).startswith(
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1")
+    connection = Settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}).storage_connection(None)
+    assert connection.connection_string.startswith("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1")
     with pytest.raises(SettingError):
         Settings({}).storage_connection("MyConn")
 

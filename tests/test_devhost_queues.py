@@ -1,4 +1,5 @@
-"""devhost queue trigger: retries, poison rules, encoding, metadata, lock renewal, batching, wake-up, disabling."""
+"""devhost queue trigger: retries, poison rules, encoding, metadata, lock renewal, batching, polling, functionTimeout,
+disabling."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from azure.storage.queue import BinaryBase64EncodePolicy, QueueClient, TextBase64EncodePolicy
 
 from tests.apps.events import read
-from tests.apps.support import APPS, max_concurrency, peek_all, raw_queue, unique, wait_until
+from tests.apps.support import APPS, max_concurrency, message_count, peek_all, raw_queue, unique, wait_until
 
 QUEUES_APP = APPS / "queues"
 OVERRIDE = "AzureFunctionsJobHost__extensions__queues__"
@@ -52,7 +53,7 @@ def test_failing_function_runs_max_dequeue_count_times_then_body_goes_to_poison_
     assert [m.content for m in poison] == [stored_text]  # byte-for-byte the original message text
     runs = events(tmp_path, "q_fail")
     assert [e["dequeue_count"] for e in runs] == [1, 2, 3]
-    assert peek_all(storage, q["FAIL_QUEUE"]) == []
+    wait_until(lambda: message_count(storage, q["FAIL_QUEUE"]) == 0, 5, what="the original deleted")
     assert "Message has reached MaxDequeueCount of 3" in host.logs()
     assert len(__import__("re").findall(r"Executed 'Functions\.q_fail' \(Failed", host.logs())) == 3
 
@@ -79,7 +80,7 @@ def test_message_already_over_max_dequeue_count_is_poisoned_without_running(star
     poison = wait_until(lambda: peek_all(storage, q["OK_QUEUE"] + "-poison"), 10, what="poison message")
     assert base64.b64decode(poison[0].content) == b"tried too often"
     assert events(tmp_path, "q_ok") == []
-    assert peek_all(storage, q["OK_QUEUE"]) == []
+    wait_until(lambda: message_count(storage, q["OK_QUEUE"]) == 0, 5, what="the original deleted")
 
 
 def test_function_receives_queue_message_with_metadata_and_success_deletes(start_devhost, storage, tmp_path):
@@ -90,7 +91,8 @@ def test_function_receives_queue_message_with_metadata_and_success_deletes(start
     assert e["body"] == '{"v":1,"id":"r1"}' and e["dequeue_count"] == 1
     for key in ("id", "pop_receipt", "insertion_time", "expiration_time", "time_next_visible"):
         assert e[key], key
-    wait_until(lambda: peek_all(storage, q["OK_QUEUE"]) == [], 5, what="delete after success")
+    # Deleted, not just locked: the lock is 10 minutes, so only a count that includes hidden messages tells.
+    wait_until(lambda: message_count(storage, q["OK_QUEUE"]) == 0, 5, what="delete after success")
 
 
 def test_async_queue_function_and_message_encoding_none(start_devhost, storage, tmp_path):
@@ -125,7 +127,7 @@ def test_lock_is_renewed_while_the_function_runs(start_devhost, storage, tmp_pat
     wait_until(lambda: len(events(tmp_path, "q_slow")) >= 2, 10, what="end")
     time.sleep(1.0)
     assert [(e["event"], e["dequeue_count"]) for e in events(tmp_path, "q_slow")] == [("start", 1), ("end", 1)]
-    assert peek_all(storage, q["SLOW_QUEUE"]) == []
+    wait_until(lambda: message_count(storage, q["SLOW_QUEUE"]) == 0, 5, what="delete after success")
 
 
 def _send_many(storage: str, queue: str, bodies: list[str]) -> None:
@@ -151,17 +153,36 @@ def test_new_batch_threshold_fetches_more_before_the_batch_is_done(start_devhost
     assert max_concurrency(events(tmp_path, "q_slow")) == 5
 
 
-def test_write_from_a_function_wakes_the_poller(start_devhost, storage, tmp_path):
+def test_a_write_through_the_storage_sdk_does_not_wake_the_poller(start_devhost, storage, tmp_path):
+    """The real host wakes its listener only for its own queue output bindings, never for SDK writes: an idle
+    queue is noticed at the next poll, which is what end-to-end latency in Azure looks like."""
     env, q = queue_env(storage, tmp_path, maxPollingInterval="00:01:00")
     host = start_devhost(QUEUES_APP, env=env)
-    # Let the back-off grow: after ~4.6 s idle the poller's next natural poll is at least ~1 s away
-    # (delays 0.1, ~0.2, ~0.3, ~0.5, ~0.9, ~1.7, then ~3.3 s, each increment ±20%).
-    time.sleep(4.6)
+    # Back-off from the poller's start: polls after 0.1, ~0.2, ~0.3, ~0.5, ~0.9, ~1.7 s (each increment ±20%),
+    # the sixth by 4.12 s at the latest; the seventh comes ~2.7-3.9 s later, 5.7 s at the earliest. A message
+    # written at 4.9 s waits for that poll unless something wakes the poller.
+    time.sleep(4.9)
     t0 = time.time()
-    assert httpx.post(f"{host.url}/api/enqueue/{q['OK_QUEUE']}", content=b"wake up").status_code == 202
+    assert httpx.post(f"{host.url}/api/enqueue/{q['OK_QUEUE']}", content=b"no wake up").status_code == 202
     (e,) = wait_until(lambda: events(tmp_path, "q_ok"), 10, interval=0.01, what="invocation")
-    assert e["body"] == "wake up"
-    assert e["t"] - t0 < 0.8
+    assert e["body"] == "no wake up"
+    assert e["t"] - t0 > 0.3, "the poller was woken by the function's own SDK write"
+
+
+def test_function_timeout_counts_as_a_failed_try(start_devhost, storage, tmp_path):
+    """functionTimeout (host.json) bounds every invocation: a timed-out try is a failed one, so the message comes
+    back after visibilityTimeout and is poisoned after maxDequeueCount (3 in this app) tries."""
+    env, q = queue_env(storage, tmp_path)
+    env["AzureFunctionsJobHost__functionTimeout"] = "00:00:01"
+    host = start_devhost(QUEUES_APP, env=env)
+    send_b64(storage, q["SLOW_QUEUE"], "3")  # runs 3 s, over the 1 s limit
+    poison = wait_until(lambda: peek_all(storage, q["SLOW_QUEUE"] + "-poison"), 15, what="poison message")
+    assert base64.b64decode(poison[0].content) == b"3"
+    starts = [e for e in events(tmp_path, "q_slow") if e["event"] == "start"]
+    assert [e["dequeue_count"] for e in starts] == [1, 2, 3]
+    assert starts[1]["t"] - starts[0]["t"] < 2.5  # retried once the limit passed, not when the function returned
+    wait_until(lambda: message_count(storage, q["SLOW_QUEUE"]) == 0, 5, what="the original deleted")
+    assert "Timeout value of 00:00:01 exceeded by function 'Functions.q_slow'" in host.logs()
 
 
 @pytest.mark.parametrize("key", ["AzureWebJobs.q_ok.Disabled", "AzureWebJobs_q_ok_Disabled"])

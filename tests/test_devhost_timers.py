@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
+from devhost.timers import Schedule, following
 from tests.apps.events import read
 from tests.apps.support import APPS, wait_until
 
@@ -59,3 +61,15 @@ def test_admin_api_runs_a_timer_function_on_demand(start_devhost, storage, tmp_p
     assert httpx.post(f"{host.url}/admin/functions/t_second", json={}).status_code == 404  # disabled
     assert httpx.post(f"{host.url}/admin/functions/nope", json={}).status_code == 404
     assert "Executing 'Functions.t_setting' (Reason='This function was programmatically called" in host.logs()
+
+
+def test_an_occurrence_fires_once_even_when_the_loop_wakes_early():
+    """The event loop may wake a timer a millisecond early (uvloop counts whole milliseconds): the occurrence after
+    the one that fired at 12:00:01 is 12:00:02, even when the clock still reads 12:00:00.999 once it has run."""
+    per_second = Schedule("* * * * * *")
+    fired = datetime(2026, 1, 1, 12, 0, 1)
+    assert following(per_second, fired, datetime(2026, 1, 1, 12, 0, 0, 999_000)) == datetime(2026, 1, 1, 12, 0, 2)
+    # An invocation that overran the next occurrences skips them, as the host's TimerListener does.
+    assert following(per_second, fired, datetime(2026, 1, 1, 12, 0, 3, 500_000)) == datetime(2026, 1, 1, 12, 0, 4)
+    interval = Schedule("00:00:05")
+    assert following(interval, fired, datetime(2026, 1, 1, 12, 0, 0, 999_000)) == datetime(2026, 1, 1, 12, 0, 6)

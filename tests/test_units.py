@@ -22,7 +22,7 @@ CSV = (EXAMPLES / "report.csv").read_bytes()
 
 def test_settings_defaults_and_development_storage() -> None:
     settings = load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
-    assert settings.storage_connection == DEVELOPMENT_STORAGE
+    assert settings.storage.connection_string == DEVELOPMENT_STORAGE
     assert settings.max_report_bytes == 50_000_000
     assert settings.delivery_url is None and settings.public_base_url is None
     assert settings.max_dequeue_count == 5  # from host.json
