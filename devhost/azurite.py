@@ -61,6 +61,9 @@ class Azurite:
 
     In memory by default; give `location` to persist on disk so the process can be restarted without losing data.
     Ports are picked free at construction and kept across restarts, so clients keep working after `start()` again.
+    With `cert` and `key` it serves HTTPS; `oauth` makes it accept Microsoft Entra bearer tokens (`--oauth basic`:
+    audience, issuer and lifetime are checked, not the signature); `account_key` replaces the well-known key, so
+    a client holding the published development key is refused.
     """
 
     location: Path | None = None
@@ -68,11 +71,23 @@ class Azurite:
     log_path: Path | None = None
     # No access log: one line per request costs Azurite about 0.5 ms of its single thread (benchmarks want that).
     silent: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    oauth: bool = False
+    account_key: str = ACCOUNT_KEY
     process: subprocess.Popen | None = None
+    _own_log: bool = False
 
     @property
     def connection_string(self) -> str:
+        if self.cert is not None or self.account_key != ACCOUNT_KEY:
+            raise RuntimeError("this Azurite takes no connection string with the development key; use service_uri")
         return connection_string(*self.ports)
+
+    def service_uri(self, service: str) -> str:
+        """The path-style endpoint of one service (`blob`, `queue` or `table`) for the development account."""
+        port = dict(zip(("blob", "queue", "table"), self.ports))[service]
+        return f"{'https' if self.cert else 'http'}://127.0.0.1:{port}/{ACCOUNT_NAME}"
 
     def start(self, timeout: float = 30.0) -> "Azurite":
         if self.process and self.process.poll() is None:
@@ -87,16 +102,25 @@ class Azurite:
         ]
         if self.silent:
             args.append("--silent")
+        if self.cert is not None and self.key is not None:
+            args += ["--cert", str(self.cert), "--key", str(self.key)]
+        if self.oauth:
+            args += ["--oauth", "basic"]
+        env = dict(os.environ)
+        if self.account_key != ACCOUNT_KEY:
+            env["AZURITE_ACCOUNTS"] = f"{ACCOUNT_NAME}:{self.account_key}"
         if self.location is None:
             args.append("--inMemoryPersistence")
         else:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
         if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix="azurite-", suffix=".log")[1])
+            fd, name = tempfile.mkstemp(prefix="azurite-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._own_log = Path(name), True
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -104,12 +128,22 @@ class Azurite:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Azurite exited with {self.process.returncode}; see {self.log_path}")
             if time.monotonic() > deadline:
-                self.stop()
+                self._stop(5.0)
                 raise RuntimeError(f"Azurite did not listen within {timeout}s; see {self.log_path}")
             time.sleep(0.05)
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
+        try:
+            self._stop(timeout)
+        finally:
+            if self._own_log and self.log_path is not None and self.process is None:
+                # A log this object made for itself goes with it (one left behind by a failed start is kept, since
+                # the error names it).
+                self.log_path.unlink(missing_ok=True)
+                self.log_path, self._own_log = None, False
+
+    def _stop(self, timeout: float) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return

@@ -10,7 +10,13 @@ from pathlib import Path
 
 # The connection rule (connection string or identity-based `<name>__*` settings) is the app's own leaf module, so
 # the host and the app read a connection the same way; it imports nothing else from the app.
-from shared.connection import ConnectionSettingError, StorageConnection, expand_development_storage, resolve
+from shared.connection import (
+    ConnectionSettingError,
+    StorageConnection,
+    expand_development_storage,
+    overlay,
+    resolve,
+)
 
 _SETTING_EXPR = re.compile(r"%([^%]+)%")
 
@@ -39,8 +45,9 @@ class Settings:
     @classmethod
     def load(cls, app_dir: Path, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        # Core Tools puts Values into the process environment; what is already set in the environment wins.
-        merged = {**load_local_settings(app_dir), **environ}
+        # Core Tools puts Values into the process environment; what is already set in the environment wins (for the
+        # storage connection as a whole: an identity-based one in the environment drops the file's string).
+        merged = overlay(load_local_settings(app_dir), environ)
         return cls(merged)
 
     def items(self) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """Operators' CLI: `python -m shared.admin senders ...|poison ...|reconcile`.
 
-Reads AzureWebJobsStorage from the environment, else from local.settings.json, like the local host does.
+Reads AzureWebJobsStorage (a connection string, or the identity-based AzureWebJobsStorage__* settings) from the
+environment, else from local.settings.json, like the local host does.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from azure.core.exceptions import AzureError, DecodeError, ResourceModifiedError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, DecodeError, ResourceModifiedError
 from azure.storage.queue import QueueMessage as StoredMessage
 from pydantic import ValidationError
 
 from shared import reconcile, senders, status, work
 from shared.config import APP_ROOT, SettingsError, get_settings
+from shared.connection import overlay
 from shared.models import QueueMessage
 from shared.status import Status
 from shared.storage import Storage, get_storage
@@ -30,13 +32,15 @@ class AdminError(RuntimeError):
 
 
 def load_local_settings() -> None:
-    """Fill in settings missing from the environment from local.settings.json (cwd, else the app root)."""
+    """Fill in settings missing from the environment from local.settings.json (cwd, else the app root), as the
+    host does: the environment wins, for the storage connection as a whole."""
     for folder in (Path.cwd(), APP_ROOT):
         path = folder / "local.settings.json"
         if path.is_file():
             values = json.loads(path.read_text()).get("Values", {})
-            for key, value in values.items():
-                os.environ.setdefault(key, str(value))
+            merged = overlay({k: str(v) for k, v in values.items()}, os.environ)
+            for key, value in merged.items():
+                os.environ.setdefault(key, value)
             return
 
 
@@ -194,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     except (AdminError, senders.SenderError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ClientAuthenticationError as exc:
+        # No token (no managed identity here, not logged in) or a refused one: the first line says which.
+        print(f"error: cannot authenticate to storage: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        return 3
     except AzureError as exc:
-        print(f"error: storage unavailable ({type(exc).__name__}); is AzureWebJobsStorage right?", file=sys.stderr)
+        print(f"error: storage unavailable ({type(exc).__name__}); is AzureWebJobsStorage (or, with an identity, "
+              f"AzureWebJobsStorage__*, the identity and its data roles) right?", file=sys.stderr)
         return 3
 
 

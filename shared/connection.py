@@ -28,7 +28,8 @@ DEVELOPMENT_STORAGE = (
 SERVICES = ("blob", "queue", "table")
 MANAGED_IDENTITY = "managedidentity"
 # The identity settings this app understands, as the Functions host spells them (matched case-insensitively).
-_KNOWN = {"accountname", "blobserviceuri", "queueserviceuri", "tableserviceuri", "credential", "clientid"}
+_SPELLING = {name.lower(): name for name in ("accountName", "blobServiceUri", "queueServiceUri", "tableServiceUri",
+                                              "credential", "clientId")}
 
 
 class ConnectionSettingError(ValueError):
@@ -98,6 +99,20 @@ def expand_development_storage(value: str) -> str:
     return value
 
 
+def overlay(file_values: Mapping[str, str], environ: Mapping[str, str],
+            name: str = "AzureWebJobsStorage") -> dict[str, str]:
+    """Settings from a file (local.settings.json) under the environment, which wins; for the connection `name` it
+    wins as a whole, so an identity-based connection in the environment is not mixed with a connection string
+    from the file (or the other way round)."""
+    def part_of_connection(key: str) -> bool:
+        folded = key.lower().replace(":", "__")
+        return folded == name.lower() or folded.startswith(name.lower() + "__")
+
+    in_environ = any(part_of_connection(k) and v for k, v in environ.items())
+    kept = {k: v for k, v in file_values.items() if not (in_environ and part_of_connection(k))}
+    return {**kept, **environ}
+
+
 def _lookup(settings: Mapping[str, str], name: str) -> str | None:
     """A setting by name, case-insensitively (as .NET configuration reads app settings); empty counts as unset.
 
@@ -136,19 +151,18 @@ def resolve(settings: Mapping[str, str], name: str = "AzureWebJobsStorage",
     section = _section(settings, name)
     identity_keys = sorted(k for k in section if k in ("accountname", "blobserviceuri", "queueserviceuri",
                                                          "tableserviceuri"))
-    spelled = {k: f"{name}__{k}" for k in section}
     if string is not None:
         if identity_keys:
             raise ConnectionSettingError(
-                f"{name} is set (a connection string) and so is {spelled[identity_keys[0]]} (an identity-based "
-                f"connection): set one of them, not both")
+                f"{name} is set (a connection string) and so is {name}__{_SPELLING[identity_keys[0]]} (an "
+                f"identity-based connection): set one of them, not both")
         return StorageConnection(name, connection_string=expand_development_storage(string))
     if not identity_keys:
         raise ConnectionSettingError(
             f"{name}: missing. Set it to a connection string (UseDevelopmentStorage=true for Azurite), or use an "
             f"identity: {name}__accountName, or {name}__blobServiceUri + {name}__queueServiceUri + "
             f"{name}__tableServiceUri")
-    unknown = sorted(k for k in section if k not in _KNOWN)
+    unknown = sorted(k for k in section if k not in _SPELLING)
     if unknown:
         raise ConnectionSettingError(
             f"{name}__{unknown[0]}: not a setting this app understands (known: accountName, blobServiceUri, "

@@ -1,0 +1,78 @@
+"""The storage connection settings (DESIGN section 6): a connection string or an identity-based connection, one
+typed settings object, and a bad combination refused naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from devhost.settings import SettingError, Settings
+from shared.config import SettingsError, load_settings
+from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, overlay, resolve
+
+URIS = {f"AzureWebJobsStorage__{s}ServiceUri": f"https://acct.{s}.core.windows.net/" for s in ("blob", "queue", "table")}
+
+
+def test_connection_string_and_development_storage() -> None:
+    assert resolve({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}).connection_string == DEVELOPMENT_STORAGE
+    conn = resolve({"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=b"})
+    assert conn.connection_string.endswith("AccountKey=b") and not conn.uses_identity
+    assert "AccountKey" not in conn.describe()
+
+
+def test_account_name_means_the_public_cloud_endpoints_and_the_developer_chain() -> None:
+    conn = resolve({"AzureWebJobsStorage__accountName": "labintake01"})
+    assert conn.uses_identity and conn.credential_kind is None and conn.client_id is None
+    assert [conn.service_uri(s) for s in ("blob", "queue", "table")] == [
+        "https://labintake01.blob.core.windows.net", "https://labintake01.queue.core.windows.net",
+        "https://labintake01.table.core.windows.net"]
+
+
+def test_service_uris_with_a_user_assigned_managed_identity() -> None:
+    # Setting names are case-insensitive and `:` works as the section separator, as in the host.
+    conn = resolve({**URIS, "azurewebjobsstorage__CREDENTIAL": "ManagedIdentity",
+                    "AzureWebJobsStorage:clientId": "abc"})
+    assert conn.credential_kind == "managedidentity" and conn.client_id == "abc"
+    assert conn.service_uri("queue") == "https://acct.queue.core.windows.net"  # trailing slash dropped
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({}, "AzureWebJobsStorage"),
+    ({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "acct"},
+     "AzureWebJobsStorage__accountName"),
+    ({"AzureWebJobsStorage__accountName": "acct", **URIS}, "AzureWebJobsStorage__blobServiceUri"),
+    ({"AzureWebJobsStorage__accountName": "Not_An_Account"}, "AzureWebJobsStorage__accountName"),
+    ({k: v for k, v in URIS.items() if "table" not in k}, "AzureWebJobsStorage__tableServiceUri"),
+    ({**URIS, "AzureWebJobsStorage__queueServiceUri": "http://acct.queue.core.windows.net"},
+     "AzureWebJobsStorage__queueServiceUri"),
+    ({**URIS, "AzureWebJobsStorage__credential": "clientsecret"}, "AzureWebJobsStorage__credential"),
+    ({**URIS, "AzureWebJobsStorage__clientSecret": "s3cret"}, "AzureWebJobsStorage__clientsecret"),
+])
+def test_a_bad_combination_is_refused_naming_the_setting(settings: dict, named: str) -> None:
+    with pytest.raises(ConnectionSettingError, match=named):
+        resolve(settings)
+    with pytest.raises(SettingsError, match=named):  # the app's one settings object says the same
+        load_settings(settings)
+
+
+def test_the_app_settings_carry_the_connection() -> None:
+    settings = load_settings({**URIS, "AzureWebJobsStorage__credential": "managedidentity"})
+    assert settings.storage.uses_identity and settings.storage.table_uri == "https://acct.table.core.windows.net"
+
+
+def test_environment_wins_for_the_connection_as_a_whole() -> None:
+    file_values = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "MAX_REPORT_BYTES": "10"}
+    merged = overlay(file_values, {"AzureWebJobsStorage__accountName": "acct"})
+    assert "AzureWebJobsStorage" not in merged and merged["MAX_REPORT_BYTES"] == "10"
+    assert resolve(merged).blob_uri == "https://acct.blob.core.windows.net"
+    # Without the connection in the environment the file's is used.
+    assert overlay(file_values, {"OTHER": "1"})["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+
+
+def test_devhost_trigger_connections_take_both_forms() -> None:
+    queue_only = {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net"}
+    assert Settings(queue_only).storage_connection(None).queue_uri == "https://acct.queue.core.windows.net"
+    # A short connection name also finds the `AzureWebJobs`-prefixed settings, as the host does.
+    short = {"AzureWebJobsMyStorage__accountName": "acct"}
+    assert Settings(short).storage_connection("MyStorage").queue_uri == "https://acct.queue.core.windows.net"
+    with pytest.raises(SettingError, match="AzureWebJobsStorage__queueServiceUri"):
+        Settings({"AzureWebJobsStorage__blobServiceUri": "https://acct.blob.core.windows.net"}).storage_connection(None)
