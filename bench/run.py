@@ -32,6 +32,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ from bench.chart import latency_chart
 from bench.load import latency_summary, run_count, run_level
 from bench.profiling import Recording, py_spy
 from bench.reports import HL7, big_report, small_report
+from devhost.azurite import REPO_ROOT
 from bench.service import (
     CpuMeter,
     Processes,
@@ -77,7 +79,8 @@ class Plan:
     proc_ceiling_s: float = 300.0  # a deadline: each ceiling drain runs until its queue is empty
     proc_ceiling_max: int = 1000
     drain_deadline_s: float = 300.0
-    e2e_reports: int = 200
+    e2e_reports: int = 100
+    e2e_idle_reports: int = 16
     e2e_poll_s: float = 0.015
     big_bytes: int = 49_900_000
     big_deadline_s: float = 240.0
@@ -89,7 +92,7 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(level_s=2.0, ceiling_level_s=2.0, warmup_s=0.5, backlog=400, proc_ceiling_s=20.0,
-             proc_ceiling_max=200, drain_deadline_s=90.0, e2e_reports=30, big_bytes=5_000_000, big_deadline_s=60.0,
+             proc_ceiling_max=200, drain_deadline_s=90.0, e2e_reports=30, e2e_idle_reports=5, big_bytes=5_000_000, big_deadline_s=60.0,
              budget_s=170.0, settle_gc=False)
 
 T0 = time.monotonic()
@@ -448,56 +451,103 @@ class Bench:
             f"statuses {counts}; cpu {cpu}")
         say(f"  rate by queue depth: {buckets}; stalls (nothing completed for >= {ceil.STALL_S} s): {stalls}")
 
+    def _e2e_one(self, c: httpx.Client, failures: list[str]) -> tuple[float, float, float | None] | None:
+        """POST one small report and poll its status until terminal: (POST→terminal, POST→202, server-side
+        received→completed), or None when it failed."""
+        p = self.plan
+        t0 = time.perf_counter()
+        r = c.post("/api/reports", content=small_report(next(self.counter)))
+        t1 = time.perf_counter()
+        if r.status_code != 202:
+            failures.append(f"POST {r.status_code}")
+            return None
+        rid = r.json()["id"]
+        one_deadline = time.monotonic() + 30
+        record = None
+        while time.monotonic() < one_deadline:
+            g = c.get(f"/api/reports/{rid}")
+            if g.status_code == 200:
+                record = g.json()
+                break
+            time.sleep(p.e2e_poll_s)
+        t2 = time.perf_counter()
+        if record is None:
+            failures.append(f"{rid} not terminal in 30 s")
+            return None
+        server = None
+        if record.get("completed_at"):
+            server = _seconds(record["completed_at"]) - _seconds(record["received_at"])
+        return t2 - t0, t1 - t0, server
+
+    def _e2e_summary(self, samples: list[tuple[float, float, float | None]], failures: list[str]) -> dict:
+        return {
+            "reports": len(samples),
+            "poll_interval_ms": self.plan.e2e_poll_s * 1000,
+            "post_to_terminal": latency_summary([s[0] for s in samples]),
+            "accept": latency_summary([s[1] for s in samples]),
+            "server_received_to_completed": latency_summary([s[2] for s in samples if s[2] is not None]),
+            "failures": failures[:10],
+        }
+
     def phase_e2e(self) -> None:
+        """End-to-end latency as a sender sees it. Back to back: each report right after the previous one ended,
+        so the queue poller is still polling fast (its back-off restarts at 100 ms after a message). Idle: each
+        report after the poller has backed off to host.json's maxPollingInterval, at a random moment within it,
+        which is what a report arriving at a quiet service sees in Azure (the host polls; nothing wakes it)."""
         p = self.plan
         self.check_budget("e2e", 10)
-        host = self.host_full
-        say(f"phase 4: end-to-end latency, {p.e2e_reports} reports one at a time on the idle service "
-            f"(poll every {p.e2e_poll_s * 1000:.0f} ms)")
+        host = getattr(self, "host_full", None) or self.procs.start_devhost(processor=True)
+        say(f"phase 4: end-to-end latency, {p.e2e_reports} reports back to back (poll every "
+            f"{p.e2e_poll_s * 1000:.0f} ms)")
         time.sleep(1.0)
-        e2e, accept, server, failures = [], [], [], []
+        samples: list = []
+        failures: list[str] = []
         deadline = time.monotonic() + max(10.0, min(120.0, p.budget_s - (time.monotonic() - T0) - 90))
         with self.client(host.url) as c:
             for _ in range(p.e2e_reports):
                 if time.monotonic() > deadline:
                     self.results["notes"].append("e2e stopped early at its deadline")
                     break
-                t0 = time.perf_counter()
-                r = c.post("/api/reports", content=small_report(next(self.counter)))
-                t1 = time.perf_counter()
-                if r.status_code != 202:
-                    failures.append(f"POST {r.status_code}")
-                    continue
-                rid = r.json()["id"]
-                one_deadline = time.monotonic() + 30
-                record = None
-                while time.monotonic() < one_deadline:
-                    g = c.get(f"/api/reports/{rid}")
-                    if g.status_code == 200:
-                        record = g.json()
-                        break
-                    time.sleep(p.e2e_poll_s)
-                t2 = time.perf_counter()
-                if record is None:
-                    failures.append(f"{rid} not terminal in 30 s")
-                    continue
-                accept.append(t1 - t0)
-                e2e.append(t2 - t0)
-                if record.get("completed_at"):
-                    received = datetime.fromisoformat(record["received_at"].replace("Z", "+00:00"))
-                    completed = datetime.fromisoformat(record["completed_at"].replace("Z", "+00:00"))
-                    server.append((completed - received).total_seconds())
-        self.results["e2e"] = {
-            "reports": len(e2e),
-            "poll_interval_ms": p.e2e_poll_s * 1000,
-            "post_to_terminal": latency_summary(e2e),
-            "accept": latency_summary(accept),
-            "server_received_to_completed": latency_summary(server),
-            "failures": failures[:10],
-        }
+                sample = self._e2e_one(c, failures)
+                if sample:
+                    samples.append(sample)
+        self.results["e2e"] = self._e2e_summary(samples, failures)
         s = self.results["e2e"]["post_to_terminal"]
-        say(f"  e2e p50 {s['p50_ms']} ms  p95 {s['p95_ms']} ms  (server-side received->completed p50 "
+        say(f"  back to back: p50 {s['p50_ms']} ms  p95 {s['p95_ms']} ms  (server-side received->completed p50 "
             f"{self.results['e2e']['server_received_to_completed']['p50_ms']} ms); failures {len(failures)}")
+        self.procs.stop_devhost(host)
+        self.phase_e2e_idle()
+
+    def phase_e2e_idle(self) -> None:
+        p = self.plan
+        polling = max_polling_interval()
+        settle = backoff_settle_s(polling)
+        self.check_budget("idle e2e", 10)
+        # One worker process: the real host has one queue listener per instance whatever its worker count;
+        # devhost's forked workers poll each, which would halve the wait.
+        host = self.procs.start_devhost(processor=True, FUNCTIONS_WORKER_PROCESS_COUNT="1")
+        say(f"phase 4b: idle end-to-end latency, {p.e2e_idle_reports} reports, each {settle:.1f} s + a random part "
+            f"of maxPollingInterval ({polling:g} s) after the previous one ended; one worker process")
+        samples: list = []
+        failures: list[str] = []
+        rng = random.Random(7)
+        with self.client(host.url) as c:
+            for _ in range(p.e2e_idle_reports):
+                if time.monotonic() - T0 + settle + polling + 5 > p.budget_s:
+                    self.results["notes"].append("idle e2e stopped early at the time budget")
+                    break
+                time.sleep(settle + rng.uniform(0, polling))
+                sample = self._e2e_one(c, failures)
+                if sample:
+                    samples.append(sample)
+        idle = self._e2e_summary(samples, failures)
+        polls_per_day = round(86400 / polling)
+        idle.update({"max_polling_interval_s": polling, "settle_s": round(settle, 2),
+                     "idle_polls_per_day_per_queue": polls_per_day})
+        self.results["e2e"]["idle"] = idle
+        s = idle["post_to_terminal"]
+        say(f"  idle: p50 {s['p50_ms']} ms  p95 {s['p95_ms']} ms  max {s.get('max_ms')} ms; an idle listener makes "
+            f"{polls_per_day} queue polls a day per queue; failures {len(failures)}")
         self.procs.stop_devhost(host)
 
     def phase_big(self) -> None:
@@ -584,17 +634,20 @@ class Bench:
 
     # --- the whole run ---------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, e2e_only: bool = False) -> int:
         code = 0
         try:
             self.setup()
-            self.phase_ceiling()
-            self.phase_intake()
-            backlog = self.build_backlog()
-            self.phase_drain(backlog)
-            self.phase_e2e()
-            self.phase_processing_ceiling()
-            self.phase_big()
+            if e2e_only:
+                self.phase_e2e()
+            else:
+                self.phase_ceiling()
+                self.phase_intake()
+                backlog = self.build_backlog()
+                self.phase_drain(backlog)
+                self.phase_e2e()
+                self.phase_processing_ceiling()
+                self.phase_big()
         except OverBudget as exc:
             say(f"stopping early: {exc}")
             self.results["notes"].append(str(exc))
@@ -614,23 +667,45 @@ class Bench:
             say("stopping devhost(s) and Azurite")
             self.procs.stop_all()
         self.results["total_s"] = round(time.monotonic() - T0, 1)
-        self.write()
+        self.write("-e2e" if e2e_only else "")
         return code
 
-    def write(self) -> None:
+    def write(self, kind: str = "") -> None:
+        """<out>/latest<kind>.json and a timestamped copy; a partial run (kind `-e2e`) leaves the full run's alone."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.results["summary"] = summary(self.results)
         text = json.dumps(self.results, indent=2, default=str)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if self.results["quick"] else "")
-        (self.out / "latest.json").write_text(text)
+        stamp = (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if self.results["quick"] else "")
+                 + kind)
+        (self.out / f"latest{kind}.json").write_text(text)
         (self.out / f"{stamp}.json").write_text(text)
         chart = None
         try:
-            chart = latency_chart(self.results, self.out / "latency.png")
+            chart = None if kind else latency_chart(self.results, self.out / "latency.png")
         except Exception as exc:  # noqa: BLE001
             say(f"chart failed: {exc}")
         print(table(self.results))
-        say(f"results: {self.out / 'latest.json'} and {stamp}.json; chart: {chart or 'not drawn (matplotlib?)'}")
+        say(f"results: {self.out / f'latest{kind}.json'} and {stamp}.json; chart: {chart or 'not drawn (matplotlib?)'}")
+
+
+def max_polling_interval() -> float:
+    """maxPollingInterval as devhost reads it from host.json (Development defaults)."""
+    from devhost.hostconfig import QueueOptions, is_development, load_host_config
+    from devhost.settings import Settings
+
+    settings = Settings({})
+    return QueueOptions.from_config(load_host_config(REPO_ROOT, settings), is_development(settings)).max_polling_interval
+
+
+def backoff_settle_s(maximum: float) -> float:
+    """How long an idle queue listener takes, at the latest (jitter at its top), to back off to `maximum`."""
+    from devhost.queues import MIN_POLLING_INTERVAL, Backoff
+
+    backoff = Backoff(MIN_POLLING_INTERVAL, maximum, jitter=lambda _a, b: b)
+    total = 0.0
+    while (delay := backoff.next(False)) < maximum:
+        total += delay
+    return total + 0.5  # and the listener's own request time
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -683,6 +758,8 @@ def summary(r: dict) -> dict:
         "drain_over_ceiling_tail": r.get("drain", {}).get("ratio_to_ceiling_tail"),
         "e2e_p50_ms": r.get("e2e", {}).get("post_to_terminal", {}).get("p50_ms"),
         "e2e_p95_ms": r.get("e2e", {}).get("post_to_terminal", {}).get("p95_ms"),
+        "e2e_idle_p50_ms": r.get("e2e", {}).get("idle", {}).get("post_to_terminal", {}).get("p50_ms"),
+        "e2e_idle_p95_ms": r.get("e2e", {}).get("idle", {}).get("post_to_terminal", {}).get("p95_ms"),
         "big_accept_s": r.get("big_report", {}).get("accept_s"),
         "other_processes_cpu_cores_max": max(others, default=None),
         "total_s": r.get("total_s"),
@@ -725,8 +802,14 @@ def table(r: dict) -> str:
                   f"{f(app.get('reports_per_s'))}/s -> {f(d.get('ratio_to_app_ops_ceiling_tail'), '{:.2f}')}"]
     e = r.get("e2e", {})
     if e:
-        lines.append(f"e2e (idle, POST -> terminal seen): p50 {f(e['post_to_terminal']['p50_ms'])} ms, p95 "
+        lines.append(f"e2e back to back (POST -> terminal seen): p50 {f(e['post_to_terminal']['p50_ms'])} ms, p95 "
                      f"{f(e['post_to_terminal']['p95_ms'])} ms over {e.get('reports')} reports")
+        idle = e.get("idle")
+        if idle:
+            lines.append(f"e2e idle (maxPollingInterval {idle['max_polling_interval_s']:g} s): p50 "
+                         f"{f(idle['post_to_terminal']['p50_ms'])} ms, p95 {f(idle['post_to_terminal']['p95_ms'])} ms "
+                         f"over {idle.get('reports')} reports; {idle['idle_polls_per_day_per_queue']} polls/day "
+                         f"per queue while idle")
     b = r.get("big_report", {})
     if b:
         mb = lambda v: "-" if not v else f"{v / 1e6:.0f} MB"  # noqa: E731
@@ -739,7 +822,8 @@ def table(r: dict) -> str:
     lines += ["", f"RATIOS  intake/ceiling c=8: {f(s.get('intake_over_ceiling_c8'), '{:.2f}')}   "
                   f"c=32: {f(s.get('intake_over_ceiling_c32'), '{:.2f}')}   drain/ceiling: "
                   f"{f(s.get('drain_over_ceiling'), '{:.2f}')} (last {r.get('plan', {}).get('proc_ceiling_max')}: "
-                  f"{f(s.get('drain_over_ceiling_tail'), '{:.2f}')})   e2e p50: {f(s.get('e2e_p50_ms'))} ms",
+                  f"{f(s.get('drain_over_ceiling_tail'), '{:.2f}')})   e2e p50: {f(s.get('e2e_p50_ms'))} ms "
+                  f"(idle {f(s.get('e2e_idle_p50_ms'))} ms)",
               f"total run time {f(r.get('total_s'))} s; other processes used up to "
               f"{f(s.get('other_processes_cpu_cores_max'), '{:.2f}')} cores during the measurements"
               + (f"; notes: {r['notes']}" if r.get("notes") else ""), ""]
@@ -757,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy profiles of devhost during intake c=32 and the drain (perturbs a little), "
                              "and time the processor's own storage calls made directly")
+    parser.add_argument("--e2e-only", action="store_true",
+                        help="only the end-to-end latency phases (back to back, then idle), about 2 minutes")
     args = parser.parse_args(argv)
     plan = dataclasses.replace(QUICK if args.quick else FULL, workers=args.workers)
 
@@ -765,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     say(f"bench: {'quick' if args.quick else 'full'} run, budget {plan.budget_s:.0f}s, results to {args.out}")
-    return Bench(plan, args.out.resolve(), args.profile, args.quick, args.wait_quiet).run()
+    return Bench(plan, args.out.resolve(), args.profile, args.quick, args.wait_quiet).run(args.e2e_only)
 
 
 if __name__ == "__main__":

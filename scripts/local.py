@@ -17,22 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devhost.azurite import DEFAULT_PORTS, Azurite, port_open  # noqa: E402
+from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, overlay, resolve  # noqa: E402
 
 SENDER = "local"
 
 
-def storage_setting() -> str:
-    if os.environ.get("AzureWebJobsStorage"):
-        return os.environ["AzureWebJobsStorage"]
+def uses_development_storage() -> bool:
+    """Whether the storage connection (environment over local.settings.json, as devhost reads it) is Azurite's."""
     path = ROOT / "local.settings.json"
     values = json.loads(path.read_text()).get("Values", {}) if path.is_file() else {}
-    return str(values.get("AzureWebJobsStorage", ""))
+    try:
+        connection = resolve(overlay({k: str(v) for k, v in values.items()}, os.environ))
+    except ConnectionSettingError as exc:
+        raise SystemExit(f"bad storage settings: {exc}") from None
+    return connection.connection_string == DEVELOPMENT_STORAGE
 
 
 def start_azurite() -> Azurite | None:
     """Start Azurite on its default ports, data in .azurite/, when the app uses development storage."""
-    if storage_setting().replace(" ", "").lower().rstrip(";") != "usedevelopmentstorage=true":
-        print("AzureWebJobsStorage is a real connection string: not starting Azurite.")
+    if not uses_development_storage():
+        print("AzureWebJobsStorage is a real storage account (connection string or identity): not starting Azurite.")
         return None
     if all(port_open(p) for p in DEFAULT_PORTS):
         print("Azurite already listens on 10000-10002: using it.")
