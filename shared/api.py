@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from shared import hl7_ack, intake, listing, senders, status
+from shared import hl7_ack, intake, listing, senders, status, telemetry
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings, get_settings
 from shared.models import StatusRecord
@@ -81,6 +81,7 @@ def status_url(base: str, report_id: str) -> str:
 # --- POST /api/reports ---------------------------------------------------------------------------------------
 
 
+@telemetry.traced_ingest
 def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     sender = authenticate(req, storage, settings)
     submission = intake.Submission(

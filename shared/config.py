@@ -27,6 +27,8 @@ SETTING_NAMES = {
     "RECONCILE_AFTER_SECONDS": "reconcile_after_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "AUTH_CACHE_SECONDS": "auth_cache_seconds",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "applicationinsights_connection_string",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
 }
 
 
@@ -48,8 +50,20 @@ class Settings(BaseModel):
     # How long an accepted API key is trusted without a table read; a revoked key works at most this much longer.
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     max_dequeue_count: int = Field(default=5, ge=1)
+    # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
+    applicationinsights_connection_string: str | None = None
+    otlp_endpoint: str | None = None
 
-    @field_validator("delivery_url", "public_base_url")
+    @field_validator("applicationinsights_connection_string")
+    @classmethod
+    def _connection_string(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "instrumentationkey=" not in value.lower():
+            raise ValueError("must be an Application Insights connection string (InstrumentationKey=...)")
+        return value.strip()
+
+    @field_validator("delivery_url", "public_base_url", "otlp_endpoint")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import httpx
 
+from shared import telemetry
+
 NDJSON = "application/x-ndjson"
 
 
@@ -30,15 +32,18 @@ def is_transient_status(code: int) -> bool:
 
 
 def deliver(url: str, report_id: str, body: Iterable[bytes], length: int, timeout: float) -> int:
-    """POST the body; return the 2xx status, or raise DeliveryError."""
+    """POST the body (in a CLIENT span whose trace context goes downstream as `traceparent`); return the 2xx
+    status, or raise DeliveryError."""
     headers = {"Content-Type": NDJSON, "Idempotency-Key": report_id, "Content-Length": str(length)}
-    try:
-        response = _client(timeout).post(url, content=body, headers=headers)
-    except httpx.TimeoutException as exc:
-        raise DeliveryError(f"downstream timed out ({type(exc).__name__})", transient=True) from exc
-    except httpx.TransportError as exc:
-        raise DeliveryError(f"downstream unreachable ({type(exc).__name__})", transient=True) from exc
-    code = response.status_code
-    if 200 <= code < 300:
-        return code
-    raise DeliveryError(f"downstream answered {code}", transient=is_transient_status(code), http_status=code)
+    with telemetry.client_call("POST", url, headers) as span:
+        try:
+            response = _client(timeout).post(url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(f"downstream timed out ({type(exc).__name__})", transient=True) from exc
+        except httpx.TransportError as exc:
+            raise DeliveryError(f"downstream unreachable ({type(exc).__name__})", transient=True) from exc
+        code = response.status_code
+        span.set_attribute("http.response.status_code", code)
+        if 200 <= code < 300:
+            return code
+        raise DeliveryError(f"downstream answered {code}", transient=is_transient_status(code), http_status=code)

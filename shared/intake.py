@@ -23,7 +23,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
-from shared import status, work
+from shared import status, telemetry, work
 from shared.clock import now_iso, parse_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
@@ -80,12 +80,14 @@ def check(sub: Submission, settings: Settings) -> str:
 
 
 def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
+    telemetry.submission(sub.sender, sub.content_type, len(sub.body))
     check(sub, settings)
     digest = hashlib.sha256(sub.body).hexdigest()
     report_id = str(ULID())
     if sub.idempotency_key is not None:
         claimed = _claim_key(storage, settings, sub.sender, sub.idempotency_key, digest, report_id)
         if isinstance(claimed, status.Row):
+            telemetry.report_accepted(claimed.id, sub.sender, sub.content_type, replayed=True)
             return Accepted(claimed.record(), replayed=True)
     try:
         return Accepted(_store_and_enqueue(storage, settings, sub, report_id, digest), replayed=False)
@@ -121,7 +123,7 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
             content_settings=ContentSettings(content_type=content_type),
             metadata={"sha256": digest, "sender": sub.sender},
         )
-        entity = status.new_entity(record, blob)
+        entity = status.new_entity(record, blob) | telemetry.context_fields()
         metadata = storage.reports.create_entity(entity)
     except AzureError as exc:
         log.warning("report %s not stored: %s", report_id, type(exc).__name__)
@@ -142,6 +144,7 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
         # Stored and enqueued, so the 202 stands; the reconciler may enqueue it again, which processing tolerates.
         log.warning("report %s enqueued but not marked queued: %s", report_id, type(exc).__name__)
     record.status = Status.QUEUED.value
+    telemetry.report_accepted(report_id, sub.sender, content_type)
     log.info("report %s accepted from %s (%d bytes)", report_id, sub.sender, record.size_bytes)
     return record
 

@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class QueueMessage(BaseModel):
-    """The work signal on the `reports` queue (DESIGN section 3): small, versioned, never the report itself."""
+    """The work signal on the `reports` queue (DESIGN section 3): small, versioned, never the report itself.
+
+    Optional fields are left out of the JSON when unset, and unknown ones are ignored, so older and newer
+    processors read each other's messages."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -18,6 +21,8 @@ class QueueMessage(BaseModel):
     blob: str
     sha256: str
     content_type: str
+    # W3C trace context of the report's ingest, so processing joins its trace; absent when telemetry was off.
+    traceparent: str | None = None
 
 
 class Issue(BaseModel):

@@ -15,7 +15,7 @@ from typing import IO
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import status
+from shared import status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
@@ -76,6 +76,7 @@ class Parsed:
     results_size: int
 
 
+@telemetry.traced_processing
 def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
     """Handle one queue message; returns what happened (for the log). Raises to ask the host for a retry."""
     message = QueueMessage.model_validate_json(body)
@@ -89,6 +90,7 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
     # The host's dequeue count restarts after a replay and the row's count misses a try that crashed, so take
     # whichever is further along.
     attempt = max(int(row.entity.get("attempts") or 0) + 1, dequeue_count)
+    telemetry.processing_started(row.entity.get("received_at"), message.content_type, attempt)
     started = _mark_processing(storage, message, row, attempt) if _is_long(row) else row
     if started is None or started.status in TERMINAL:
         return "ignored"

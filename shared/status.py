@@ -15,6 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared import telemetry
 from shared.clock import now_iso
 from shared.models import StatusRecord
 
@@ -130,6 +131,8 @@ def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
         patch, mode=UpdateMode.MERGE, etag=row.etag, match_condition=MatchConditions.IfNotModified
     )
     merged = {**row.entity, **patch}
+    if new_status is not None and Status(new_status) in TERMINAL:
+        telemetry.report_completed(row.sender, row.entity.get("content_type"), Status(new_status).value)
     return Row(merged, metadata["etag"])
 
 

@@ -53,7 +53,8 @@ def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator["Storage"
     from shared.storage import get_storage
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
-    for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS"):
+    for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS",
+                 "APPLICATIONINSIGHTS_CONNECTION_STRING", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     config.get_settings.cache_clear()
     yield get_storage()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from devhost.loopback import LoopbackServer, QuietHandler
 
 
 @dataclass
 class Received:
     idempotency_key: str
     body: bytes
+    traceparent: str | None = None
 
 
 @dataclass
-class Downstream:
+class Downstream(LoopbackServer):
     """`answers` is consumed one status per request; when empty, `default` is answered."""
 
     default: int = 200
@@ -23,17 +25,15 @@ class Downstream:
     # Requests whose sender died before the whole body arrived: an HTTP server discards them, so do we.
     incomplete: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
+        return f"{self.base_url}/ingest"
 
     def start(self) -> "Downstream":
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 expected = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(expected)
@@ -44,22 +44,13 @@ class Downstream:
                     return
                 with outer.lock:
                     code = outer.answers.pop(0) if outer.answers else outer.default
-                    outer.received.append(Received(self.headers.get("Idempotency-Key", ""), body))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                    outer.received.append(
+                        Received(self.headers.get("Idempotency-Key", ""), body, self.headers.get("traceparent"))
+                    )
+                self.answer(code)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
 
     def keys(self) -> list[str]:
         with self.lock:

@@ -40,6 +40,8 @@ def app_env(connection_string: str, **extra: str) -> dict[str, str]:
         "DELIVERY_URL": "",
         "PUBLIC_BASE_URL": "",
         "RECONCILE_AFTER_SECONDS": "60",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
         **FAST_HOST,
     }
     env.update(extra)

@@ -1,0 +1,366 @@
+"""OpenTelemetry for the service: one trace per report (ingest -> queue -> processing -> delivery) and its metrics.
+
+Exports to Azure Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set, to an OTLP collector (http/protobuf)
+when OTEL_EXPORTER_OTLP_ENDPOINT is set, and nowhere when neither is (the API's no-op objects). Attributes carry
+ids, sizes, counts, formats, outcomes and exception type names: never report content or exception messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Link, SpanKind, StatusCode
+
+from shared.clock import parse_iso
+from shared.formats import FORMATS, media_type
+from shared.problems import TYPE_PREFIX, Problem
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LogRecordProcessor
+
+    from shared.config import Settings
+
+PREFIX = "lab_intake"
+SERVICE_NAME = "lab-report-intake"
+# The app's own loggers (`shared.*`): the only logs exported. They name ids and exception types, never content.
+APP_LOGGER = "shared"
+# The queue message field and status row property that carry the W3C trace context of the report's ingest.
+TRACEPARENT = "traceparent"
+QUEUE = "reports"
+
+# Attribute names: one place, so spans and metrics agree and the README can list them.
+REPORT_ID = f"{PREFIX}.report.id"
+SENDER = f"{PREFIX}.sender"
+FORMAT = f"{PREFIX}.report.format"
+SIZE = f"{PREFIX}.report.size_bytes"
+REPLAYED = f"{PREFIX}.idempotent_replay"
+OUTCOME = f"{PREFIX}.outcome"
+ATTEMPT = f"{PREFIX}.attempt"
+DEQUEUE_COUNT = f"{PREFIX}.dequeue_count"
+PROBLEM = f"{PREFIX}.problem"
+ERROR_TYPE = "error.type"
+
+# Seconds, from a small report's milliseconds to a backlog of hours.
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# The Azure Monitor distro's library instrumentations, all off: the service's own spans tell the story, and
+# instrumented storage calls would also trace devhost's queue polling.
+DISTRO_INSTRUMENTATIONS = (
+    "azure_sdk", "django", "fastapi", "flask", "httpx", "httpx2", "psycopg2", "requests", "urllib", "urllib3",
+)
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Instruments:
+    tracer: trace.Tracer
+    accepted: metrics.Counter
+    completed: metrics.Counter
+    processing_duration: metrics.Histogram
+    queue_wait: metrics.Histogram
+
+
+def instruments_from(tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider) -> Instruments:
+    meter = meter_provider.get_meter(PREFIX)
+    return Instruments(
+        tracer=tracer_provider.get_tracer(PREFIX),
+        accepted=meter.create_counter(
+            f"{PREFIX}.reports.accepted", unit="{report}", description="Reports stored and acknowledged (202)."
+        ),
+        completed=meter.create_counter(
+            f"{PREFIX}.reports.completed", unit="{report}",
+            description="Reports reaching a terminal status, by outcome (processed, rejected, failed).",
+        ),
+        processing_duration=meter.create_histogram(
+            f"{PREFIX}.processing.duration", unit="s", description="Time one processing try took, by outcome.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        ),
+        queue_wait=meter.create_histogram(
+            f"{PREFIX}.queue.wait", unit="s",
+            description="Time from a report's receipt to the start of its first processing try.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        ),
+    )
+
+
+NO_OP = instruments_from(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider())
+_current: Instruments | None = None
+_lock = threading.Lock()
+
+
+def current() -> Instruments:
+    """What the hooks record with: the configured instruments, or no-ops when this process never configured."""
+    return _current or NO_OP
+
+
+def install(instruments: Instruments) -> Instruments | None:
+    """Use these instruments from now on (tests use in-memory ones); returns the previous ones."""
+    global _current
+    previous, _current = _current, instruments
+    return previous
+
+
+def configure(settings: Settings | None = None) -> Instruments:
+    """Set up export once per process, from the settings; later calls return the same instruments."""
+    global _current
+    if _current is not None:
+        return _current
+    with _lock:
+        if _current is None:
+            if settings is None:
+                from shared.config import get_settings
+
+                settings = get_settings()
+            _current = _set_up(settings)
+    return _current
+
+
+def _set_up(settings: Settings) -> Instruments:
+    if isinstance(trace.get_tracer_provider(), _sdk_tracer_provider_class()):
+        # The Functions worker (or another part of the process) already set up OpenTelemetry: use its providers.
+        return instruments_from(trace.get_tracer_provider(), metrics.get_meter_provider())
+    if settings.applicationinsights_connection_string:
+        _set_up_azure_monitor(settings.applicationinsights_connection_string)
+    elif settings.otlp_endpoint:
+        _set_up_otlp()
+    else:
+        return NO_OP
+    log.info("telemetry: exporting to %s", "Azure Monitor" if settings.applicationinsights_connection_string else "OTLP")
+    return instruments_from(trace.get_tracer_provider(), metrics.get_meter_provider())
+
+
+def _sdk_tracer_provider_class() -> type:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return TracerProvider
+
+
+def _resource() -> Any:
+    from opentelemetry.sdk.resources import SERVICE_NAME as SERVICE_NAME_KEY
+    from opentelemetry.sdk.resources import Resource
+
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence (Resource.create reads them).
+    return Resource.create({SERVICE_NAME_KEY: SERVICE_NAME})
+
+
+def _set_up_azure_monitor(connection_string: str) -> None:
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    configure_azure_monitor(
+        connection_string=connection_string,
+        resource=_resource(),
+        logger_name=APP_LOGGER,
+        log_record_processors=[exception_detail_scrubber()],
+        instrumentation_options={name: {"enabled": False} for name in DISTRO_INSTRUMENTATIONS},
+    )
+
+
+def _set_up_otlp() -> None:
+    # The exporters read OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) and the processors OTEL_BSP_* and
+    # OTEL_METRIC_EXPORT_INTERVAL themselves, as every OpenTelemetry SDK does.
+    from opentelemetry._logs import set_logger_provider
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = _resource()
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
+    )
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(exception_detail_scrubber())
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+    set_logger_provider(logger_provider)
+    logging.getLogger(APP_LOGGER).addHandler(LoggingHandler(logger_provider=logger_provider))
+
+
+def exception_detail_scrubber() -> LogRecordProcessor:
+    """A log record processor that keeps a logged exception's type and drops its message and stack trace, which
+    can quote the values being handled. It must run before the exporting processor."""
+    from opentelemetry.sdk._logs import LogRecordProcessor
+
+    class ScrubExceptionDetail(LogRecordProcessor):
+        def on_emit(self, log_record: Any) -> None:
+            attributes = log_record.log_record.attributes
+            if attributes:
+                for key in ("exception.message", "exception.stacktrace"):
+                    if key in attributes:
+                        del attributes[key]
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    return ScrubExceptionDetail()
+
+
+# --- what the service records ----------------------------------------------------------------------------------
+
+
+def format_of(content_type: str | None) -> str:
+    """A report's format for attributes: one of a few names whatever the sender put in its Content-Type."""
+    return FORMATS.get(media_type(content_type or ""), "other")
+
+
+def _mark_error(span: trace.Span, exc: BaseException) -> None:
+    """Exception type names (or the HTTP status) only: an exception's message may quote the values it handled."""
+    code = getattr(exc, "http_status", None)
+    span.set_attribute(ERROR_TYPE, str(code) if code else type(exc.__cause__ or exc).__name__)
+    span.set_status(StatusCode.ERROR)
+
+
+def traced_ingest(handler: F) -> F:
+    """The SERVER span of POST /api/reports, continuing the sender's W3C `traceparent` when it sent one."""
+
+    @functools.wraps(handler)
+    def run(req: Any, storage: Any, settings: Settings) -> Any:
+        tracer = configure(settings).tracer
+        attributes = {"http.request.method": "POST", "http.route": "/api/reports"}
+        with tracer.start_as_current_span(
+            "POST /api/reports", context=propagate.extract(req.headers), kind=SpanKind.SERVER,
+            attributes=attributes, record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                response = handler(req, storage, settings)
+            except Problem as problem:  # answered as problem+json by the HTTP edge
+                span.set_attributes({
+                    "http.response.status_code": problem.status, ERROR_TYPE: str(problem.status),
+                    PROBLEM: problem.type.removeprefix(TYPE_PREFIX),
+                })
+                if problem.status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                raise
+            except BaseException as exc:
+                _mark_error(span, exc)
+                raise
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    return run  # type: ignore[return-value]
+
+
+def submission(sender: str, content_type: str | None, size: int) -> None:
+    """Ingest: who sent what kind of report, and how big (never what it says)."""
+    trace.get_current_span().set_attributes({SENDER: sender, FORMAT: format_of(content_type), SIZE: size})
+
+
+def report_accepted(report_id: str, sender: str, content_type: str | None, replayed: bool = False) -> None:
+    trace.get_current_span().set_attributes({REPORT_ID: report_id, REPLAYED: replayed})
+    if not replayed:
+        current().accepted.add(1, {FORMAT: format_of(content_type), SENDER: sender})
+
+
+def context_fields() -> dict[str, str]:
+    """The current trace context as stored beside a report (row and queue message); empty when not tracing."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else {}
+
+
+def traced_processing(process: F) -> F:
+    """The CONSUMER span of one processing try, a child of the report's ingest when its message carries the trace
+    context; any span the host started for this invocation is linked. Records the try's duration by outcome."""
+
+    @functools.wraps(process)
+    def run(storage: Any, settings: Settings, body: bytes, dequeue_count: int) -> Any:
+        tracer = configure(settings).tracer
+        fields = _message_fields(body)
+        carrier = {TRACEPARENT: fields[TRACEPARENT]} if isinstance(fields.get(TRACEPARENT), str) else {}
+        host_span = trace.get_current_span().get_span_context()
+        links = [Link(host_span)] if carrier and host_span.is_valid else None
+        report_format = format_of(fields.get("content_type"))
+        attributes = {
+            "messaging.operation.type": "process",
+            "messaging.destination.name": QUEUE,
+            REPORT_ID: str(fields.get("id", "")),
+            SENDER: str(fields.get("sender", "")),
+            FORMAT: report_format,
+            DEQUEUE_COUNT: dequeue_count,
+        }
+        started = time.perf_counter()
+        outcome = "error"
+        with tracer.start_as_current_span(
+            f"process {QUEUE}", context=propagate.extract(carrier), kind=SpanKind.CONSUMER, links=links,
+            attributes=attributes, record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                outcome = str(process(storage, settings, body, dequeue_count))
+            except BaseException as exc:
+                _mark_error(span, exc)
+                raise
+            finally:
+                span.set_attribute(OUTCOME, outcome)
+                current().processing_duration.record(
+                    time.perf_counter() - started, {FORMAT: report_format, OUTCOME: outcome}
+                )
+            return outcome
+
+    return run  # type: ignore[return-value]
+
+
+def _message_fields(body: bytes) -> dict:
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def processing_started(received_at: str | None, content_type: str | None, attempt: int) -> None:
+    """The report's first try starts: record how long it waited since its receipt (queue, retries not counted)."""
+    trace.get_current_span().set_attribute(ATTEMPT, attempt)
+    if attempt != 1 or not received_at:
+        return
+    try:
+        waited = time.time() - parse_iso(received_at).timestamp()
+    except ValueError:
+        return
+    current().queue_wait.record(max(waited, 0.0), {FORMAT: format_of(content_type)})
+
+
+def report_completed(sender: str, content_type: str | None, outcome: str) -> None:
+    """A report reached a terminal status (counted where the status row changes, whoever changed it)."""
+    current().completed.add(1, {FORMAT: format_of(content_type), SENDER: sender, OUTCOME: outcome})
+
+
+@contextmanager
+def client_call(method: str, url: str, headers: dict[str, str]) -> Iterator[trace.Span]:
+    """The CLIENT span of an outgoing request; puts the trace context into `headers`. The URL's path and query
+    are left out: a downstream URL may hold a key."""
+    parts = urlsplit(url)
+    attributes: dict[str, Any] = {"http.request.method": method, "url.scheme": parts.scheme}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+    attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    with current().tracer.start_as_current_span(
+        method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
+        propagate.inject(headers)
+        try:
+            yield span
+        except BaseException as exc:
+            _mark_error(span, exc)
+            raise

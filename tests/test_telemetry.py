@@ -1,0 +1,327 @@
+"""OpenTelemetry: one trace per report from the sender's POST through the queue to delivery, the metrics, and no
+patient data in anything exported. In process with the SDK's in-memory exporters, and end to end through devhost
+with a real OTLP/HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import azure.functions as func
+import pytest
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from devhost.azurite import Azurite
+from devhost.otlp import OtlpReceiver
+from devhost.process import DevHostProcess
+from shared import config, senders, status, telemetry, work
+from shared.config import SettingsError, load_settings
+from shared.models import QueueMessage
+from shared.storage import Storage
+from tests.downstream import Downstream
+from tests.service import poll, start_service
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+def marked_reports(marker: str) -> list[tuple[bytes, str]]:
+    """Reports whose patient fields hold `marker`: one processed CSV, one processed HL7 v2, one rejected CSV."""
+    csv_ok = f"patient_id,test_code,result,specimen_collected_at\n{marker},94500-6,Detected {marker},2026-11-19\n"
+    hl7 = (
+        "MSH|^~\\&|LAB|LAB^05D0000001^CLIA|INTAKE|DOH|20261120083000||ORU^R01^ORU_R01|M-1|P|2.5.1\r"
+        f"PID|1||{marker}^^^HOSP^MR||{marker}^JANE||19840512|F\r"
+        "OBR|1||ACC-1|94500-6^SARS-CoV-2 RNA^LN|||20261119141500\r"
+        f"OBX|1|ST|94500-6^SARS-CoV-2 RNA^LN||{marker}||||||F\r"
+    )
+    csv_bad = f"patient_id,test_code,result,specimen_collected_at\n{marker},94500-6,{marker},not-a-date-{marker}\n"
+    return [(csv_ok.encode(), "text/csv"), (hl7.encode(), "application/hl7-v2"), (csv_bad.encode(), "text/csv")]
+
+
+# --- in process, with the SDK's in-memory exporters ----------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    logs: InMemoryLogRecordExporter
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def points(self, name: str) -> list:
+        data = self.metrics.get_metrics_data()
+        found = []
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def exported_text(self) -> str:
+        data = self.metrics.get_metrics_data()
+        return "\n".join(
+            [s.to_json() for s in self.finished()]
+            + [lr.to_json() for lr in self.logs.get_finished_logs()]
+            + [data.to_json() if data else ""]
+        )
+
+
+@pytest.fixture
+def recorded(app: Storage) -> Iterator[Recorded]:
+    """The app's telemetry hooks recording into memory (set up as configure() would, with in-memory exporters)."""
+    spans, reader, logs = InMemorySpanExporter(), InMemoryMetricReader(), InMemoryLogRecordExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(telemetry.exception_detail_scrubber())
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    handler = LoggingHandler(logger_provider=logger_provider)
+    app_logger = logging.getLogger(telemetry.APP_LOGGER)
+    level = app_logger.level
+    app_logger.addHandler(handler)
+    app_logger.setLevel(logging.INFO)
+    previous = telemetry.install(telemetry.instruments_from(tracer_provider, MeterProvider(metric_readers=[reader])))
+    yield Recorded(spans, reader, logs)
+    telemetry.install(previous)  # type: ignore[arg-type]
+    app_logger.removeHandler(handler)
+    app_logger.setLevel(level)
+
+
+def _post(key: str, body: bytes, content_type: str, **headers: str) -> func.HttpResponse:
+    import ingest_http
+
+    request = func.HttpRequest(
+        "POST", "http://localhost:7071/api/reports", body=body,
+        headers={"authorization": f"Bearer {key}", "content-type": content_type, **headers},
+    )
+    return ingest_http.main(request)
+
+
+class _Message:
+    def __init__(self, body: bytes, dequeue_count: int = 1) -> None:
+        self._body, self.dequeue_count = body, dequeue_count
+
+    def get_body(self) -> bytes:
+        return self._body
+
+
+def _process(storage: Storage, sender: str, report_id: str, dequeue_count: int = 1) -> status.Row:
+    import process_queue
+
+    row = status.read(storage.reports, sender, report_id)
+    assert row is not None
+    body = work.message_for(row).model_dump_json(exclude_none=True).encode()
+    try:
+        process_queue.main(_Message(body, dequeue_count))
+    except Exception:
+        pass  # a transient failure: the host would retry
+    row = status.read(storage.reports, sender, report_id)
+    assert row is not None
+    return row
+
+
+def _one(spans: list[ReadableSpan], kind: SpanKind, report_id: str | None = None) -> ReadableSpan:
+    found = [s for s in spans if s.kind == kind
+             and (report_id is None or (s.attributes or {}).get(telemetry.REPORT_ID) == report_id)]
+    assert len(found) == 1, [(s.name, s.kind, s.attributes) for s in spans]
+    return found[0]
+
+
+@pytest.fixture
+def with_downstream(downstream: Downstream, monkeypatch: pytest.MonkeyPatch) -> Downstream:
+    monkeypatch.setenv("DELIVERY_URL", downstream.url)
+    config.get_settings.cache_clear()
+    return downstream
+
+
+def test_one_trace_from_the_senders_post_to_delivery(app: Storage, recorded: Recorded, with_downstream: Downstream) -> None:
+    key = senders.add(app.senders, "otel-unit")
+    marker = f"ZQX{uuid.uuid4().hex}"
+    body, content_type = marked_reports(marker)[0]
+
+    response = _post(key, body, content_type, traceparent=TRACEPARENT)
+    assert response.status_code == 202
+    report_id = json.loads(response.get_body())["id"]
+    server = _one(recorded.finished(), SpanKind.SERVER)
+    assert server.context.trace_id == int(TRACE_ID, 16)
+    assert server.parent is not None and server.parent.span_id == int(PARENT_ID, 16)
+    assert server.attributes[telemetry.REPORT_ID] == report_id
+    assert server.attributes[telemetry.SENDER] == "otel-unit"
+    assert server.attributes[telemetry.FORMAT] == "csv"
+    assert server.attributes[telemetry.SIZE] == len(body)
+    assert server.attributes["http.response.status_code"] == 202
+
+    # The trace context is stored on the row and travels in the queue message.
+    row = status.read(app.reports, "otel-unit", report_id)
+    assert row is not None
+    message = QueueMessage.model_validate_json(work.message_for(row).model_dump_json(exclude_none=True))
+    assert message.traceparent == row.entity["traceparent"]
+    assert message.traceparent.startswith(f"00-{TRACE_ID}-{server.context.span_id:016x}-")
+
+    assert _process(app, "otel-unit", report_id).status.value == "processed"
+    spans = recorded.finished()
+    consumer = _one(spans, SpanKind.CONSUMER)
+    client = _one(spans, SpanKind.CLIENT)
+    assert consumer.context.trace_id == client.context.trace_id == int(TRACE_ID, 16)
+    assert consumer.parent.span_id == server.context.span_id
+    assert client.parent.span_id == consumer.context.span_id
+    assert consumer.attributes[telemetry.OUTCOME] == "processed"
+    assert consumer.attributes[telemetry.ATTEMPT] == 1
+    assert client.attributes["http.response.status_code"] == 200
+    assert client.attributes["server.address"] == "127.0.0.1"
+    # Downstream gets the delivery span's context, so its own trace continues this one.
+    assert with_downstream.received[0].traceparent == f"00-{TRACE_ID}-{client.context.span_id:016x}-01"
+
+    assert [p.value for p in recorded.points("lab_intake.reports.accepted")] == [1]
+    assert recorded.points("lab_intake.reports.accepted")[0].attributes == {
+        telemetry.FORMAT: "csv", telemetry.SENDER: "otel-unit"}
+    completed = recorded.points("lab_intake.reports.completed")
+    assert [(p.attributes[telemetry.OUTCOME], p.value) for p in completed] == [("processed", 1)]
+    assert [p.count for p in recorded.points("lab_intake.processing.duration")] == [1]
+    [waited] = recorded.points("lab_intake.queue.wait")
+    assert waited.count == 1 and 0 <= waited.sum < 60
+    assert marker not in recorded.exported_text()
+
+
+def test_failures_carry_codes_and_type_names_never_content(
+    app: Storage, recorded: Recorded, with_downstream: Downstream
+) -> None:
+    key = senders.add(app.senders, "otel-fail")
+    marker = f"ZQX{uuid.uuid4().hex}"
+    ok_csv, hl7, bad_csv = (body for body, _ in marked_reports(marker))
+
+    # Refused at the door: the problem's code and status, not the offending header.
+    assert _post(key, ok_csv, f"text/plain; x={marker}").status_code == 415
+    refused = _one(recorded.finished(), SpanKind.SERVER)
+    assert refused.attributes[telemetry.PROBLEM] == "unsupported-media-type"
+    assert refused.attributes["http.response.status_code"] == 415
+    assert refused.attributes[telemetry.FORMAT] == "other"
+    assert refused.attributes[telemetry.SENDER] == "otel-fail"
+
+    rejected_id = json.loads(_post(key, bad_csv, "text/csv").get_body())["id"]
+    assert _process(app, "otel-fail", rejected_id).status.value == "rejected"
+
+    # Downstream down: the try fails (transient, retried) with the status code as its error type.
+    with_downstream.answers.extend([503])
+    hl7_id = json.loads(_post(key, hl7, "application/hl7-v2").get_body())["id"]
+    assert _process(app, "otel-fail", hl7_id).status.value == "processing"
+    consumer = _one(recorded.finished(), SpanKind.CONSUMER, hl7_id)
+    assert consumer.attributes[telemetry.OUTCOME] == "error"
+    assert consumer.attributes["error.type"] == "503"
+    assert not consumer.events, "no exception events: their messages could quote content"
+    assert _process(app, "otel-fail", hl7_id, dequeue_count=2).status.value == "processed"
+
+    outcomes = {(p.attributes[telemetry.FORMAT], p.attributes[telemetry.OUTCOME]): p.value
+                for p in recorded.points("lab_intake.reports.completed")}
+    assert outcomes == {("csv", "rejected"): 1, ("hl7v2", "processed"): 1}
+    tries = {p.attributes[telemetry.OUTCOME]: p.count for p in recorded.points("lab_intake.processing.duration")}
+    assert tries == {"rejected": 1, "error": 1, "processed": 1}
+    waits = {p.attributes[telemetry.FORMAT]: p.count for p in recorded.points("lab_intake.queue.wait")}
+    assert waits == {"csv": 1, "hl7v2": 1}  # first tries only
+
+    # A logged exception keeps its type; its message (which may quote a value) is not exported.
+    try:
+        raise ValueError(f"bad value {marker}")
+    except ValueError:
+        logging.getLogger("shared.test").exception("report x: could not parse")
+    logged = [lr.log_record for lr in recorded.logs.get_finished_logs()]
+    assert any((lr.attributes or {}).get("exception.type") == "ValueError" for lr in logged)
+    assert any("try 1 (dequeue 1/5) failed with DeliveryError" in str(lr.body) for lr in logged)
+    assert marker not in recorded.exported_text()
+
+
+def test_a_message_without_trace_context_still_processes(app: Storage, recorded: Recorded) -> None:
+    """Messages sent before telemetry (or with it off and no `traceparent` from the sender) have no trace context:
+    processing starts a trace of its own."""
+    key = senders.add(app.senders, "otel-old")
+    with_no_telemetry = telemetry.install(telemetry.NO_OP)
+    response = _post(key, marked_reports("x")[0][0], "text/csv")
+    telemetry.install(with_no_telemetry)  # type: ignore[arg-type]
+    report_id = json.loads(response.get_body())["id"]
+    row = status.read(app.reports, "otel-old", report_id)
+    assert row is not None and "traceparent" not in row.entity
+    assert "traceparent" not in work.message_for(row).model_dump_json(exclude_none=True)
+
+    assert _process(app, "otel-old", report_id).status.value == "processed"
+    consumer = _one(recorded.finished(), SpanKind.CONSUMER)
+    assert consumer.parent is None and consumer.context.trace_id != int(TRACE_ID, 16)
+
+
+def test_telemetry_settings_are_checked_and_off_by_default() -> None:
+    base = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    off = load_settings(base)
+    assert off.applicationinsights_connection_string is None and off.otlp_endpoint is None
+    with pytest.raises(SettingsError, match="APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        load_settings({**base, "APPLICATIONINSIGHTS_CONNECTION_STRING": "not-a-connection-string"})
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        load_settings({**base, "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"})
+    assert telemetry._set_up(off) is telemetry.NO_OP
+
+
+# --- end to end: devhost + Azurite exporting OTLP/HTTP to a receiver on loopback ----------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver().start()
+    yield server
+    server.stop()
+
+
+def test_devhost_exports_one_trace_per_report_over_otlp(
+    receiver: OtlpReceiver, downstream: Downstream, azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
+) -> None:
+    # The receiver is set up first so that it outlives devhost, whose exporters flush when it stops.
+    service = start_service(
+        azurite, start_devhost, DELIVERY_URL=downstream.url, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="100", OTEL_BLRP_SCHEDULE_DELAY="100", OTEL_METRIC_EXPORT_INTERVAL="300",
+    )
+    marker = f"ZQX{uuid.uuid4().hex}"
+    reports = marked_reports(marker)
+    first = service.post("otel-e2e", *reports[0], traceparent=TRACEPARENT)
+    assert first.status_code == 202
+    others = [service.post("otel-e2e", body, content_type).json()["id"] for body, content_type in reports[1:]]
+    assert service.post("otel-e2e", b"x", f"text/plain; {marker}").status_code == 415
+    report_id = first.json()["id"]
+    outcomes = [service.wait_terminal("otel-e2e", i)["status"] for i in [report_id, *others]]
+    assert outcomes == ["processed", "processed", "rejected"]
+
+    def trace_of(report: str) -> dict[SpanKind, object]:
+        spans = receiver.spans()
+        ours = [s for s in spans if any(a.key == telemetry.REPORT_ID and a.value.string_value == report
+                                        for a in s.attributes)]
+        trace_ids = {s.trace_id for s in ours}
+        return {s.kind: s for s in spans if s.trace_id in trace_ids}
+
+    kinds = poll(lambda: trace_of(report_id), lambda t: len(t) == 3, timeout=30)
+    server, consumer, client = (kinds[k] for k in (2, 5, 3))  # OTLP's SPAN_KIND_SERVER, _CONSUMER, _CLIENT
+    assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == PARENT_ID
+    assert consumer.parent_span_id == server.span_id
+    assert client.parent_span_id == consumer.span_id
+    assert downstream.received[0].traceparent.split("-")[2] == client.span_id.hex()
+    # Reports sent without a traceparent each start a trace of their own.
+    assert len({next(iter(trace_of(i).values())).trace_id for i in others} | {server.trace_id}) == 3
+
+    def metric_names() -> set[str]:
+        return {m.name for m in receiver.metrics()}
+
+    wanted = {"lab_intake.reports.accepted", "lab_intake.reports.completed", "lab_intake.processing.duration",
+              "lab_intake.queue.wait"}
+    poll(metric_names, lambda names: wanted <= names, timeout=30)
+    poll(receiver.logs, lambda logs: any("accepted from otel-e2e" in lr.body.string_value for lr in logs), timeout=30)
+    assert marker not in receiver.everything()
