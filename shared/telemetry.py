@@ -69,11 +69,16 @@ class Instruments:
     completed: metrics.Counter
     processing_duration: metrics.Histogram
     queue_wait: metrics.Histogram
+    # False for the no-op set: the hooks then skip straight to the work (no context, no propagation).
+    enabled: bool = True
 
 
-def instruments_from(tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider) -> Instruments:
+def instruments_from(
+    tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider, enabled: bool = True
+) -> Instruments:
     meter = meter_provider.get_meter(PREFIX)
     return Instruments(
+        enabled=enabled,
         tracer=tracer_provider.get_tracer(PREFIX),
         accepted=meter.create_counter(
             f"{PREFIX}.reports.accepted", unit="{report}", description="Reports stored and acknowledged (202)."
@@ -94,7 +99,7 @@ def instruments_from(tracer_provider: trace.TracerProvider, meter_provider: metr
     )
 
 
-NO_OP = instruments_from(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider())
+NO_OP = instruments_from(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), enabled=False)
 _current: Instruments | None = None
 _lock = threading.Lock()
 
@@ -167,13 +172,22 @@ def _set_up_azure_monitor(connection_string: str) -> None:
 
 
 def _set_up_otlp() -> None:
-    # The exporters read OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) and the processors OTEL_BSP_* and
-    # OTEL_METRIC_EXPORT_INTERVAL themselves, as every OpenTelemetry SDK does.
     from opentelemetry._logs import set_logger_provider
+
+    tracer_provider, meter_provider, logger_provider = otlp_pipeline()
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    set_logger_provider(logger_provider)
+    attach_log_export(logger_provider)
+
+
+def otlp_pipeline() -> tuple[Any, Any, Any]:
+    """Tracer, meter and logger providers exporting OTLP over http/protobuf. The exporters read
+    OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) and the processors OTEL_BSP_*, OTEL_BLRP_* and
+    OTEL_METRIC_EXPORT_INTERVAL themselves, as every OpenTelemetry SDK does."""
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.metrics import MeterProvider
@@ -184,15 +198,20 @@ def _set_up_otlp() -> None:
     resource = _resource()
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(
-        MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
-    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(exception_detail_scrubber())
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
-    set_logger_provider(logger_provider)
-    logging.getLogger(APP_LOGGER).addHandler(LoggingHandler(logger_provider=logger_provider))
+    return tracer_provider, meter_provider, logger_provider
+
+
+def attach_log_export(logger_provider: Any) -> logging.Handler:
+    """Export the app's own log records (those of `shared.*`) through this provider."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    handler = LoggingHandler(logger_provider=logger_provider)
+    logging.getLogger(APP_LOGGER).addHandler(handler)
+    return handler
 
 
 def exception_detail_scrubber() -> LogRecordProcessor:
@@ -237,7 +256,10 @@ def traced_ingest(handler: F) -> F:
 
     @functools.wraps(handler)
     def run(req: Any, storage: Any, settings: Settings) -> Any:
-        tracer = configure(settings).tracer
+        instruments = configure(settings)
+        if not instruments.enabled:
+            return handler(req, storage, settings)
+        tracer = instruments.tracer
         attributes = {"http.request.method": "POST", "http.route": "/api/reports"}
         with tracer.start_as_current_span(
             "POST /api/reports", context=propagate.extract(req.headers), kind=SpanKind.SERVER,
@@ -264,10 +286,14 @@ def traced_ingest(handler: F) -> F:
 
 def submission(sender: str, content_type: str | None, size: int) -> None:
     """Ingest: who sent what kind of report, and how big (never what it says)."""
+    if not current().enabled:
+        return
     trace.get_current_span().set_attributes({SENDER: sender, FORMAT: format_of(content_type), SIZE: size})
 
 
 def report_accepted(report_id: str, sender: str, content_type: str | None, replayed: bool = False) -> None:
+    if not current().enabled:
+        return
     trace.get_current_span().set_attributes({REPORT_ID: report_id, REPLAYED: replayed})
     if not replayed:
         current().accepted.add(1, {FORMAT: format_of(content_type), SENDER: sender})
@@ -275,6 +301,8 @@ def report_accepted(report_id: str, sender: str, content_type: str | None, repla
 
 def context_fields() -> dict[str, str]:
     """The current trace context as stored beside a report (row and queue message); empty when not tracing."""
+    if not current().enabled:
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return {TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else {}
@@ -286,7 +314,10 @@ def traced_processing(process: F) -> F:
 
     @functools.wraps(process)
     def run(storage: Any, settings: Settings, body: bytes, dequeue_count: int) -> Any:
-        tracer = configure(settings).tracer
+        instruments = configure(settings)
+        if not instruments.enabled:
+            return process(storage, settings, body, dequeue_count)
+        tracer = instruments.tracer
         fields = _message_fields(body)
         carrier = {TRACEPARENT: fields[TRACEPARENT]} if isinstance(fields.get(TRACEPARENT), str) else {}
         host_span = trace.get_current_span().get_span_context()
@@ -331,6 +362,8 @@ def _message_fields(body: bytes) -> dict:
 
 def processing_started(received_at: str | None, content_type: str | None, attempt: int) -> None:
     """The report's first try starts: record how long it waited since its receipt (queue, retries not counted)."""
+    if not current().enabled:
+        return
     trace.get_current_span().set_attribute(ATTEMPT, attempt)
     if attempt != 1 or not received_at:
         return
@@ -343,6 +376,8 @@ def processing_started(received_at: str | None, content_type: str | None, attemp
 
 def report_completed(sender: str, content_type: str | None, outcome: str) -> None:
     """A report reached a terminal status (counted where the status row changes, whoever changed it)."""
+    if not current().enabled:
+        return
     current().completed.add(1, {FORMAT: format_of(content_type), SENDER: sender, OUTCOME: outcome})
 
 
@@ -350,12 +385,16 @@ def report_completed(sender: str, content_type: str | None, outcome: str) -> Non
 def client_call(method: str, url: str, headers: dict[str, str]) -> Iterator[trace.Span]:
     """The CLIENT span of an outgoing request; puts the trace context into `headers`. The URL's path and query
     are left out: a downstream URL may hold a key."""
+    instruments = current()
+    if not instruments.enabled:
+        yield trace.INVALID_SPAN
+        return
     parts = urlsplit(url)
     attributes: dict[str, Any] = {"http.request.method": method, "url.scheme": parts.scheme}
     if parts.hostname:
         attributes["server.address"] = parts.hostname
     attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
-    with current().tracer.start_as_current_span(
+    with instruments.tracer.start_as_current_span(
         method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as span:
         propagate.inject(headers)

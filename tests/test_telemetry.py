@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import azure.functions as func
 import pytest
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -90,10 +89,9 @@ def recorded(app: Storage) -> Iterator[Recorded]:
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(telemetry.exception_detail_scrubber())
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
-    handler = LoggingHandler(logger_provider=logger_provider)
+    handler = telemetry.attach_log_export(logger_provider)
     app_logger = logging.getLogger(telemetry.APP_LOGGER)
     level = app_logger.level
-    app_logger.addHandler(handler)
     app_logger.setLevel(logging.INFO)
     previous = telemetry.install(telemetry.instruments_from(tracer_provider, MeterProvider(metric_readers=[reader])))
     yield Recorded(spans, reader, logs)
