@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,12 +163,19 @@ def _resource() -> Any:
 def _set_up_azure_monitor(connection_string: str) -> None:
     from azure.monitor.opentelemetry import configure_azure_monitor
 
+    options: dict[str, Any] = {}
+    if not os.environ.get("OTEL_TRACES_SAMPLER"):
+        # The distro's default samples by rate, deciding afresh in each process as the rate moves: a report's ingest
+        # span could be dropped while its processing span is kept. A fixed ratio decides by trace id, the same way
+        # for every span of the trace (OTEL_TRACES_SAMPLER=microsoft.fixed_percentage and _ARG lower it).
+        options["sampling_ratio"] = 1.0
     configure_azure_monitor(
         connection_string=connection_string,
         resource=_resource(),
         logger_name=APP_LOGGER,
         log_record_processors=[exception_detail_scrubber()],
         instrumentation_options={name: {"enabled": False} for name in DISTRO_INSTRUMENTATIONS},
+        **options,
     )
 
 

@@ -4,11 +4,16 @@ with a real OTLP/HTTP receiver on loopback."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import azure.functions as func
 import pytest
@@ -21,7 +26,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from devhost.azurite import Azurite
+from devhost.azurite import REPO_ROOT, Azurite
+from devhost.loopback import LoopbackServer, QuietHandler
 from devhost.otlp import OtlpReceiver
 from devhost.process import DevHostProcess
 from shared import config, senders, status, telemetry, work
@@ -311,7 +317,8 @@ def test_devhost_exports_one_trace_per_report_over_otlp(
     assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == PARENT_ID
     assert consumer.parent_span_id == server.span_id
     assert client.parent_span_id == consumer.span_id
-    assert downstream.received[0].traceparent.split("-")[2] == client.span_id.hex()
+    [delivered] = [r for r in downstream.received if r.idempotency_key == report_id]
+    assert delivered.traceparent == f"00-{TRACE_ID}-{client.span_id.hex()}-01"
     # Reports sent without a traceparent each start a trace of their own.
     assert len({next(iter(trace_of(i).values())).trace_id for i in others} | {server.trace_id}) == 3
 
@@ -323,3 +330,95 @@ def test_devhost_exports_one_trace_per_report_over_otlp(
     poll(metric_names, lambda names: wanted <= names, timeout=30)
     poll(receiver.logs, lambda logs: any("accepted from otel-e2e" in lr.body.string_value for lr in logs), timeout=30)
     assert marker not in receiver.everything()
+
+
+# --- Azure Monitor: the distro's exporter posting to a stand-in ingestion endpoint on loopback ---------------------
+
+AZURE_MONITOR_RUN = """
+import json, sys
+import azure.functions as func
+import ingest_http, process_queue
+from opentelemetry import metrics, trace
+from opentelemetry._logs import get_logger_provider
+from shared import senders, status, work
+from shared.storage import get_storage
+
+body, traceparent = sys.argv[1].encode(), sys.argv[2]
+storage = get_storage()
+key = senders.add(storage.senders, "otel-azmon")
+request = func.HttpRequest("POST", "http://localhost/api/reports", body=body, headers={
+    "authorization": f"Bearer {key}", "content-type": "text/csv", "traceparent": traceparent})
+report_id = json.loads(ingest_http.main(request).get_body())["id"]
+
+class Message:
+    dequeue_count = 1
+    def get_body(self):
+        row = status.read(storage.reports, "otel-azmon", report_id)
+        return work.message_for(row).model_dump_json(exclude_none=True).encode()
+
+process_queue.main(Message())
+for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
+    provider.force_flush()
+print(report_id)
+"""
+
+
+class _Ingestion(LoopbackServer):
+    """Answers Application Insights' track endpoint (and live metrics' ping) and keeps every envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[dict] = []
+        self.raw: list[bytes] = []
+        outer = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                outer.raw.append(body)
+                received = json.loads(body) if self.path.startswith("/v2.1/track") else []
+                outer.envelopes.extend(received)
+                # The exporter reads the answer: anything but all items accepted makes it keep them for later.
+                answer = json.dumps({"itemsReceived": len(received), "itemsAccepted": len(received), "errors": []})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer.encode())
+
+        self.serve(Handler)
+
+
+def test_azure_monitor_gets_the_same_trace_and_metrics(azurite: Azurite, tmp_path: Path) -> None:
+    ingestion = _Ingestion()
+    try:
+        marker = f"ZQX{uuid.uuid4().hex}"
+        env = {
+            **os.environ, "AzureWebJobsStorage": azurite.connection_string, "DELIVERY_URL": "",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            f"IngestionEndpoint={ingestion.base_url}/;LiveEndpoint={ingestion.base_url}/",
+            # Nothing leaves the machine: no SDK usage reports, no cloud metadata look-ups; offline retry files
+            # go to this test's directory.
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service", "TMPDIR": str(tmp_path),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", AZURE_MONITOR_RUN, marked_reports(marker)[0][0].decode(), TRACEPARENT],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report_id = done.stdout.split()[-1]
+        in_trace = [e for e in ingestion.envelopes if e["tags"].get("ai.operation.id") == TRACE_ID]
+        requests = {e["data"]["baseData"]["name"]: e for e in in_trace if e["name"].endswith(".Request")}
+        assert set(requests) == {"POST /api/reports", "process reports"}, [e["name"] for e in in_trace]
+        assert requests["POST /api/reports"]["data"]["baseData"]["properties"][telemetry.REPORT_ID] == report_id
+        assert requests["process reports"]["tags"]["ai.operation.parentId"] == requests["POST /api/reports"][
+            "data"]["baseData"]["id"]
+        metric_names = {m["name"] for e in ingestion.envelopes if e["name"].endswith(".Metric")
+                        for m in e["data"]["baseData"]["metrics"]}
+        assert {"lab_intake.reports.accepted", "lab_intake.reports.completed"} <= metric_names
+        assert not any(marker.encode() in raw for raw in ingestion.raw)
+    finally:
+        ingestion.stop()
