@@ -3,12 +3,18 @@ send to (a downstream system, an OTLP collector)."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class QuietHandler(BaseHTTPRequestHandler):
     """A request handler that answers with an empty body and does not log each request to stderr."""
+
+    def read_body(self) -> bytes:
+        """The request body, decompressed when the client sent it gzipped (as telemetry exporters may)."""
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
 
     def answer(self, code: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)

@@ -3,7 +3,6 @@ tests and benchmarks can read the spans, metrics and logs the running service ex
 
 from __future__ import annotations
 
-import gzip
 import threading
 from dataclasses import dataclass, field
 
@@ -42,9 +41,7 @@ class OtlpReceiver(LoopbackServer):
 
         class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
+                body = self.read_body()
                 kind = REQUESTS.get(self.path)
                 if kind is None:
                     self.answer(404)

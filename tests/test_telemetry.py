@@ -4,7 +4,6 @@ with a real OTLP/HTTP receiver on loopback."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -373,9 +372,7 @@ class _Ingestion(LoopbackServer):
 
         class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
+                body = self.read_body()
                 outer.raw.append(body)
                 received = json.loads(body) if self.path.startswith("/v2.1/track") else []
                 outer.envelopes.extend(received)
