@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from shared.formats import ContentError, ItemResult, parse_report
+from shared.formats import ContentError, ItemResult, codes, parse_report, simplereport
 from shared.formats.simplereport import COLUMNS, REQUIRED, iso_date, iso_date_time
 
 # One valid row holding every column, as SimpleReport's upload guide describes them.
@@ -27,7 +27,8 @@ ROW = {
     "ordering_provider_phone_number": "205-888-2000", "testing_lab_clia": "01D1058442",
     "testing_lab_name": "My Testing Lab", "testing_lab_street": "300 North Street", "testing_lab_city": "Birmingham",
     "testing_lab_state": "AL", "testing_lab_zip_code": "35228", "testing_lab_phone_number": "205-888-2000",
-    "pregnant": "UNK", "employed_in_healthcare": "no", "symptomatic_for_disease": "Y", "illness_onset_date": "12/15/2021",
+    "pregnant": "UNK", "employed_in_healthcare": "no", "symptomatic_for_disease": "Y",
+    "illness_onset_date": "12/15/2021",
     "resident_congregate_setting": "Y", "residence_type": "Nursing Home", "hospitalized": "N", "icu": "U",
     "test_result_status": "c", "test_ordered_code": "94534-5", "genders_of_sexual_partners": "m, F, TM, tw, nb",
     "syphilis_history": "N", "patient_gender_identity": "trans woman", "comment": "Hemolysed; recollect",
@@ -143,7 +144,9 @@ def test_date_times_simplereport_refuses(value: str) -> None:
 @pytest.mark.parametrize(
     ("value", "iso"),
     [("6/28/2023 14:00 MST", "2023-06-28T14:00:00-07:00"), ("6/28/2023 14:00 EDT", "2023-06-28T14:00:00-04:00"),
-     ("1/5/2023 9:30 ET", "2023-01-05T09:30:00-05:00"), ("07/13/2023 9:30", "2023-07-13T09:30:00"),
+     ("1/5/2023 9:30 ET", "2023-01-05T09:30:00-05:00"), ("6/5/2023 9:30 et", "2023-06-05T09:30:00-04:00"),
+     ("6/5/2023 9:30 America/Phoenix", "2023-06-05T09:30:00-07:00"), ("6/5/2023 9:30 Z", "2023-06-05T09:30:00+00:00"),
+     ("07/13/2023 9:30", "2023-07-13T09:30:00"),
      ("07/13/2023", "2023-07-13"), ("2021-12-21T15:00-05:00", "2021-12-21T15:00:00-05:00")],
 )
 def test_date_time_values(value: str, iso: str) -> None:
@@ -152,7 +155,7 @@ def test_date_time_values(value: str, iso: str) -> None:
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("patient_zip_code", "2103"), ("patient_zip_code", "12345-67"), ("patient_phone_number", "4109561222"),
+    [("patient_zip_code", "2103"), ("patient_zip_code", "1234-56789"), ("patient_phone_number", "4109561222"),
      ("patient_phone_number", "010-956-1222"), ("patient_ethnicity", "latinx"), ("patient_race", "black"),
      ("patient_state", "XX"), ("testing_lab_clia", "01X1058442"), ("patient_email", "jane@"),
      ("genders_of_sexual_partners", "m, f, t, n"), ("patient_gender_identity", "woman"), ("pregnant", "maybe"),
@@ -177,7 +180,8 @@ def test_required_values_and_unknown_sex() -> None:
 
 
 def test_patient_sex_column_wins_over_patient_gender() -> None:
-    assert one(patient_sex="male").item.patient_sex == "M"
+    [result] = parse(body({**ROW, "patient_sex": "male"}, header=[*ROW, "patient_sex"]))
+    assert result.item.patient_sex == "M"
 
 
 def test_missing_required_columns_are_named() -> None:
@@ -204,6 +208,12 @@ def test_short_row_is_rejected_as_simplereport_does() -> None:
     results = parse(f"{header}\n{line.rsplit(',', 3)[0]}\n{line}\n".encode())
     assert errors(results[0]) == [("csv.missing_cells", None)]
     assert results[1].item is not None and results[1].index == 1
+
+
+def test_every_race_and_ethnicity_simplereport_takes_has_a_code() -> None:
+    assert all(codes.RACE.code(value) for value in simplereport._RACE_VALUES)
+    assert all(codes.ETHNICITY.code(value) for value in simplereport._ETHNICITY_VALUES)
+    assert {codes.RACE.code(v) for v in ("Ask, but unknown", "other", "UNK")} == {"ASKU", "2131-1", "UNK"}
 
 
 def test_every_required_column_is_in_the_guide_order() -> None:

@@ -73,6 +73,9 @@ RESULTS = CodeSet(
         "82334004": "Indeterminate",
         "11214006": "Reactive",
         "131194007": "Non-Reactive",
+        "895231008": "Not detected in pooled specimen",
+        "42425007": "Equivocal",
+        "373121007": "Test not done",
     },
     {"undetected": "260415000", "invalid": "455371000124106", "nonreactive": "131194007",
      "non reactive": "131194007"},
@@ -101,6 +104,42 @@ SPECIMEN_TYPES = CodeSet(
     }
 )
 
+# Specimen names SimpleReport's bulk upload takes for a specimen_type (its ResultsUploaderCachingService list; its
+# device database adds more). Where SimpleReport picks another code than SPECIMEN_TYPES for a name (saliva,
+# oropharyngeal, mid-turbinate), a SimpleReport CSV means SimpleReport's code.
+SIMPLEREPORT_SPECIMEN_NAMES: Mapping[str, str] = {
+    "swab of internal nose": "445297001", "nasal swab": "445297001", "nasal": "445297001", "varied": "445297001",
+    "nasopharyngeal swab": "258500001", "mid-turbinate nasal swab": "1293160008",
+    "anterior nares swab": "697989009", "anterior nasal swab": "697989009",
+    "nasopharyngeal aspirate": "258411007", "nasopharyngeal washings": "258467004",
+    "nasopharyngeal wash": "258467004", "nasal aspirate": "429931000124105",
+    "nasal aspirate specimen": "429931000124105", "throat swab": "258529004", "oropharyngeal swab": "258529004",
+    "oral swab": "418932006", "sputum specimen": "119334006", "sputum": "119334006",
+    "saliva specimen": "258560004", "saliva": "258560004", "serum specimen": "119364003", "serum": "119364003",
+    "plasma specimen": "119361006", "plasma": "119361006", "whole blood sample": "258580003",
+    "whole blood": "258580003", "venous blood specimen": "122555007", "venous whole blood": "122555007",
+    "blood specimen": "119297000", "capillary blood specimen": "122554006", "fingerstick whole blood": "122554006",
+    "dried blood spot specimen": "440500007", "dried blood spot": "440500007",
+    "fingerstick blood dried blood spot": "440500007",
+    "nasopharyngeal and oropharyngeal swab": "433801000124107",
+    "nasal and throat swab combination": "433801000124107", "nasal and throat swab": "433801000124107",
+    "lower respiratory fluid sample": "309171007", "lower respiratory tract aspirates": "309171007",
+    "bronchoalveolar lavage fluid sample": "258607008", "bronchoalveolar lavage fluid": "258607008",
+    "bronchoalveolar lavage": "258607008",
+}
+
+# Residence types (SNOMED CT) of SimpleReport's ask-on-entry questions.
+RESIDENCE_TYPES = CodeSet(
+    {
+        "22232009": "Hospital", "2081004": "Hospital ship", "32074000": "Long term care hospital",
+        "224929004": "Secure hospital", "42665001": "Nursing home", "30629002": "Retirement home",
+        "74056004": "Orphanage", "722173008": "Prison-based care site", "20078004": "Substance abuse treatment center",
+        "257573002": "Boarding house", "224683003": "Military accommodation", "284546000": "Hospice",
+        "257628001": "Hostel", "310207003": "Sheltered housing", "57656006": "Penal institution",
+        "285113009": "Religious institutional residence", "285141008": "Work (environment)", "32911000": "Homeless",
+    }
+)
+
 # CDC Race & Ethnicity code set (PHIN VADS; HL7 v3 Race), plus the null flavours senders use for "not given".
 RACE = CodeSet(
     {
@@ -113,7 +152,7 @@ RACE = CodeSet(
         "ASKU": "Asked but unknown",
         "UNK": "Unknown",
     },
-    {"black": "2054-5", "other": "2131-1", "unknown": "UNK", "refused": "ASKU"},
+    {"black": "2054-5", "other": "2131-1", "unknown": "UNK", "refused": "ASKU", "ask, but unknown": "ASKU"},
 )
 
 # HL7 table 0189 letters (H, N, U) are the v2 spelling of the same concepts.

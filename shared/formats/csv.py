@@ -1,12 +1,17 @@
-"""CSV reports: a header row naming the columns (any order), then one item per data row, streamed line by line."""
+"""CSV reports: a header row naming the columns (any order), then one item per data row, streamed line by line.
+
+The header says which CSV it is: SimpleReport's bulk upload (shared/formats/simplereport.py) or the project's own
+minimal CSV (below). Reading, encodings and syntax errors are the same for both.
+"""
 
 from __future__ import annotations
 
 import csv as _csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
-from shared.formats import ContentError, ItemResult, codes
+from shared.formats import ContentError, ItemResult, codes, simplereport
 from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
@@ -20,6 +25,17 @@ _KNOWN = frozenset(REQUIRED + OPTIONAL)
 # One physical line with its terminator; \r\n, \r and \n all end a line (the csv module wants them kept).
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """One CSV layout: its columns, the ones a header must have, and how a row becomes an item."""
+
+    known: frozenset[str]
+    required: tuple[str, ...]
+    # (known column -> stripped cell, index, line, report id) -> the item's result
+    row: Callable[[Mapping[str, str], int, int, str], ItemResult]
+    whole_rows: bool  # a row with fewer cells than the header is rejected rather than read as empty cells
 
 
 class _Lines:
@@ -54,9 +70,10 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
     lines = _Lines(raw)
     # strict: a stray quote ("b"c) is reported as csv.parse instead of silently merging cells.
     reader = _csv.reader(iter(lines), strict=True)
-    columns = _header(reader, lines)
-    if columns is None:
+    found = _header(reader, lines)
+    if found is None:
         return  # empty body or blank lines only: no items
+    columns, dialect = found
     index = 0
     while True:
         first_line = lines.count + 1
@@ -77,11 +94,11 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
         if bad is not None:
             yield _failed(index, "csv.encoding", f"line {bad} is not valid UTF-8")
         else:
-            yield _row(row, columns, index, first_line, report_id)
+            yield _row(row, columns, dialect, index, first_line, report_id)
         index += 1
 
 
-def _header(reader: Iterator[list[str]], lines: _Lines) -> list[str] | None:
+def _header(reader: Iterator[list[str]], lines: _Lines) -> tuple[list[str], _Dialect] | None:
     """Read the header (skipping leading blank lines) and check the required columns are there, once each."""
     try:
         header = next((row for row in reader if any(cell.strip() for cell in row)), None)
@@ -92,35 +109,45 @@ def _header(reader: Iterator[list[str]], lines: _Lines) -> list[str] | None:
     if lines.take_bad() is not None:
         raise ContentError("csv.encoding", "the header row is not valid UTF-8")
     # Matching is case-insensitive and ignores surrounding spaces: "Patient_ID " is the patient_id column.
-    columns = [name.strip().lower() if name.strip().lower() in _KNOWN else name.strip() for name in header]
+    lowered = [name.strip().lower() for name in header]
+    dialect = _dialect(lowered)
+    columns = [low if low in dialect.known else name.strip() for name, low in zip(header, lowered)]
     named = [c for c in columns if c]
     duplicates = sorted({c for c in named if named.count(c) > 1})
     if duplicates:
         raise ContentError("csv.duplicate_column", f"duplicate column(s) in the header: {', '.join(duplicates)}"[:300])
-    missing = [c for c in REQUIRED if c not in columns]
+    missing = [c for c in dialect.required if c not in columns]
     if missing:
         hint = " (the header looks semicolon-separated; use commas)" if len(header) == 1 and ";" in header[0] else ""
         raise ContentError(
-            "csv.missing_column", f"required column(s) missing: {', '.join(missing)}{hint}", field=missing[0]
+            "csv.missing_column", f"required column(s) missing: {', '.join(missing)}{hint}"[:1000], field=missing[0]
         )
-    return columns
+    return columns, dialect
 
 
-def _row(row: list[str], columns: list[str], index: int, line: int, report_id: str) -> ItemResult:
-    result = ItemResult(index=index, item=None)
-    values: dict[str, str] = {}
-    for name, cell in zip(columns, row):
-        if name in _KNOWN:
-            values[name] = cell.strip()
+def _dialect(columns: list[str]) -> _Dialect:
+    """The minimal CSV when its required columns are all there, else SimpleReport's when the header looks like it."""
+    if all(name in columns for name in REQUIRED) or not simplereport.recognises(columns):
+        return MINIMAL
+    return SIMPLEREPORT
+
+
+def _row(row: list[str], columns: list[str], dialect: _Dialect, index: int, line: int, report_id: str) -> ItemResult:
+    known = dialect.known
+    if dialect.whole_rows and len(row) < len(columns):
+        message = f"line {line}: the row has {len(row)} cells where the header has {len(columns)}"
+        return _failed(index, "csv.missing_cells", message)
+    values = {name: cell.strip() for name, cell in zip(columns, row) if name in known}
+    result = dialect.row(values, index, line, report_id)
     if len(row) > len(columns):
-        result.warnings.append(
-            _issue(
-                index,
-                None,
-                "csv.extra_cells",
-                f"line {line}: {len(row) - len(columns)} cell(s) beyond the header were ignored",
-            )
-        )
+        message = f"line {line}: {len(row) - len(columns)} cell(s) beyond the header were ignored"
+        result.warnings.append(_issue(index, None, "csv.extra_cells", message))
+    return result
+
+
+def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: str) -> ItemResult:
+    """A row of the project's own CSV: ISO 8601 dates, ELR core column names."""
+    result = ItemResult(index=index, item=None)
     for name in REQUIRED:
         if not values.get(name):
             result.errors.append(_issue(index, name, "csv.missing_value", f"line {line}: {name} is empty"))
@@ -170,6 +197,10 @@ def _row(row: list[str], columns: list[str], index: int, line: int, report_id: s
         observations=[observation],
     )
     return result
+
+
+MINIMAL = _Dialect(_KNOWN, REQUIRED, _minimal_row, whole_rows=False)
+SIMPLEREPORT = _Dialect(simplereport.NAMES, simplereport.REQUIRED, simplereport.row, whole_rows=True)
 
 
 def _failed(index: int, code: str, message: str) -> ItemResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -21,11 +21,11 @@ _ZIP = re.compile(r"[0-9]{5}(?:-[0-9]{4})?")
 _PHONE = re.compile(r"[1-9][0-9]{2}-[0-9]{3}-[0-9]{4}")
 _EMAIL = re.compile(r"[\w.-]+@(?:[\w-]+\.)+[\w-]{2,4}", re.ASCII)
 _CLIA = re.compile(r"[A-Za-z0-9]{2}[Dd][A-Za-z0-9]{7}")
-# LOINC: up to 7 digits, a hyphen, the check digit. SimpleReport checks test_performed_code against its device list
-# instead, which this service does not have; the shape is the part of that check it can make.
-_LOINC = re.compile(r"[0-9]{1,7}-[0-9]")
+# LOINC: up to 7 digits, a hyphen, the check digit (LOINC's LA/LL/LP identifiers too: SimpleReport's own samples send
+# one). SimpleReport checks test_performed_code against its device list instead, which this service does not have;
+# the shape is the part of that check it can make.
+_LOINC = re.compile(r"(?:L[A-Z])?[0-9]{1,7}-[0-9]")
 _SNOMED = re.compile(r"[0-9]{9}|[0-9]{15}")
-_NPI = re.compile(r"[0-9]{10}")
 # M/D/YYYY, one or two digits for month and day; a time is H:mm, then optionally one time zone word.
 _DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
 _DATE_TIME = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})(?: ([0-9]{1,2}):([0-9]{2})(?: (\S+))?)?")
@@ -37,16 +37,14 @@ _STATES = frozenset(
     "AB BC MB NB NL NT NS NU ON PE QC SK YT".split()
 )
 # Time zone words SimpleReport accepts after a time, besides IANA zone ids (America/Chicago, US/Eastern, ...).
-_ZONE_ABBREVIATIONS = {
-    "UTC": "UTC", "UT": "UTC", "GMT": "UTC", "Z": "UTC",
-    "ET": "US/Eastern", "EST": "US/Eastern", "EDT": "US/Eastern",
-    "CT": "US/Central", "CST": "US/Central", "CDT": "US/Central",
-    "MT": "US/Mountain", "MST": "US/Mountain", "MDT": "US/Mountain",
-    "PT": "US/Pacific", "PST": "US/Pacific", "PDT": "US/Pacific",
-    "AK": "US/Alaska", "AKDT": "US/Alaska", "AKST": "US/Alaska",
-    "HI": "US/Hawaii", "HST": "US/Hawaii", "HDT": "US/Aleutian",
-    "AS": "US/Samoa", "ASM": "US/Samoa", "SST": "US/Samoa",
-    "ADT": "America/Puerto_Rico", "AST": "America/Puerto_Rico",
+# A standard or daylight abbreviation is that fixed offset (Arizona writes MST all year; SimpleReport would read a
+# June "MST" as MDT); a region word (ET, CT, ...) follows its region's daylight saving time.
+_ZONE_WORDS: dict[str, str | int] = {
+    "UTC": 0, "UT": 0, "GMT": 0, "Z": 0,
+    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7,
+    "AKST": -9, "AKDT": -8, "HST": -10, "HDT": -9, "SST": -11, "AST": -4, "ADT": -3,
+    "ET": "US/Eastern", "CT": "US/Central", "MT": "US/Mountain", "PT": "US/Pacific",
+    "AK": "US/Alaska", "HI": "US/Hawaii", "AS": "US/Samoa", "ASM": "US/Samoa",
 }
 _YES_NO_UNKNOWN = frozenset({"y", "yes", "n", "no", "u", "unk"})
 # Results SimpleReport takes by name; any code of its result list (codes.RESULTS) is taken too.
@@ -98,19 +96,21 @@ def iso_date_time(text: str) -> str | None:
         return found.isoformat()
     if int(hour) > 23 or int(minute) > 59:
         return None
-    tzinfo = None
+    offset = None
     if zone is not None:
-        tzinfo = _zone(zone)
-        if tzinfo is None:
+        offset = _zone(zone)
+        if offset is None:
             return None
-    return datetime(found.year, found.month, found.day, int(hour), int(minute), tzinfo=tzinfo).isoformat()
+    return datetime(found.year, found.month, found.day, int(hour), int(minute), tzinfo=offset).isoformat()
 
 
-def _zone(word: str) -> ZoneInfo | None:
-    name = _ZONE_ABBREVIATIONS.get(word.upper())
-    if name is None and word in _zone_ids():
-        name = word
-    return ZoneInfo(name) if name is not None else None
+def _zone(word: str) -> tzinfo | None:
+    known = _ZONE_WORDS.get(word.upper())
+    if isinstance(known, int):
+        return timezone(timedelta(hours=known))
+    if known is None and word in _zone_ids():
+        known = word
+    return ZoneInfo(known) if known is not None else None
 
 
 @cache
@@ -119,7 +119,8 @@ def _zone_ids() -> frozenset[str]:
 
 
 def _specimen_code(value: str) -> str | None:
-    """A SNOMED CT code (9 or 15 digits, as SimpleReport checks), or a specimen name SimpleReport or the ELR set knows."""
+    """A SNOMED CT code (9 or 15 digits, as SimpleReport checks), or a specimen name SimpleReport or the ELR set
+    knows; None otherwise."""
     if value.isdigit():
         return value if _SNOMED.fullmatch(value) else None
     return codes.SIMPLEREPORT_SPECIMEN_NAMES.get(value.lower()) or codes.SPECIMEN_TYPES.code(value)
@@ -234,7 +235,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("equipment_model_id"),
     Column("genders_of_sexual_partners", check=_genders, expected="a comma-separated list of M, F, TM, TW, NB, O, R"),
     Column("syphilis_history", **_yes_no),
-    Column("patient_gender_identity", check=lambda v: v.upper() in _GENDER_IDENTITIES, expected="M, F, TM, TW, NB, O or R"),
+    Column(
+        "patient_gender_identity", check=lambda v: v.upper() in _GENDER_IDENTITIES, expected="M, F, TM, TW, NB, O or R"
+    ),
 )
 NAMES = frozenset(column.name for column in COLUMNS)
 REQUIRED = tuple(column.name for column in COLUMNS if column.required)
@@ -255,7 +258,8 @@ def row(values: Mapping[str, str], index: int, line: int, report_id: str) -> Ite
         value = values.get(column.name, "")
         if not value:
             if column.required:
-                result.errors.append(_issue(index, column.name, "csv.missing_value", f"line {line}: {column.name} is empty"))
+                message = f"line {line}: {column.name} is empty"
+                result.errors.append(_issue(index, column.name, "csv.missing_value", message))
         elif column.check is not None and not column.check(value):
             message = f"line {line}: {column.name} is not {column.expected}"
             result.errors.append(_issue(index, column.name, column.code, message))
@@ -298,7 +302,7 @@ def _item(values: Mapping[str, str], index: int, report_id: str, sex: str | None
         specimen_type_code=_specimen_code(values["specimen_type"]),
         performing_lab_clia=values["testing_lab_clia"],
         # The column holds an NPI or a local code; only an NPI (10 digits) is one.
-        ordering_provider_npi=provider if _NPI.fullmatch(provider) else None,
+        ordering_provider_npi=provider if codes.NPI.fullmatch(provider) else None,
         observations=[observation],
     )
 
