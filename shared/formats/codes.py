@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SNOMED_SYSTEMS = frozenset({"SCT", "SNM", "SNOMED", "SNOMED-CT", "SNOMEDCT", "HTTP://SNOMED.INFO/SCT", "2.16.840.1.113883.6.96"})
-_SPACES = re.compile(r"[\s_]+")
 
 
 def _key(value: str) -> str:
     """Case-, space- and underscore-insensitive lookup key: 'Not  Detected' and 'not_detected' meet."""
-    return _SPACES.sub(" ", value.strip()).casefold()
+    return " ".join(value.replace("_", " ").split()).casefold()
 
 
 @dataclass(frozen=True)

@@ -133,10 +133,10 @@ def _dialect(columns: list[str]) -> _Dialect:
 
 
 def _row(row: list[str], columns: list[str], dialect: _Dialect, index: int, line: int, report_id: str) -> ItemResult:
-    known = dialect.known
-    if dialect.whole_rows and len(row) < len(columns):
+    if len(row) < len(columns) and dialect.whole_rows:
         message = f"line {line}: the row has {len(row)} cells where the header has {len(columns)}"
         return _failed(index, "csv.missing_cells", message)
+    known = dialect.known
     values = {name: cell.strip() for name, cell in zip(columns, row) if name in known}
     result = dialect.row(values, index, line, report_id)
     if len(row) > len(columns):
@@ -151,32 +151,29 @@ def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: st
     for name in REQUIRED:
         if not values.get(name):
             result.errors.append(_issue(index, name, "csv.missing_value", f"line {line}: {name} is empty"))
-    collected = iso_from_text(values.get("specimen_collected_at", ""))
-    if values.get("specimen_collected_at") and collected is None:
-        result.errors.append(
-            _issue(
-                index,
-                "specimen_collected_at",
-                "csv.bad_date",
-                f"line {line}: specimen_collected_at is not an ISO 8601 date or date-time",
-            )
-        )
+    collected_text = values.get("specimen_collected_at")
+    collected = iso_from_text(collected_text) if collected_text else None
+    if collected_text and collected is None:
+        message = f"line {line}: specimen_collected_at is not an ISO 8601 date or date-time"
+        result.errors.append(_issue(index, "specimen_collected_at", "csv.bad_date", message))
     birth_date = values.get("patient_birth_date") or None
     if birth_date and (len(birth_date) != 10 or iso_from_text(birth_date) != birth_date):
-        result.errors.append(
-            _issue(index, "patient_birth_date", "csv.bad_date", f"line {line}: patient_birth_date is not YYYY-MM-DD")
-        )
-    if result.errors or collected is None:
+        message = f"line {line}: patient_birth_date is not YYYY-MM-DD"
+        result.errors.append(_issue(index, "patient_birth_date", "csv.bad_date", message))
+    if result.errors:
         return result
     value, result_code, result_text = codes.result_values(values["result"])
-    observation = Observation(
-        test_code=values["test_code"],
-        test_name=values.get("test_name") or None,
-        result=value,
-        result_code=result_code,
-        result_text=result_text,
-        result_units=values.get("result_units") or None,
-    )
+    test = {
+        "test_code": values["test_code"],
+        "test_name": values.get("test_name") or None,
+        "result": value,
+        "result_code": result_code,
+        "result_text": result_text,
+        "result_units": values.get("result_units") or None,
+    }
+    # Optional columns are usually absent: look codes up only for values that are there (this runs per row).
+    sex, race, ethnicity = values.get("patient_sex"), values.get("patient_race"), values.get("patient_ethnicity")
+    specimen = values.get("specimen_type_code")
     result.item = NormalisedItem(
         report_id=report_id,
         item_index=index,
@@ -184,17 +181,17 @@ def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: st
         message_id=values.get("message_id") or f"{report_id}-{index}",
         patient_id=values["patient_id"],
         patient_birth_date=birth_date,
-        patient_sex=codes.sex(values.get("patient_sex")),
-        patient_race=codes.coded_or_text(codes.RACE, values.get("patient_race")),
-        patient_ethnicity=codes.coded_or_text(codes.ETHNICITY, values.get("patient_ethnicity")),
+        patient_sex=codes.sex(sex) if sex else None,
+        patient_race=codes.coded_or_text(codes.RACE, race) if race else None,
+        patient_ethnicity=codes.coded_or_text(codes.ETHNICITY, ethnicity) if ethnicity else None,
         patient_postal_code=values.get("patient_postal_code") or None,
         patient_state=values.get("patient_state") or None,
-        **observation.model_dump(),
+        **test,
         specimen_collected_at=collected,
-        specimen_type_code=codes.specimen_type(values.get("specimen_type_code")),
+        specimen_type_code=codes.specimen_type(specimen) if specimen else None,
         performing_lab_clia=values.get("performing_lab_clia") or None,
         ordering_provider_npi=values.get("ordering_provider_npi") or None,
-        observations=[observation],
+        observations=[Observation(**test)],
     )
     return result
 
