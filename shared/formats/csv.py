@@ -87,7 +87,7 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
             yield _failed(index, "csv.parse", f"lines {first_line}-{lines.count}: {exc}")
             index += 1
             continue
-        if not any(cell.strip() for cell in row):
+        if not "".join(row).strip():
             lines.take_bad()
             continue  # blank lines and ",,,," rows spreadsheets leave behind are not data
         bad = lines.take_bad()
