@@ -202,12 +202,13 @@ def test_header_case_and_spaces_and_minimal_csv_still_recognised() -> None:
     assert minimal.item.patient_id == "A1"
 
 
-def test_short_row_is_rejected_as_simplereport_does() -> None:
-    raw = body(ROW)
-    header, line = raw.decode().splitlines()
-    results = parse(f"{header}\n{line.rsplit(',', 3)[0]}\n{line}\n".encode())
-    assert errors(results[0]) == [("csv.missing_cells", None)]
-    assert results[1].item is not None and results[1].index == 1
+def test_rows_must_match_the_header_as_simplereport_requires() -> None:
+    header, line = body(ROW).decode().splitlines()
+    short, trailing_comma, two_more = line.rsplit(",", 3)[0], line + ",", line + ",,"
+    results = parse(f"{header}\n{short}\n{line}\n{trailing_comma}\n{two_more}\n".encode())
+    assert [errors(r) for r in results] == [[("csv.column_count", None)], [], [], [("csv.column_count", None)]]
+    assert [r.warnings for r in results[1:3]] == [[], []]
+    assert "line 2" in results[0].errors[0].message and results[3].index == 3
 
 
 def test_every_race_and_ethnicity_simplereport_takes_has_a_code() -> None:

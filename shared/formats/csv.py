@@ -35,7 +35,9 @@ class _Dialect:
     required: tuple[str, ...]
     # (known column -> stripped cell, index, line, report id) -> the item's result
     row: Callable[[Mapping[str, str], int, int, str], ItemResult]
-    whole_rows: bool  # a row with fewer cells than the header is rejected rather than read as empty cells
+    # A row whose cell count differs from the header's is rejected (SimpleReport's rule), rather than read with its
+    # missing cells empty and its surplus ignored.
+    whole_rows: bool
 
 
 class _Lines:
@@ -133,14 +135,18 @@ def _dialect(columns: list[str]) -> _Dialect:
 
 
 def _row(row: list[str], columns: list[str], dialect: _Dialect, index: int, line: int, report_id: str) -> ItemResult:
-    if len(row) < len(columns) and dialect.whole_rows:
-        message = f"line {line}: the row has {len(row)} cells where the header has {len(columns)}"
-        return _failed(index, "csv.missing_cells", message)
+    surplus = len(row) - len(columns)
+    if dialect.whole_rows:
+        if surplus == 1 and not row[-1].strip():
+            surplus = 0  # one trailing comma, which SimpleReport's reader allows
+        if surplus:
+            message = f"line {line}: the row has {len(row)} cells where the header has {len(columns)}"
+            return _failed(index, "csv.column_count", message)
     known = dialect.known
     values = {name: cell.strip() for name, cell in zip(columns, row) if name in known}
     result = dialect.row(values, index, line, report_id)
-    if len(row) > len(columns):
-        message = f"line {line}: {len(row) - len(columns)} cell(s) beyond the header were ignored"
+    if surplus > 0:
+        message = f"line {line}: {surplus} cell(s) beyond the header were ignored"
         result.warnings.append(_issue(index, None, "csv.extra_cells", message))
     return result
 
