@@ -18,6 +18,7 @@ HL7 = (EXAMPLES / "report.hl7").read_bytes()
 CSV = (EXAMPLES / "report.csv").read_bytes()
 FHIR = (EXAMPLES / "report.json").read_bytes()
 NDJSON = (EXAMPLES / "report.ndjson").read_bytes()
+SIMPLEREPORT = (EXAMPLES / "simplereport.csv").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
 @pytest.mark.parametrize(
     "body, content_type, total",
     [(HL7, "application/hl7-v2", 2), (CSV, "text/csv; charset=utf-8", 3), (FHIR, "application/fhir+json", 1),
-     (NDJSON, "application/fhir+ndjson", 2)],
-    ids=["hl7", "csv", "fhir", "ndjson"],
+     (NDJSON, "application/fhir+ndjson", 2), (SIMPLEREPORT, "text/csv", 6)],
+    ids=["hl7", "csv", "fhir", "ndjson", "simplereport"],
 )
 def test_each_format_goes_from_202_to_processed(service: Service, body: bytes, content_type: str, total: int) -> None:
     response = service.post("lab-a", body, content_type)
