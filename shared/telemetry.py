@@ -128,7 +128,11 @@ def configure(settings: Settings | None = None) -> Instruments:
                 from shared.config import get_settings
 
                 settings = get_settings()
-            _current = _set_up(settings)
+            try:
+                _current = _set_up(settings)
+            except Exception as exc:  # telemetry must never stop reports being taken or processed
+                log.warning("telemetry: export not set up (%s); running without it", type(exc).__name__)
+                _current = NO_OP
     return _current
 
 
@@ -383,10 +387,14 @@ def processing_started(received_at: str | None, content_type: str | None, attemp
 
 
 def report_completed(sender: str, content_type: str | None, outcome: str) -> None:
-    """A report reached a terminal status (counted where the status row changes, whoever changed it)."""
-    if not current().enabled:
+    """A report reached a terminal status (counted where the status row changes, whoever changed it). Sets up
+    export if this process has not yet: a timer's give-up path may be the first thing a worker process runs."""
+    try:
+        instruments = configure()
+    except Exception:  # no valid settings here (a tool, not the app): nothing to export to
         return
-    current().completed.add(1, {FORMAT: format_of(content_type), SENDER: sender, OUTCOME: outcome})
+    if instruments.enabled:
+        instruments.completed.add(1, {FORMAT: format_of(content_type), SENDER: sender, OUTCOME: outcome})
 
 
 @contextmanager

@@ -276,6 +276,30 @@ def test_telemetry_settings_are_checked_and_off_by_default() -> None:
     assert telemetry._set_up(off) is telemetry.NO_OP
 
 
+def test_set_up_is_lazy_and_its_failure_never_stops_the_work(
+    app: Storage, recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = telemetry.install(None)  # type: ignore[arg-type]  # as in a process that has not set up yet
+    try:
+        # The first terminal write sets up export, whatever ran it (a timer's give-up path may come first).
+        monkeypatch.setattr(telemetry, "_set_up", lambda settings: mine)
+        telemetry.report_completed("otel-lazy", "text/csv", "failed")
+        assert [p.value for p in recorded.points("lab_intake.reports.completed")] == [1]
+
+        telemetry.install(None)  # type: ignore[arg-type]
+
+        def broken(settings: object) -> telemetry.Instruments:
+            raise RuntimeError("exporter cannot start")
+
+        monkeypatch.setattr(telemetry, "_set_up", broken)
+        assert telemetry.configure() is telemetry.NO_OP
+        key = senders.add(app.senders, "otel-lazy")
+        assert _post(key, b"patient_id,test_code,result,specimen_collected_at\n1,2,3,2026-01-01\n",
+                     "text/csv").status_code == 202
+    finally:
+        telemetry.install(mine)  # type: ignore[arg-type]
+
+
 # --- end to end: devhost + Azurite exporting OTLP/HTTP to a receiver on loopback ----------------------------------
 
 
