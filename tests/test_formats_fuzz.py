@@ -16,7 +16,7 @@ SEEDS = {
     "application/hl7-v2": sorted((SAMPLES / "hl7v2").glob("*.hl7")),
     "application/fhir+json": sorted((SAMPLES / "fhir").glob("*.json")),
     "application/fhir+ndjson": sorted((SAMPLES / "fhir").glob("*.ndjson")),
-    "text/csv": sorted((SAMPLES / "csv").glob("*.csv")),
+    "text/csv": sorted((SAMPLES / "csv").glob("*.csv")) + sorted((SAMPLES / "real" / "simplereport-csv").glob("*.csv")),
 }
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,6 +6,8 @@ import csv
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.formats import ContentError, ItemResult, codes, parse_report, simplereport
 from shared.formats.simplereport import COLUMNS, REQUIRED, iso_date, iso_date_time
@@ -209,6 +211,17 @@ def test_rows_must_match_the_header_as_simplereport_requires() -> None:
     assert [errors(r) for r in results] == [[("csv.column_count", None)], [], [], [("csv.column_count", None)]]
     assert [r.warnings for r in results[1:3]] == [[], []]
     assert "line 2" in results[0].errors[0].message and results[3].index == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    column=st.sampled_from(sorted(ROW)),
+    # The marker keeps the value apart from the fixed words of a message ("0000" is in "00000-0").
+    value=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=30).map(lambda v: f"Ẑ{v}"),
+)
+def test_messages_never_carry_the_value(column: str, value: str) -> None:
+    result = one(**{column: value})
+    assert all(value.strip() not in issue.message for issue in result.errors + result.warnings)
 
 
 def test_every_race_and_ethnicity_simplereport_takes_has_a_code() -> None:
