@@ -1,4 +1,4 @@
-"""Operators' CLI: `python -m shared.admin senders ...|poison ...|reconcile`.
+"""Operators' CLI: `python -m shared.admin senders ...|poison ...|reconcile|index rebuild`.
 
 Reads AzureWebJobsStorage (a connection string, or the identity-based AzureWebJobsStorage__* settings) from the
 environment, else from local.settings.json, like the local host does.
@@ -17,7 +17,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, DecodeE
 from azure.storage.queue import QueueMessage as StoredMessage
 from pydantic import ValidationError
 
-from shared import reconcile, senders, status, work
+from shared import activity, index, reconcile, reindex, senders, status, work
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
 from shared.models import QueueMessage
@@ -101,15 +101,16 @@ def cmd_poison_list(storage: Storage) -> int:
 
 
 def _find_row(storage: Storage, report_id: str, sender: str | None) -> status.Row:
-    if sender:
-        row = status.read(storage.reports, sender, report_id)
-    else:
-        # Report ids are unique across senders; an operator rarely knows the sender.
-        found = list(storage.reports.query_entities("RowKey eq @id", parameters={"id": report_id}))
-        row = status.Row(dict(found[0]), found[0].metadata["etag"]) if found else None
-    if row is None:
-        raise AdminError(f"no report {report_id}")
-    return row
+    if not index.REPORT_ID.match(report_id):
+        raise AdminError(f"{report_id!r} is not a report id")
+    # An operator rarely knows the sender: the senders that stored reports in the id's minute are the candidates.
+    candidates = [sender] if sender else sorted(activity.senders_at(storage.activity, report_id))
+    for name in candidates:
+        row = status.read(storage.reports, name, report_id)
+        if row is not None:
+            return row
+    hint = "" if sender else " (for reports stored before the index, run `index rebuild` first, or give --sender)"
+    raise AdminError(f"no report {report_id}{hint}")
 
 
 def replay_report(storage: Storage, row: status.Row) -> None:
@@ -155,6 +156,18 @@ def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
     return 1 if failed else 0
 
 
+# --- index ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_index_rebuild(args: argparse.Namespace, storage: Storage) -> int:
+    def progress(line: str) -> None:
+        print(f"index rebuild: {line}", file=sys.stderr, flush=True)
+
+    totals = reindex.rebuild(storage, progress, restart=args.restart)
+    print(json.dumps({"senders": totals.senders, "rows_read": totals.rows, "rows_indexed": totals.indexed}))
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------------------------------
 
 
@@ -180,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--sender", help="the report's sender (optional; found from the id otherwise)")
 
     groups.add_parser("reconcile", help="re-enqueue reports stored but never enqueued, now")
+
+    i = groups.add_parser("index", help="the listing index of table reports")
+    i_actions = i.add_subparsers(dest="action", required=True)
+    rebuild = i_actions.add_parser("rebuild", help="index rows stored before the index existed (resumable)")
+    rebuild.add_argument("--restart", action="store_true", help="ignore earlier runs' checkpoints")
     return parser
 
 
@@ -193,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.group == "poison":
             return cmd_poison_list(storage) if args.action == "list" else cmd_poison_replay(args, storage)
+        if args.group == "index":
+            return cmd_index_rebuild(args, storage)
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
         return 0
     except (AdminError, senders.SenderError, SettingsError) as exc:

@@ -23,7 +23,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
-from shared import status, telemetry, work
+from shared import activity, status, telemetry, work
 from shared.clock import now_iso, parse_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
@@ -116,6 +116,8 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
         updated_at=now,
     )
     try:
+        # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
+        activity.record(storage.activity, sub.sender, report_id)
         storage.container.upload_blob(
             blob,
             sub.body,
@@ -123,13 +125,11 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
             content_settings=ContentSettings(content_type=content_type),
             metadata={"sha256": digest, "sender": sub.sender},
         )
-        entity = status.new_entity(record, blob) | telemetry.context_fields()
-        metadata = storage.reports.create_entity(entity)
+        row = status.create(storage.reports, status.new_entity(record, blob) | telemetry.context_fields())
     except AzureError as exc:
         log.warning("report %s not stored: %s", report_id, type(exc).__name__)
         raise _NotStored from exc
 
-    row = status.Row(entity, metadata["etag"])
     try:
         work.send(storage, row)
     except AzureError as exc:

@@ -1,37 +1,38 @@
-"""Listing a sender's reports newest first, page by page.
+"""Listing a sender's reports page by page, from the index entries in its partition (shared/index.py).
 
-Table storage only reads in ascending key order, and RowKey is the (time-sortable) ULID. Rather than scan the
-whole partition for every page, we read time windows backwards from the cursor, each window larger than the last,
-until a page is full or the sender's oldest report is passed.
+A page is one query, whatever the history behind it: one PartitionKey (the sender) and a RowKey range in the order
+wanted, from just after the cursor up to `since`. Without filters the order is newest first (by id); with `since`
+or `status` it is most recently changed first (by `updated_at`), the order incremental syncs read. The cursor is
+the last entry's key, opaque to callers and checked against the query it is used with.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-import time
 from dataclasses import dataclass
+from itertools import islice
 
 from azure.data.tables import TableClient
-from ulid import ULID
 
+from shared import index
 from shared.models import StatusRecord
+from shared.problems import Problem, bad_request
 from shared.status import Status, entity_to_record
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-CURSOR = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-FIRST_WINDOW_MS = 60_000
-GROWTH = 8
-ABOVE_ANY_ID = "~"  # sorts after every ULID character
+CURSOR = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # base64url, no padding
 
 
 @dataclass(frozen=True)
 class Query:
     sender: str
     status: Status | None = None
-    since: str | None = None  # ISO 8601, same fixed-width format as updated_at
+    since: str | None = None  # ISO 8601
     limit: int = DEFAULT_LIMIT
-    cursor: str | None = None  # the id of the last report of the previous page
+    cursor: str | None = None  # next_cursor of the previous page
 
 
 @dataclass(frozen=True)
@@ -40,52 +41,50 @@ class Page:
     next_cursor: str | None
 
 
-def _id_floor(ms: int) -> str:
-    """The smallest ULID at millisecond `ms`."""
-    return str(ULID.from_bytes(max(ms, 0).to_bytes(6, "big") + bytes(10)))
+def key_range(query: Query) -> tuple[str, str]:
+    """The RowKeys a query reads, both ends exclusive."""
+    if query.status is not None:
+        prefix = index.status_prefix(Status(query.status).value)
+    elif query.since is not None:
+        prefix = index.UPDATED
+    else:
+        prefix = index.NEWEST
+    if query.since is None:
+        return prefix, prefix + index.AFTER
+    # Keys hold the inverted time, so "updated at or after `since`" is "at or below since's inverted time".
+    return prefix, prefix + index.inverted_time(query.since) + index.AFTER * 2
 
 
-def _id_ms(report_id: str) -> int:
-    return int.from_bytes(ULID.from_str(report_id).bytes[:6], "big")
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode("ascii")).rstrip(b"=").decode("ascii")
 
 
-def _oldest_id(table: TableClient, sender: str) -> str | None:
-    pages = table.query_entities(
-        "PartitionKey eq @pk", parameters={"pk": sender}, select=["RowKey"], results_per_page=1
-    ).by_page()
-    for page in pages:
-        for entity in page:
-            return str(entity["RowKey"])
-    return None
+def _bad_cursor() -> Problem:
+    return bad_request("cursor is not one this API returned for this query.", "bad-query")
+
+
+def decode_cursor(cursor: str, lo: str, hi: str) -> str:
+    """The key a cursor stands for; a 400 for anything this API could not have returned for the same query."""
+    if not CURSOR.match(cursor):
+        raise _bad_cursor()
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise _bad_cursor() from None
+    if not index.KEY.match(key) or not lo < key < hi:
+        raise _bad_cursor()
+    return key
 
 
 def list_reports(table: TableClient, query: Query) -> Page:
-    oldest = _oldest_id(table, query.sender)
-    if oldest is None:
-        return Page([], None)
-    filters = ["PartitionKey eq @pk", "RowKey ge @lo", "RowKey lt @hi"]
-    params: dict[str, str] = {"pk": query.sender}
-    if query.status is not None:
-        filters.append("status eq @status")
-        params["status"] = query.status.value
-    if query.since is not None:
-        filters.append("updated_at ge @since")
-        params["since"] = query.since
-    text = " and ".join(filters)
-
-    hi = query.cursor or ABOVE_ANY_ID
-    hi_ms = _id_ms(query.cursor) if query.cursor else int(time.time() * 1000) + 60_000
-    window = FIRST_WINDOW_MS
-    found: list[dict] = []
-    while len(found) <= query.limit:
-        lo_ms = hi_ms - window
-        last = lo_ms <= _id_ms(oldest)
-        lo = oldest if last else _id_floor(lo_ms)
-        batch = list(table.query_entities(text, parameters={**params, "lo": lo, "hi": hi}))
-        found.extend(reversed(batch))
-        if last:
-            break
-        hi, hi_ms, window = lo, lo_ms, window * GROWTH
+    lo, hi = key_range(query)
+    after = decode_cursor(query.cursor, lo, hi) if query.cursor else lo
+    entries = table.query_entities(
+        "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
+        parameters={"pk": query.sender, "lo": after, "hi": hi},
+        results_per_page=min(query.limit + 1, MAX_LIMIT),
+    )
+    found = list(islice(entries, query.limit + 1))  # one more than asked: is there a next page?
     page = found[: query.limit]
-    next_cursor = str(page[-1]["RowKey"]) if len(found) > query.limit else None
+    next_cursor = encode_cursor(str(page[-1]["RowKey"])) if len(found) > query.limit else None
     return Page([entity_to_record(e) for e in page], next_cursor)

@@ -1,13 +1,15 @@
 """The sender registry: senders, their API keys (stored only as SHA-256), and authenticating a request's key.
 
-Table `senders` holds two kinds of rows: PartitionKey `sender` / RowKey name (the sender itself), and
-PartitionKey `key` / RowKey sha256(key) (one per active key), so authenticating costs one point read.
+Table `senders` holds two kinds of rows: PartitionKey `sender` / RowKey name (the sender itself, with the hashes
+of its active keys in `keys`), and PartitionKey `key` / RowKey sha256(key) (one per active key), so authenticating
+costs one point read and rotating or disabling a sender reads only its own row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
@@ -114,16 +116,26 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _key_rows(table: TableClient, name: str) -> list[dict]:
-    return list(
-        table.query_entities(
-            "PartitionKey eq @pk and sender eq @name", parameters={"pk": KEY_PARTITION, "name": name}
-        )
+def key_hashes(table: TableClient, row: dict) -> list[str]:
+    """The hashes of a sender's active keys, from its row. A sender registered before rows kept that list gets it
+    once, from a query of the key partition (`admin index rebuild` does this for every sender)."""
+    if "keys" in row:
+        return list(json.loads(str(row["keys"])))
+    found = table.query_entities(
+        "PartitionKey eq @pk and sender eq @name", parameters={"pk": KEY_PARTITION, "name": row["RowKey"]},
+        select=["RowKey"],
     )
+    hashes = [str(entity["RowKey"]) for entity in found]
+    _save_hashes(table, str(row["RowKey"]), hashes)
+    return hashes
 
 
-def _issue_key(table: TableClient, name: str, enabled: bool) -> str:
-    key = new_key()
+def _save_hashes(table: TableClient, name: str, hashes: list[str]) -> None:
+    table.update_entity({"PartitionKey": SENDER_PARTITION, "RowKey": name, "keys": json.dumps(hashes)},
+                        mode=UpdateMode.MERGE)
+
+
+def _store_key(table: TableClient, name: str, key: str, enabled: bool) -> None:
     table.create_entity(
         {
             "PartitionKey": KEY_PARTITION,
@@ -134,17 +146,20 @@ def _issue_key(table: TableClient, name: str, enabled: bool) -> str:
             "created_at": now_iso(),
         }
     )
-    return key
 
 
 def add(table: TableClient, name: str) -> str:
     """Register a sender and return its first API key (shown once, stored only as a hash)."""
     _check_name(name)
+    key = new_key()
+    row = {"PartitionKey": SENDER_PARTITION, "RowKey": name, "enabled": True, "created_at": now_iso(),
+           "keys": json.dumps([key_hash(key)])}
     try:
-        table.create_entity({"PartitionKey": SENDER_PARTITION, "RowKey": name, "enabled": True, "created_at": now_iso()})
+        table.create_entity(row)
     except ResourceExistsError:
         raise SenderError(f"sender {name!r} already exists (use `senders rotate {name}` for a new key)") from None
-    return _issue_key(table, name, enabled=True)
+    _store_key(table, name, key, enabled=True)
+    return key
 
 
 def _get(table: TableClient, name: str) -> dict:
@@ -155,32 +170,46 @@ def _get(table: TableClient, name: str) -> dict:
 
 
 def rotate(table: TableClient, name: str) -> str:
-    """Issue a new key and revoke every earlier one of this sender."""
+    """Issue a new key and revoke every earlier one of this sender.
+
+    The sender row lists the new key's hash before the key exists and drops the old ones only after they are
+    deleted: whatever step fails, every key that works is listed, so the next rotation revokes it.
+    """
     row = _get(table, name)
-    old = _key_rows(table, name)
-    key = _issue_key(table, name, enabled=bool(row.get("enabled", True)))
-    for entity in old:
-        table.delete_entity(KEY_PARTITION, entity["RowKey"])
+    old = key_hashes(table, row)
+    key = new_key()
+    _save_hashes(table, name, [*old, key_hash(key)])
+    _store_key(table, name, key, enabled=bool(row.get("enabled", True)))
+    for digest in old:
+        _delete_key(table, digest)
+    _save_hashes(table, name, [key_hash(key)])
     return key
+
+
+def _delete_key(table: TableClient, digest: str) -> None:
+    try:
+        table.delete_entity(KEY_PARTITION, digest)
+    except ResourceNotFoundError:
+        pass
 
 
 def set_enabled(table: TableClient, name: str, enabled: bool) -> None:
     row = _get(table, name)
-    row["enabled"] = enabled
-    table.update_entity(row, mode=UpdateMode.MERGE)
+    table.update_entity({"PartitionKey": SENDER_PARTITION, "RowKey": name, "enabled": enabled}, mode=UpdateMode.MERGE)
     # The flag is copied onto each key row so that authenticating stays a single read.
-    for entity in _key_rows(table, name):
-        table.update_entity(
-            {"PartitionKey": KEY_PARTITION, "RowKey": entity["RowKey"], "sender_enabled": enabled}, mode=UpdateMode.MERGE
-        )
+    for digest in key_hashes(table, row):
+        try:
+            table.update_entity(
+                {"PartitionKey": KEY_PARTITION, "RowKey": digest, "sender_enabled": enabled}, mode=UpdateMode.MERGE
+            )
+        except ResourceNotFoundError:
+            pass  # listed by a rotation that stopped before creating it
 
 
 def list_senders(table: TableClient) -> list[Sender]:
-    counts: dict[str, int] = {}
-    for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": KEY_PARTITION}):
-        if entity.get("active"):
-            counts[entity["sender"]] = counts.get(entity["sender"], 0) + 1
+    rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION})
     return [
-        Sender(e["RowKey"], bool(e.get("enabled")), str(e.get("created_at", "")), counts.get(e["RowKey"], 0))
-        for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION})
+        Sender(str(row["RowKey"]), bool(row.get("enabled")), str(row.get("created_at", "")),
+               len(key_hashes(table, row)))
+        for row in rows
     ]

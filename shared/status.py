@@ -1,7 +1,8 @@
 """Report statuses, the transitions allowed between them, and the status row in table `reports`.
 
 The row is the source of truth. Every change is an ETag-conditional write, so concurrent writers (ingest marking
-`queued`, a processor, an operator's replay) never overwrite each other blindly.
+`queued`, a processor, an operator's replay) never overwrite each other blindly; the row's listing index entries
+(shared/index.py) are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared import telemetry
+from shared import index, telemetry
 from shared.clock import now_iso
 from shared.models import StatusRecord
 
@@ -98,13 +99,21 @@ def record_to_entity(record: StatusRecord) -> dict:
 
 
 def entity_to_record(entity: dict) -> StatusRecord:
+    """The record of a row, or of one of its index entries (which name the report in `id`)."""
     data = {name: entity.get(name) for name in RECORD_FIELDS if name in entity}
-    data["id"] = entity["RowKey"]
+    data["id"] = entity.get(index.ENTRY_ID) or entity["RowKey"]
     data["sender"] = entity["PartitionKey"]
     for name in JSON_FIELDS:
         if isinstance(entity.get(name), str):
             data[name] = json.loads(entity[name])
     return StatusRecord.model_validate(data)
+
+
+def create(table: TableClient, entity: dict) -> Row:
+    """Store a new row with its index entries; raises ResourceExistsError if the id is taken."""
+    entity = {**entity, index.VERSION_FIELD: index.VERSION}
+    written = index.submit(table, [("create", entity), *index.operations(None, entity)])
+    return Row(entity, written[0]["etag"])
 
 
 def read(table: TableClient, sender: str, report_id: str) -> Row | None:
@@ -127,13 +136,13 @@ def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
         if name in JSON_FIELDS:
             value = json.dumps(value, separators=(",", ":"))
         patch[name] = value
-    metadata = table.update_entity(
-        patch, mode=UpdateMode.MERGE, etag=row.etag, match_condition=MatchConditions.IfNotModified
-    )
+    patch[index.VERSION_FIELD] = index.VERSION
     merged = {**row.entity, **patch}
+    guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
+    written = index.submit(table, [("update", patch, guarded), *index.operations(row.entity, merged)])
     if new_status is not None and Status(new_status) in TERMINAL:
         telemetry.report_completed(row.sender, row.entity.get("content_type"), Status(new_status).value)
-    return Row(merged, metadata["etag"])
+    return Row(merged, written[0]["etag"])
 
 
 def update(

@@ -42,6 +42,9 @@ CONTAINER = "reports"
 REPORTS_TABLE = "reports"
 SENDERS_TABLE = "senders"
 IDEMPOTENCY_TABLE = "idempotency"
+ACTIVITY_TABLE = "reportactivity"
+CHECKPOINTS_TABLE = "checkpoints"
+TABLES = (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE, ACTIVITY_TABLE, CHECKPOINTS_TABLE)
 QUEUE = "reports"
 POISON_QUEUE = "reports-poison"
 
@@ -105,6 +108,8 @@ class Storage:
     reports: TableClient
     senders: TableClient
     idempotency: TableClient
+    activity: TableClient
+    checkpoints: TableClient
     queue: QueueClient
     poison: QueueClient
     tables: TableServiceClient
@@ -142,6 +147,8 @@ class Storage:
             reports=tables.get_table_client(REPORTS_TABLE),
             senders=tables.get_table_client(SENDERS_TABLE),
             idempotency=tables.get_table_client(IDEMPOTENCY_TABLE),
+            activity=tables.get_table_client(ACTIVITY_TABLE),
+            checkpoints=tables.get_table_client(CHECKPOINTS_TABLE),
             queue=queue(QUEUE),
             poison=queue(POISON_QUEUE),
             tables=tables,
@@ -151,8 +158,7 @@ class Storage:
         """Create the container, tables and queues if missing. Each is tried on its own, so one service being down
         (say, queues) does not stop work on the others; returns whether all now exist."""
         steps = [self.container.create_container]
-        steps += [lambda t=t: self.tables.create_table_if_not_exists(t) for t in (REPORTS_TABLE, SENDERS_TABLE,
-                                                                                 IDEMPOTENCY_TABLE)]
+        steps += [lambda t=t: self.tables.create_table_if_not_exists(t) for t in TABLES]
         steps += [self.queue.create_queue, self.poison.create_queue]
         complete = True
         for step in steps:
