@@ -23,6 +23,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
+from shared import table_batch
 from shared.clock import parse_iso
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def submit(table: TableClient, ops: list[Operation]) -> list[dict]:
     ops = list(ops)
     while True:
         try:
-            return table.submit_transaction(ops)
+            return table_batch.submit(table, ops)
         except TableTransactionError as exc:
             failed = ops[exc.index] if 0 <= exc.index < len(ops) else None
             if exc.index > 0 and failed is not None and failed[0] == "delete" and exc.status_code == 404:
