@@ -26,11 +26,8 @@ _BOUNDARY = re.compile(rb"boundary=([^\s;\"]+)")
 EOL = "\r\n"
 
 
-def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
-    """Commit `operations` (as for `TableClient.submit_transaction`) atomically; returns each one's {"etag"}.
-
-    Raises TableTransactionError naming the failing operation (`index`, `status_code`, `error_code`) as the SDK does.
-    """
+def request(table: TableClient, operations: list) -> HttpRequest:
+    """The `$batch` request committing `operations` (as for `TableClient.submit_transaction`)."""
     batch = TableBatchOperations(
         config=table._client._config,  # noqa: SLF001 - the SDK's own submit_transaction builds its parts the same way
         endpoint=f"{table.scheme}://{table._primary_hostname}",  # noqa: SLF001
@@ -40,8 +37,7 @@ def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
     for operation in operations:
         batch.add_operation(operation)
     batch_boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
-    body = _frame(batch.requests, batch_boundary, changeset)
-    request = HttpRequest(
+    return HttpRequest(
         "POST",
         f"{table.scheme}://{table._primary_hostname}/$batch",  # noqa: SLF001
         headers={
@@ -51,12 +47,20 @@ def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
             "Content-Type": f"multipart/mixed; boundary={batch_boundary}",
             "Accept": "application/json",
         },
-        content=body,
+        content=_frame(batch.requests, batch_boundary, changeset),
     )
-    response = table._client.send_request(request, stream=True)  # noqa: SLF001 - read below, not decoded as JSON
+
+
+def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
+    """Commit `operations` atomically; returns each one's {"etag"}.
+
+    Raises TableTransactionError naming the failing operation (`index`, `status_code`, `error_code`) as the SDK does.
+    """
+    response = table._client.send_request(request(table, operations), stream=True)  # noqa: SLF001 - read below
+    body = response.read()
     if response.status_code != 202:
         raise HttpResponseError(response=response)
-    return _read(response.read(), response.headers.get("Content-Type", ""), len(operations))
+    return _read(body, response.headers.get("Content-Type", ""), len(operations))
 
 
 def _frame(parts: list[HttpRequest], batch_boundary: str, changeset: str) -> bytes:
