@@ -44,7 +44,8 @@ _INVERT_ID = str.maketrans(ULID_ALPHABET, ULID_ALPHABET[::-1])
 TIME_DIGITS = 15
 _LAST_MS = 10**TIME_DIGITS - 1
 _ID = r"[0-9A-HJKMNP-TV-Z]{26}"
-REPORT_ID = re.compile(rf"^{_ID}$")
+# A report id (ULID): 26 Crockford base32 characters holding 128 bits, so the first is at most '7'.
+REPORT_ID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 KEY = re.compile(rf"^(n~{_ID}|u~\d{{{TIME_DIGITS}}}~{_ID}|s~[a-z]{{1,20}}~\d{{{TIME_DIGITS}}}~{_ID})$")
 
 Operation = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]

@@ -23,7 +23,8 @@ from shared.status import Status, entity_to_record
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-CURSOR = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # base64url, no padding
+CURSOR = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # base64url, no padding: not a report id, an index key
+REPORT_ID = index.REPORT_ID
 
 
 @dataclass(frozen=True)
