@@ -8,6 +8,7 @@ ids, sizes, counts, formats, outcomes and exception type names: never report con
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -266,19 +267,22 @@ def _mark_error(span: trace.Span, exc: BaseException) -> None:
 def traced_ingest(handler: F) -> F:
     """The SERVER span of POST /api/reports, continuing the sender's W3C `traceparent` when it sent one."""
 
+    signature = inspect.signature(handler)
+
     @functools.wraps(handler)
-    def run(req: Any, storage: Any, settings: Settings) -> Any:
-        instruments = configure(settings)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        instruments = _current or configure(signature.bind(*args, **kwargs).arguments["settings"])
         if not instruments.enabled:
-            return handler(req, storage, settings)
-        tracer = instruments.tracer
+            return handler(*args, **kwargs)
+        given = signature.bind(*args, **kwargs).arguments  # by name, so the handler may gain parameters
+        req, tracer = given["req"], instruments.tracer
         attributes = {"http.request.method": "POST", "http.route": "/api/reports"}
         with tracer.start_as_current_span(
             "POST /api/reports", context=propagate.extract(req.headers), kind=SpanKind.SERVER,
             attributes=attributes, record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
-                response = handler(req, storage, settings)
+                response = handler(*args, **kwargs)
             except Problem as problem:  # answered as problem+json by the HTTP edge
                 span.set_attributes({
                     "http.response.status_code": problem.status, ERROR_TYPE: str(problem.status),
@@ -324,13 +328,16 @@ def traced_processing(process: F) -> F:
     """The CONSUMER span of one processing try, a child of the report's ingest when its message carries the trace
     context; any span the host started for this invocation is linked. Records the try's duration by outcome."""
 
+    signature = inspect.signature(process)
+
     @functools.wraps(process)
-    def run(storage: Any, settings: Settings, body: bytes, dequeue_count: int) -> Any:
-        instruments = configure(settings)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        instruments = _current or configure(signature.bind(*args, **kwargs).arguments["settings"])
         if not instruments.enabled:
-            return process(storage, settings, body, dequeue_count)
-        tracer = instruments.tracer
-        fields = _message_fields(body)
+            return process(*args, **kwargs)
+        given = signature.bind(*args, **kwargs).arguments  # by name, so `process` may gain parameters
+        tracer, dequeue_count = instruments.tracer, given["dequeue_count"]
+        fields = _message_fields(given["body"])
         carrier = {TRACEPARENT: fields[TRACEPARENT]} if isinstance(fields.get(TRACEPARENT), str) else {}
         host_span = trace.get_current_span().get_span_context()
         links = [Link(host_span)] if carrier and host_span.is_valid else None
@@ -350,16 +357,17 @@ def traced_processing(process: F) -> F:
             attributes=attributes, record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
-                outcome = str(process(storage, settings, body, dequeue_count))
+                result = process(*args, **kwargs)
+                outcome = str(result)
             except BaseException as exc:
                 _mark_error(span, exc)
                 raise
             finally:
                 span.set_attribute(OUTCOME, outcome)
-                current().processing_duration.record(
+                instruments.processing_duration.record(
                     time.perf_counter() - started, {FORMAT: report_format, OUTCOME: outcome}
                 )
-            return outcome
+            return result
 
     return run  # type: ignore[return-value]
 
