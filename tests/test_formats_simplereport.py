@@ -192,7 +192,7 @@ def test_missing_required_columns_are_named() -> None:
         parse(body(ROW, header=header))
     issue = caught.value.issue
     assert (issue.scope, issue.code, issue.field) == ("report", "csv.missing_column", "test_result_date")
-    assert "specimen_type" in issue.message
+    assert "SimpleReport" in issue.message and "specimen_type" in issue.message
 
 
 def test_header_case_and_spaces_and_minimal_csv_still_recognised() -> None:

@@ -31,6 +31,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 class _Dialect:
     """One CSV layout: its columns, the ones a header must have, and how a row becomes an item."""
 
+    name: str  # for messages: which CSV the header was taken for
     known: frozenset[str]
     required: tuple[str, ...]
     # (known column -> stripped cell, index, line, report id) -> the item's result
@@ -122,7 +123,9 @@ def _header(reader: Iterator[list[str]], lines: _Lines) -> tuple[list[str], _Dia
     if missing:
         hint = " (the header looks semicolon-separated; use commas)" if len(header) == 1 and ";" in header[0] else ""
         raise ContentError(
-            "csv.missing_column", f"required column(s) missing: {', '.join(missing)}{hint}"[:1000], field=missing[0]
+            "csv.missing_column",
+            f"required column(s) of {dialect.name} missing: {', '.join(missing)}{hint}"[:1000],
+            field=missing[0],
         )
     return columns, dialect
 
@@ -202,8 +205,10 @@ def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: st
     return result
 
 
-MINIMAL = _Dialect(_KNOWN, REQUIRED, _minimal_row, whole_rows=False)
-SIMPLEREPORT = _Dialect(simplereport.NAMES, simplereport.REQUIRED, simplereport.row, whole_rows=True)
+MINIMAL = _Dialect("the minimal CSV", _KNOWN, REQUIRED, _minimal_row, whole_rows=False)
+SIMPLEREPORT = _Dialect(
+    "a SimpleReport bulk upload", simplereport.NAMES, simplereport.REQUIRED, simplereport.row, whole_rows=True
+)
 
 
 def _failed(index: int, code: str, message: str) -> ItemResult:
