@@ -42,6 +42,14 @@ def test_valid_file_every_row_accepted(name: str) -> None:
     assert all(r.item is not None and r.item.test_code and r.item.result for r in results)
 
 
+def test_simplereport_gov_templates() -> None:
+    current = parse("site-test_results_example_10-23-2025.csv")[0].item
+    assert (current.patient_sex, current.message_id, current.specimen_type_code) == (
+        "F", "42daf9c8-9deb-4636-a040-380bde2b44cd", "445297001")
+    older = [r.item for r in parse("site-test_results_example_10-3-2022.csv")]
+    assert [i.test_code for i in older] == ["94534-5", "94558-4", "97097-0", "94507-1", "94508-9"]
+
+
 def test_invalid_values_each_column_named() -> None:
     [result] = parse("test-results-upload-invalid-values.csv")
     assert result.index == 0 and result.item is None  # SimpleReport: row 2 of the file, header being row 1
