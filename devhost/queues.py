@@ -16,7 +16,7 @@ from typing import Any, Callable
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.functions.queue import QueueMessage as FuncQueueMessage
-from azure.storage.queue import QueueClient
+from azure.storage.queue import ExponentialRetry, QueueClient
 from azure.storage.queue import QueueMessage as SdkMessage
 
 from devhost.functions import Dispatcher, LoadedFunction, Outcome
@@ -27,6 +27,7 @@ log = logging.getLogger("devhost")
 
 MIN_POLLING_INTERVAL = 0.1
 DEFAULT_LOCK_SECONDS = 600  # the extension receives with a 10-minute visibility timeout and renews it
+STOP_POLL_GRACE_SECONDS = 5.0
 _WHITESPACE = re.compile(r"[ \t\r\n]")
 
 
@@ -80,12 +81,15 @@ def make_client(connection: StorageConnection, queue_name: str) -> QueueClient:
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    transport = RequestsTransport(session=session, session_owner=False)
+    # The host's .NET storage client retries 3 times from 0.8 s, exponentially; the Python SDK's default starts at
+    # 15 s, which would keep a poll (and a shutdown) waiting for a minute while storage refuses or is down.
+    options = {"transport": RequestsTransport(session=session, session_owner=False),
+               "retry_policy": ExponentialRetry(initial_backoff=0.8, increment_base=2, retry_total=3)}
     # No encode/decode policy: devhost sees and forwards the stored text exactly (poison copies stay byte-exact).
     if connection.connection_string is not None:
-        return QueueClient.from_connection_string(connection.connection_string, queue_name, transport=transport)
+        return QueueClient.from_connection_string(connection.connection_string, queue_name, **options)
     return QueueClient(connection.service_uri("queue"), queue_name, credential=connection.token_credential(),
-                       transport=transport)
+                       **options)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -138,11 +142,16 @@ class QueuePoller:
         # Set only to stop: like the real host, devhost never wakes the poller for messages the app writes through
         # the storage SDK, so an idle queue is noticed after the current polling interval, as in Azure.
         self._wake = asyncio.Event()
+        # In the background, as the host starts its listeners: storage that is slow or refusing (no token yet) must
+        # not hold up the HTTP functions.
+        self._loop_task = asyncio.create_task(self._listen(), name=f"poll:{self.queue_name}")
+
+    async def _listen(self) -> None:
         try:
             await self._ensure_queue(self.client)
         except Exception as exc:  # noqa: BLE001 - storage down at start: keep going, the loop backs off
             log.warning("Cannot create queue '%s' for Functions.%s: %s", self.queue_name, self.fn.name, exc)
-        self._loop_task = asyncio.create_task(self._run(), name=f"poll:{self.queue_name}")
+        await self._run()
 
     def _receive(self) -> list[SdkMessage]:
         # One request per poll: only the first page, never a follow-up request for the remainder.
@@ -309,6 +318,12 @@ class QueuePoller:
         if self._wake is not None:
             self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # A poll in flight normally ends in milliseconds (and the messages it got are released). One stuck in
+            # the storage SDK's retries (storage down, no token) is abandoned rather than holding up the shutdown.
+            done, _ = await asyncio.wait({self._loop_task}, timeout=STOP_POLL_GRACE_SECONDS)
+            if not done:
+                self._loop_task.cancel()
+                log.warning("Polling queue '%s' did not end within %gs; stopped without it.", self.queue_name,
+                            STOP_POLL_GRACE_SECONDS)
         for future in list(self.waiting):
             future.cancel()

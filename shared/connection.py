@@ -10,6 +10,7 @@ rule lives in one place. It depends on nothing else in the app.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,12 +74,55 @@ class StorageConnection:
         with _credentials_lock:
             credential = _credentials.get(key)
             if credential is None:
-                credential = _credentials[key] = _new_credential(self.credential_kind, self.client_id)
+                credential = FailFastCredential(_new_credential(self.credential_kind, self.client_id))
+                _credentials[key] = credential
             return credential
 
 
 _credentials: dict[tuple[str | None, str | None], Any] = {}
 _credentials_lock = threading.Lock()
+# azure-identity retries a token request up to 10 times with back-off (over a minute when the identity endpoint is
+# down), while a sender waits. A token is fetched about once a day; two quick retries cover a blip.
+TOKEN_REQUEST = {"retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 2, "connection_timeout": 5}
+# After a failed token request, requests within this many seconds fail at once with the same error: every storage
+# call (and every SDK retry of it) asks for a token, and each would otherwise wait out the endpoint again.
+TOKEN_FAILURE_HOLD_SECONDS = 5.0
+
+
+class FailFastCredential:
+    """A token credential that remembers a failure for a few seconds, so an outage of the identity endpoint costs
+    one wait, not one per storage call; tokens themselves are cached by the credential it wraps."""
+
+    def __init__(self, inner: Any, hold_seconds: float = TOKEN_FAILURE_HOLD_SECONDS) -> None:
+        self.inner = inner
+        self.hold_seconds = hold_seconds
+        self._failure: tuple[float, BaseException] | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        failure = self._failure
+        if failure is not None and time.monotonic() - failure[0] < self.hold_seconds:
+            raise failure[1]
+        with self._lock:  # one request to the endpoint at a time; the others then find its token or its failure
+            failure = self._failure
+            if failure is not None and time.monotonic() - failure[0] < self.hold_seconds:
+                raise failure[1]
+            try:
+                token = getattr(self.inner, method)(*args, **kwargs)
+            except Exception as exc:
+                self._failure = (time.monotonic(), exc)
+                raise
+            self._failure = None
+            return token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._call("get_token", *scopes, **kwargs)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return self._call("get_token_info", *scopes, options=options)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _new_credential(kind: str | None, client_id: str | None) -> Any:
@@ -86,7 +130,7 @@ def _new_credential(kind: str | None, client_id: str | None) -> Any:
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
     if kind == MANAGED_IDENTITY:
-        return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+        return ManagedIdentityCredential(client_id=client_id, **TOKEN_REQUEST)
     # As the host does, a clientId without `credential` picks the user-assigned identity DefaultAzureCredential tries.
     return DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
 

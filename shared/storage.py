@@ -91,10 +91,17 @@ def result_blob_name(sender: str, report_id: str) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Storage trouble worth retrying (unavailable, throttled, timed out), as opposed to a logic error."""
-    if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
+    """Storage trouble worth retrying (unavailable, throttled, timed out, or refusing us for now), as opposed to a
+    logic error.
+
+    A refused credential counts as unavailable: with an identity, no token yet (the identity endpoint is down) or a
+    role assignment still propagating are passing states, and even a wrong key is an outage the operator fixes, after
+    which the sender's retry succeeds; a 500 would tell the sender its report is at fault.
+    """
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError,
+                        ClientAuthenticationError)):
         return True
-    if isinstance(exc, (ResourceNotFoundError, ResourceExistsError, ClientAuthenticationError)):
+    if isinstance(exc, (ResourceNotFoundError, ResourceExistsError)):
         return False
     status = getattr(exc, "status_code", None)
     return isinstance(exc, AzureError) and (status is None or status >= 500 or status in (408, 429))

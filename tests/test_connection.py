@@ -3,6 +3,8 @@ typed settings object, and a bad combination refused naming the setting."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from devhost.settings import SettingError, Settings
@@ -76,3 +78,55 @@ def test_devhost_trigger_connections_take_both_forms() -> None:
     assert Settings(short).storage_connection("MyStorage").queue_uri == "https://acct.queue.core.windows.net"
     with pytest.raises(SettingError, match="AzureWebJobsStorage__queueServiceUri"):
         Settings({"AzureWebJobsStorage__blobServiceUri": "https://acct.blob.core.windows.net"}).storage_connection(None)
+
+
+def test_a_refused_or_missing_token_counts_as_storage_unavailable() -> None:
+    """So that intake answers 503 + Retry-After (the sender retries), not 500, while the identity has no token."""
+    from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+    from azure.identity import CredentialUnavailableError
+
+    from shared.storage import is_transient
+
+    assert is_transient(CredentialUnavailableError("no managed identity endpoint"))
+    assert is_transient(ClientAuthenticationError("AuthorizationPermissionMismatch"))
+    assert not is_transient(ResourceNotFoundError("gone"))
+
+
+
+def test_one_credential_per_identity_so_tokens_are_shared() -> None:
+    from shared.connection import StorageConnection
+
+    def conn(client_id: str) -> StorageConnection:
+        return StorageConnection("AzureWebJobsStorage", queue_uri="https://a.queue.core.windows.net",
+                                 credential_kind="managedidentity", client_id=client_id)
+
+    assert conn("client-a").token_credential() is conn("client-a").token_credential()
+    assert conn("client-a").token_credential() is not conn("client-b").token_credential()
+
+
+def test_a_token_failure_is_remembered_briefly_so_an_outage_costs_one_wait() -> None:
+    from azure.core.credentials import AccessToken
+    from azure.core.exceptions import ServiceRequestError
+
+    from shared.connection import FailFastCredential
+
+    class Endpoint:
+        calls = 0
+        up = False
+
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            self.calls += 1
+            if not self.up:
+                raise ServiceRequestError("identity endpoint unreachable")
+            return AccessToken("t", 0)
+
+    inner = Endpoint()
+    credential = FailFastCredential(inner, hold_seconds=0.2)
+    for _ in range(5):  # every storage call (and each SDK retry) asks; only the first waits on the endpoint
+        with pytest.raises(ServiceRequestError):
+            credential.get_token("https://storage.azure.com/.default")
+    assert inner.calls == 1
+    inner.up = True
+    time.sleep(0.25)  # after the hold the endpoint is asked again
+    assert credential.get_token("https://storage.azure.com/.default").token == "t"
+    assert inner.calls == 2

@@ -135,3 +135,23 @@ def test_admin_cli_names_the_setting_of_a_bad_combination(token_azurite, identit
     assert done.returncode == 2
     assert f"{STORAGE}__tableServiceUri" in done.stderr and "Traceback" not in done.stderr
 
+
+
+def test_without_a_token_intake_answers_503_not_500(token_azurite, tls, tmp_path) -> None:
+    """No token to be had (here the identity endpoint does not answer at all): storage is unavailable to the app, so
+    a sender is told 503 with Retry-After and sends again later, never a 500 that blames its report."""
+    nobody = {"IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token", "IDENTITY_HEADER": "x"}  # nothing listens
+    env = identity_settings(token_azurite, nobody, tls[0], **{f"{STORAGE}__credential": "managedidentity"})
+    host = DevHostProcess(REPO_ROOT, env=env, log_path=tmp_path / "devhost.log").start()
+    try:
+        posted = httpx.post(f"{host.url}/api/reports", content=b"a,b\n1,2\n", timeout=60,
+                            headers={"Authorization": "Bearer lri_whatever", "Content-Type": "text/csv"})
+        assert posted.status_code == 503, posted.text
+        # Soon: azure-identity's own default (10 retries with back-off) would hold the sender over a minute.
+        assert posted.elapsed.total_seconds() < 30
+        assert posted.headers["content-type"].startswith("application/problem+json")
+        assert int(posted.headers["retry-after"]) >= 1
+        assert httpx.get(f"{host.url}/api/health", timeout=60).status_code == 503
+    finally:
+        host.stop()
+    assert "Traceback" not in posted.text
