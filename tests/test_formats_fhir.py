@@ -48,9 +48,11 @@ def test_model_validation_errors_name_the_element() -> None:
     [result] = bundle((SAMPLES / "invalid_model.json").read_bytes())
     assert result.item is None
     assert codes(result) == [
-        ("fhir.invalid", "entry[0].resource.birthDate"),
-        ("fhir.invalid", "entry[1].resource.code"),
+        ("fhir.invalid", "entry[0].resource.birthDate"),  # the Patient is read: its birthDate must be right
+        ("fhir.missing_field", "Observation.code.coding[0].code"),
     ]
+    # An Observation without a code is no result, so the service does not read it: its model problem is a warning.
+    assert [(i.code, i.field) for i in result.warnings] == [("fhir.nonconformant", "entry[1].resource.code")]
     assert all("31/12/1990" not in issue.message for issue in result.errors)
 
 
@@ -82,13 +84,70 @@ def test_missing_observation_and_value_and_time() -> None:
     assert codes(result) == [("fhir.missing_resource", "Observation")]
     obs = {"resourceType": "Observation", "status": "final", "code": {"text": "glucose"}}
     [result] = bundle(_doc(PATIENT, obs))
-    assert codes(result) == [
-        ("fhir.missing_field", "Observation.code.coding[0].code"),
-        ("fhir.missing_field", "Specimen.collection.collectedDateTime"),
-    ]
+    assert codes(result) == [("fhir.missing_field", "Observation.code.coding[0].code")]
     obs["code"] = {"coding": [{"code": "2345-7"}]}
     [result] = bundle(_doc(PATIENT, obs))
-    assert ("fhir.missing_field", "Observation.value[x]") in codes(result)
+    assert codes(result) == [("fhir.missing_field", "Observation.value[x]")]
+    [result] = bundle(_doc(PATIENT, obs | {"valueString": "7"}))
+    assert result.item.specimen_collected_at is None  # no collection time given: null, never guessed
+
+
+def _entries(*resources: dict, bundle_type: str = "message") -> bytes:
+    entries = [{"fullUrl": f"urn:uuid:{r['id']}" if "id" in r else None, "resource": r} for r in resources]
+    return json.dumps({"resourceType": "Bundle", "type": bundle_type, "entry": entries}).encode()
+
+
+def test_references_are_followed_by_full_url_and_type_id() -> None:
+    patients = [{"resourceType": "Patient", "id": f"p{n}", "identifier": [{"value": f"ID{n}"}], "gender": "female",
+                 "birthDate": "1980-02-03"} for n in (1, 2)]
+    lab = {"resourceType": "Organization", "id": "lab",
+           "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.7", "value": "05D2222542"}]}
+    doctor = {"resourceType": "Practitioner", "id": "dr",
+              "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1245319599"}]}
+    order = {"resourceType": "ServiceRequest", "id": "sr", "status": "active", "intent": "order", "subject": {"reference": "Patient/p2"},
+             "code": {"coding": [{"code": "94500-6"}]}, "requester": {"reference": "Practitioner/dr"}}
+    specimens = [{"resourceType": "Specimen", "id": "s0"},  # a placeholder first, as ReportStream writes for the OBR
+                 {"resourceType": "Specimen", "id": "s1", "type": {"coding": [{"system": "http://snomed.info/sct", "code": "258500001"}]},
+                  "collection": {"collectedDateTime": "2024-05-06T07:08:09-04:00"}}]
+    observation = {"resourceType": "Observation", "id": "o", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "94500-6"}]},
+                   "subject": {"reference": "urn:uuid:p2"}, "specimen": {"reference": "Specimen/s0"},
+                   "performer": [{"reference": "Organization/lab"}],
+                   "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260415000"}]}}
+    for bundle_type in ("message", "collection", "transaction", "batch"):
+        [result] = bundle(_entries(*patients, lab, doctor, order, *specimens, observation, bundle_type=bundle_type))
+        item = result.item
+        assert item is not None, result.errors
+        assert (item.patient_id, item.patient_sex, item.patient_birth_date) == ("ID2", "F", "1980-02-03")  # subject
+        assert (item.performing_lab_clia, item.ordering_provider_npi) == ("05D2222542", "1245319599")
+        assert (item.specimen_collected_at, item.specimen_type_code) == ("2024-05-06T07:08:09-04:00", "258500001")
+        assert (item.result, item.result_code, item.result_text) == ("260415000", "260415000", "Not detected")
+    [result] = bundle(_entries(*patients, observation, bundle_type="searchset"))
+    assert codes(result) == [("fhir.unsupported_bundle_type", "type")]
+
+
+def test_problems_where_the_service_does_not_read_are_warnings() -> None:
+    provenance = {"resourceType": "Provenance", "recorded": "2024-01-01T00:00:00Z"}  # no target (required)
+    header = {"resourceType": "MessageHeader", "eventCoding": {"code": "R01"}, "source": {"name": "x"}}  # no endpoint
+    patient = PATIENT | {"_birthDate": {"extension": [{"url": "x", "valueOid": "not an oid"}]},
+                         "telecom": [{"period": {"start": "yesterday"}}]}
+    observation = {"resourceType": "Observation", "code": {"coding": [{"code": "2345-7"}]}, "valueString": "5"}
+    [result] = bundle(_doc(provenance, header, patient, observation))
+    assert result.errors == [] and result.item is not None
+    fields = {w.field for w in result.warnings}
+    assert {"entry[0].resource.target", "entry[1].resource.source.endpoint", "entry[3].resource.status"} <= fields
+    assert all(w.code == "fhir.nonconformant" for w in result.warnings)
+    assert any(f.startswith("entry[2].resource.telecom") for f in fields)
+    # The same kind of problem in an element the service reads rejects the item.
+    [result] = bundle(_doc(PATIENT | {"gender": "femme"}, observation))
+    assert codes(result) == [("fhir.bad_code", "Patient.gender")]
+
+
+def test_entry_cap_is_an_item_error() -> None:
+    raw = b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join([b"{}"] * 1_000_000) + b"]}"
+    [result] = bundle(raw)
+    assert codes(result) == [("fhir.too_many_entries", "entry")]
+    assert "10,000" in result.errors[0].message
 
 
 def test_value_types() -> None:
@@ -110,8 +169,9 @@ def test_value_types() -> None:
 def test_not_json_not_object_unknown_resource() -> None:
     assert codes(bundle(b"\xff\xfe{")[0]) == [("fhir.invalid_json", None)]
     assert codes(bundle(b"[1, 2]")[0]) == [("fhir.not_bundle", "resourceType")]
-    [result] = bundle(_doc(PATIENT, {"resourceType": "NotAThing"}))
-    assert [i.code for i in result.errors] == ["fhir.invalid"]
+    [result] = bundle(_doc(PATIENT, {"resourceType": "NotAThing"}))  # not read: a warning, not a rejection
+    assert [(i.code, i.field) for i in result.warnings] == [("fhir.nonconformant", "entry[1].resource.resourceType")]
+    assert [i.code for i in result.errors] == ["fhir.missing_resource"]
     assert bundle(b"\xef\xbb\xbf" + _doc(PATIENT))[0].errors[0].code == "fhir.missing_resource"  # BOM accepted
 
 
@@ -123,8 +183,12 @@ def test_ndjson_crlf_and_empty() -> None:
 
 
 def test_pathological_nesting_is_an_item_error() -> None:
-    assert codes(bundle(b"[" * 100_000 + b"]" * 100_000)[0]) == [("fhir.invalid_json", None)]
+    assert codes(bundle(b"[" * 100_000 + b"]" * 100_000)[0]) == [("fhir.not_bundle", "resourceType")]
+    assert codes(bundle(b'{"id":' + b"[" * 100_000 + b"]" * 100_000 + b"}")[0]) == [("fhir.too_large", "entry")]
+    assert codes(bundle(b'{"id":' + b"[" * 1000 + b"]" * 999 + b"}")[0]) == [("fhir.invalid_json", None)]
     depth = 300
     ext = '{"url":"x","extension":[' * depth + '{"url":"x"}' + "]}" * depth
     raw = '{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient","extension":[%s]}}]}'
-    assert [i.code for i in bundle((raw % ext).encode())[0].errors] == ["fhir.invalid"]
+    [result] = bundle((raw % ext).encode())
+    assert [i.code for i in result.errors] == ["fhir.missing_resource"]  # an extension it does not read: a warning
+    assert [i.code for i in result.warnings] == ["fhir.nonconformant"]

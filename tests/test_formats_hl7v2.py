@@ -89,7 +89,7 @@ def test_mixed_batch_errors_and_indexes() -> None:
     assert "ADT^A01" in results[1].errors[0].message
     assert codes(results[2]) == [("hl7.missing_field", "PID-3"), ("hl7.missing_segment", "OBX")]
     assert codes(results[3]) == [("hl7.bad_date", "SPM-17")]
-    assert codes(results[4]) == [("hl7.missing_field", "OBX-5"), ("hl7.missing_field", "SPM-17")]
+    assert codes(results[4]) == [("hl7.missing_field", "OBX-5")]  # no collection time: null, not an error
     assert codes(results[5]) == [("hl7.parse", "MSH-2")]
     assert results[6].item.message_id == "r1-6"  # no MSH-10
     assert results[6].item.specimen_collected_at == "2024-03-31"
@@ -133,7 +133,9 @@ def test_segments_before_first_msh_are_a_rejected_item() -> None:
 def test_missing_pid_and_collection_time() -> None:
     raw = b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5.1\rOBX|1|ST|1234-5^Test^LN||positive\r"
     [result] = parse(raw)
-    assert codes(result) == [("hl7.missing_segment", "PID"), ("hl7.missing_field", "SPM-17")]
+    assert codes(result) == [("hl7.missing_segment", "PID")]
+    [result] = parse(raw.replace(b"\rOBX", b"\rPID|1||P1\rOBX"))
+    assert result.item.specimen_collected_at is None  # not carried: null, never guessed
 
 
 def test_missing_message_type_and_obx3() -> None:
@@ -211,3 +213,25 @@ def test_order_messages_are_not_results() -> None:
     for kind in (b"ORM^O01", b"OML^O21"):
         [result] = parse(b"MSH|^~\\&|A|B|C|D|20240101||" + kind + b"|X1|P|2.5.1\rPID|1||9\r")
         assert codes(result) == [("hl7.not_a_result", "MSH-9")]
+
+
+def test_elr_fallbacks_and_codes() -> None:
+    base = (b"MSH|^~\\&|A|LAB^10D0999999^CLIA|C|D|20240101||ORU^R01|X1|P|2.5.1\r"
+            b"PID|1||^^^A^MR||DOE^JANE||19800203|%s|||^^^NY^10001|||||||||||N^Not Hispanic^HL70189\r"
+            b"ORC|RE|1||||||||||%s\rOBR|1||1|x||||||||||||1999999999^DR\r"
+            b"OBX|1|CWE|94500-6^SARS^LN||DETECTED^DETECTED^L||||||F|||20240102|11D1111111^^CLIA\r")
+    [result] = parse(base % (b"U", b""))
+    item = result.item
+    assert item is not None, result.errors  # no PID-3.1, but a name and a birth date identify the patient
+    assert item.patient_id is None and item.patient_birth_date == "1980-02-03" and item.patient_sex == "U"
+    assert (item.patient_state, item.patient_postal_code, item.patient_ethnicity) == ("NY", "10001", "2186-5")
+    assert item.specimen_collected_at == "2024-01-02"  # no SPM, no OBR-7: OBX-14
+    assert item.performing_lab_clia == "11D1111111"  # no OBX-23.10: OBX-15 before MSH-4.2
+    assert item.ordering_provider_npi == "1999999999"  # ORC-12 empty: OBR-16
+    assert (item.result, item.result_code, item.result_text) == ("260373001", "260373001", "Detected")  # by name
+    [result] = parse(base % (b"U", b"1234567893^SMITH^^^^^^^NPI"))
+    assert result.item.ordering_provider_npi == "1234567893"
+    [result] = parse(base % (b"Z", b""))
+    assert codes(result) == [("hl7.bad_code", "PID-8")]
+    [result] = parse((base % (b"F", b"")).replace(b"DOE^JANE", b""))
+    assert codes(result) == [("hl7.missing_field", "PID-3")]

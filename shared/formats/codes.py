@@ -171,6 +171,13 @@ def coded_or_text(codes: CodeSet, code: str | None, text: str | None = None) -> 
     return (code or text or "").strip() or None
 
 
+def _snomed(code: str | None, system: str | None) -> str | None:
+    """The code when its system says SNOMED CT and it has the shape of a SNOMED CT id (6 to 18 digits)."""
+    if code and system and system.strip().upper() in SNOMED_SYSTEMS and SNOMED_ID.fullmatch(code):
+        return code
+    return None
+
+
 def result_values(value: str, display: str | None = None, system: str | None = None) -> tuple[str, str | None, str | None]:
     """(result, result_code, result_text) of one result value, the same whatever format carried it.
 
@@ -178,10 +185,7 @@ def result_values(value: str, display: str | None = None, system: str | None = N
     `result_code`, and its preferred name as `result_text`; a code the sender labels SNOMED CT is kept as such.
     Anything else (a number, free text, a local code) stays as sent, with the sender's display text.
     """
-    if value and system and system.strip().upper() in SNOMED_SYSTEMS:
-        code: str | None = value
-    else:
-        code = RESULTS.code(value) or RESULTS.code(display)
+    code = _snomed(value, system) or RESULTS.code(value) or RESULTS.code(display)
     if code:
         return code, code, RESULTS.name(code) or display or None
     return value or display or "", None, display or None
@@ -189,10 +193,9 @@ def result_values(value: str, display: str | None = None, system: str | None = N
 
 def specimen_type(code: str | None, name: str | None = None, system: str | None = None) -> str | None:
     """SNOMED CT code of a specimen type given by code (labelled SNOMED or known) or by known name; else None."""
-    if code and system and system.strip().upper() in SNOMED_SYSTEMS:
-        return code
-    return SPECIMEN_TYPES.code(code) or SPECIMEN_TYPES.code(name)
+    return _snomed(code, system) or SPECIMEN_TYPES.code(code) or SPECIMEN_TYPES.code(name)
 
 
+SNOMED_ID = re.compile(r"\d{6,18}")
 CLIA = re.compile(r"\d{2}D\d{7}")
 NPI = re.compile(r"\d{10}")

@@ -1,6 +1,9 @@
-"""FHIR R4 reports: one Bundle (`application/fhir+json`) or one Bundle per NDJSON line, validated with fhir.resources.
+"""FHIR R4 reports: one Bundle (`application/fhir+json`) or one Bundle per NDJSON line, read leniently and streamed.
 
-fhir.resources 8 ships R5 (default), R4B and STU3 models; R4B (4.3.0) is the R4-compatible one used here.
+Each entry is read on its own (ijson), checked against the FHIR R4 model (fhir.resources R4B, the R4-compatible
+release it ships) and dropped unless the ELR core needs it, so memory follows what is kept, not what is sent.
+Model problems in elements the service reads reject the item (`fhir.invalid`); elsewhere they are warnings
+(`fhir.nonconformant`), as ReportStream's lenient HAPI parser treats them.
 """
 
 from __future__ import annotations
@@ -8,18 +11,29 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from fhir.resources.R4B.bundle import Bundle
+import ijson
+from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from shared.formats import ItemResult, codes
-from shared.formats._dates import iso_from_text
-from shared.models import Issue, NormalisedItem, Observation
+from shared.formats import ItemResult
+from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
+from shared.models import Issue
 
-_MAX_VALIDATION_ISSUES = 10
+# A report's items are capped at 10,000 (DESIGN section 5); a Bundle's entries likewise, so that one item cannot
+# hold more than a report may. An entry may hold at most this many JSON values: a bound on the memory one entry's
+# model check takes (about 30 bytes of models per byte of JSON), far above any real resource (RS's largest: ~3,000).
+MAX_ENTRIES = 10_000
+MAX_ENTRY_VALUES = 50_000
+BUNDLE_TYPES = frozenset({"message", "collection", "transaction", "batch"})
+_MAX_LISTED = 10  # model problems listed per item; the rest are counted
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Extensions inside an element (`identifier[0].extension[1].valueOid`, `_birthDate`) are never read.
+_NESTED_EXTENSION = re.compile(r"[.\]](?:extension|modifierExtension)\b|(?:^|\.)_|__ext")
 
 
 def parse_bundle(raw: bytes, report_id: str) -> Iterator[ItemResult]:
@@ -38,7 +52,7 @@ def parse_ndjson(raw: bytes, report_id: str) -> Iterator[ItemResult]:
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """Split on LF without copying the body (CR before LF is whitespace to the JSON parser)."""
+    """Split on LF (CR before LF is whitespace to the JSON parser)."""
     start, line_no = 0, 1
     while start < len(raw):
         end = raw.find(b"\n", start)
@@ -48,347 +62,207 @@ def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
         start, line_no = end + 1, line_no + 1
 
 
+class _Refused(Exception):
+    """The item cannot be read as a Bundle; carries the item error."""
+
+    def __init__(self, field: str | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.code = field, code
+
+
+@dataclass
+class Bundle:
+    """What the ELR core needs of one Bundle: its header values and the resources of the types it reads."""
+
+    head: dict[str, Any] = field(default_factory=dict)
+    resources: list[tuple[int, str | None, dict[str, Any]]] = field(default_factory=list)  # (entry, fullUrl, resource)
+    # (entry, path, text, id() of the resource when kept and the problem lies in an element the core reads)
+    problems: list[tuple[int, str, str, int | None]] = field(default_factory=list)
+    entries: int = 0
+
+
 def _item(data: bytes, index: int, report_id: str, where: str) -> ItemResult:
     result = ItemResult(index=index, item=None)
-    doc, error = _load(data, index, where)
-    if error is None:
-        result.errors.extend(_validate(doc, index))
-    else:
-        result.errors.append(error)
-    if not result.errors:
-        result.item, errors = _normalise(doc, index, report_id)
-        result.errors.extend(errors)
+    try:
+        bundle = _read(data[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data, where)
+    except _Refused as exc:
+        result.errors.append(_issue(index, exc.field, exc.code, str(exc)))
+        return result
+    item, errors, used = normalise(bundle.head, [r for _, _, r in bundle.resources],
+                                   {url: r for _, url, r in bundle.resources if url}, index, report_id)
+    strict = [p for p in bundle.problems if p[3] in used]
+    result.errors.extend(_listed(strict, index, "fhir.invalid") + errors)
+    result.warnings.extend(_listed([p for p in bundle.problems if p[3] not in used], index, "fhir.nonconformant"))
+    result.item = None if result.errors else item
     return result
 
 
-def _load(data: bytes, index: int, where: str) -> tuple[Any, Issue | None]:
-    """Parse JSON (bytes, so a UTF-8 BOM is accepted); decimals stay Decimal so '5.40' keeps its precision."""
+def _read(data: bytes, where: str) -> Bundle:
+    """Stream the Bundle: top-level values kept, each entry built, checked and kept only when the core reads it."""
+    bundle = Bundle()
+    events = ijson.basic_parse(data, use_float=False)
     try:
-        return json.loads(data, parse_float=Decimal), None
+        event, _ = next(events)
+        if event != "start_map":
+            raise _Refused("resourceType", "fhir.not_bundle", "the item is not a JSON object")
+        for event, key in events:
+            if event == "end_map":
+                break
+            if key == "entry":
+                _read_entries(events, bundle)
+            else:
+                bundle.head[key] = _build(events, None, MAX_ENTRY_VALUES)
+        if next(events, None) is not None:
+            raise ijson.JSONError("trailing data")
+    except (ijson.JSONError, UnicodeDecodeError, RecursionError):
+        raise _Refused(None, "fhir.invalid_json", f"{where} is not valid JSON{_position(data)}") from None
+    _check_head(bundle.head)
+    return bundle
+
+
+def _position(data: bytes) -> str:
+    """Where the JSON breaks, from the standard parser (it stops there, so it costs at most what was read)."""
+    try:
+        json.loads(data)
     except json.JSONDecodeError as exc:
-        where += f" (at line {exc.lineno}, column {exc.colno})"
-        return None, _issue(index, None, "fhir.invalid_json", f"{where} is not valid JSON")
-    except (ValueError, RecursionError):  # not UTF-8/16/32, absurd numbers, or nesting too deep
-        return None, _issue(index, None, "fhir.invalid_json", f"{where} is not valid JSON")
+        return f" (at line {exc.lineno}, column {exc.colno})"
+    except (ValueError, RecursionError):
+        pass
+    return ""
 
 
-def _validate(doc: Any, index: int) -> list[Issue]:
-    if not isinstance(doc, dict):
-        return [_issue(index, "resourceType", "fhir.not_bundle", "the item is not a JSON object")]
-    kind = doc.get("resourceType")
+def _check_head(head: dict[str, Any]) -> None:
+    kind = head.get("resourceType")
     if kind != "Bundle":
         shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
-        return [_issue(index, "resourceType", "fhir.not_bundle", f"resourceType is {shown}, expected Bundle")]
+        raise _Refused("resourceType", "fhir.not_bundle", f"resourceType is {shown}, expected Bundle")
+    bundle_type = head.get("type")
+    if bundle_type is not None and bundle_type not in BUNDLE_TYPES:
+        shown = _SAFE_TOKEN.sub("?", str(bundle_type)[:40])
+        raise _Refused("type", "fhir.unsupported_bundle_type",
+                       f"Bundle.type {shown} does not carry results (message, collection, transaction, batch)")
+
+
+def _read_entries(events: Iterator[tuple[str, Any]], bundle: Bundle) -> None:
+    event, value = next(events)
+    if event != "start_array":
+        bundle.problems.append((-1, "entry", "Bundle.entry is not a list", None))
+        _build(events, (event, value), MAX_ENTRY_VALUES)
+        return
+    for event, value in events:
+        if event == "end_array":
+            return
+        if bundle.entries == MAX_ENTRIES:
+            raise _Refused("entry", "fhir.too_many_entries",
+                           f"the Bundle has more than {MAX_ENTRIES:,} entries; split it into several Bundles")
+        _keep(bundle, bundle.entries, _build(events, (event, value), MAX_ENTRY_VALUES))
+        bundle.entries += 1
+
+
+def _keep(bundle: Bundle, position: int, entry: Any) -> None:
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict):
+        bundle.problems.append((position, "", "the entry has no resource", None))
+        return
+    kind = resource.get("resourceType")
+    bundle.problems.extend(
+        (position, path, text, id(resource) if _is_read(resource, path) else None)
+        for path, text in _model_problems(resource)
+    )
+    if kind in READ_ELEMENTS:
+        full_url = entry.get("fullUrl")
+        bundle.resources.append((position, full_url if isinstance(full_url, str) else None, resource))
+
+
+def _build(events: Iterator[tuple[str, Any]], first: tuple[str, Any] | None, budget: int) -> Any:
+    """Build one JSON value from parser events (iteratively: nesting depth costs no stack)."""
+    stack: list[Any] = []
+    key: str | None = None
+    root: Any = None
+    count = 0
+    if first is None:
+        first = next(events)
+    event, value = first
+    while True:
+        count += 1
+        if count > budget:
+            raise _Refused("entry", "fhir.too_large",
+                           f"an entry holds more than {budget:,} JSON values; no real resource is that large")
+        if event == "map_key":
+            key = value
+        elif event in ("end_map", "end_array"):
+            root = stack.pop()
+            if not stack:
+                return root
+        else:
+            node: Any = {} if event == "start_map" else [] if event == "start_array" else value
+            if stack:
+                parent = stack[-1]
+                if type(parent) is dict:
+                    parent[key] = node
+                else:
+                    parent.append(node)
+            if event in ("start_map", "start_array"):
+                stack.append(node)
+            elif not stack:
+                return node
+        event, value = next(events)
+
+
+def _model_problems(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, value-free text) of each way the resource departs from the FHIR R4 model."""
+    kind = resource.get("resourceType")
     try:
-        Bundle.model_validate(doc)
+        get_fhir_model_class(kind).model_validate(resource)
     except ValidationError as exc:
-        return _validation_issues(exc, index)
-    except Exception as exc:  # the model library raises KeyError etc. for unknown resource types
-        text = f"the Bundle does not match the FHIR R4 model ({type(exc).__name__})"
-        return [_issue(index, None, "fhir.invalid", text)]
+        problems = []
+        for err in exc.errors(include_url=False):
+            text, value = str(err.get("msg", "")), err.get("input")
+            if isinstance(value, (str, int, float, Decimal)) and str(value) and str(value) in text:
+                text = str(err.get("type", "invalid value"))  # never repeat the sender's value
+            problems.append((_path(err.get("loc", ())), text[:200]))
+        return problems
+    except (KeyError, ValueError, TypeError):
+        shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
+        return [("resourceType", f"resourceType {shown} is not an R4 resource")]
+    except RecursionError:
+        return [("", "nested too deeply to check")]
     return []
 
 
-def _validation_issues(exc: ValidationError, index: int) -> list[Issue]:
-    """One issue per model error, naming the element path; the offending value itself is never repeated."""
-    errors = exc.errors(include_url=False)
-    issues = []
-    for err in errors[:_MAX_VALIDATION_ISSUES]:
-        field = _path(err.get("loc", ()))
-        text = str(err.get("msg", ""))
-        value = err.get("input")
-        if isinstance(value, (str, int, float, Decimal)) and str(value) and str(value) in text:
-            text = str(err.get("type", "invalid value"))
-        issues.append(_issue(index, field or None, "fhir.invalid", f"{field or 'Bundle'}: {text}"[:300]))
-    if len(errors) > _MAX_VALIDATION_ISSUES:
-        issues[-1].message += f" (and {len(errors) - _MAX_VALIDATION_ISSUES} more model errors)"
-    return issues
-
-
 def _path(loc: tuple[Any, ...]) -> str:
-    """('entry', 0, 'resource', 'code') -> 'entry[0].resource.code'."""
+    """('code', 'coding', 0, 'system') -> 'code.coding[0].system'."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-_LOINC = "http://loinc.org"
-_NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
-_CLIA_SYSTEMS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia"})
-_RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
-              "http://ibm.com/fhir/cdm/StructureDefinition/local-race-cd")
-_ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
-                   "http://ibm.com/fhir/cdm/StructureDefinition/local-ethnicity")
+def _is_read(resource: dict[str, Any], path: str) -> bool:
+    """Whether a problem at `path` lies in an element the ELR core reads (for its extensions: only ones it reads)."""
+    kind = resource.get("resourceType")
+    name = re.split(r"[.\[]", path, maxsplit=1)[0]
+    if name not in READ_ELEMENTS.get(kind, ()) or _NESTED_EXTENSION.search(path):
+        return False
+    if name == "extension":
+        match = re.match(r"extension\[(\d+)\]", path)
+        extensions = resource.get("extension")
+        if match is None or not isinstance(extensions, list) or int(match.group(1)) >= len(extensions):
+            return False
+        extension = extensions[int(match.group(1))]
+        return isinstance(extension, dict) and extension.get("url") in READ_EXTENSIONS
+    return True
 
 
-class _Resources:
-    """The Bundle's resources, found by type and by reference (fullUrl, `Type/id`, or an absolute URL ending so)."""
-
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.all: list[dict[str, Any]] = []
-        self._by_ref: dict[str, dict[str, Any]] = {}
-        for entry in doc.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict):
-                continue
-            self.all.append(resource)
-            full_url = _text(entry.get("fullUrl"))
-            if full_url:
-                self._by_ref.setdefault(full_url, resource)
-            kind, rid = _text(resource.get("resourceType")), _text(resource.get("id"))
-            if kind and rid:
-                self._by_ref.setdefault(f"{kind}/{rid}", resource)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.all if r.get("resourceType") == kind]
-
-    def follow(self, reference: Any, kind: str) -> dict[str, Any] | None:
-        """The resource a Reference points at, when it is in the Bundle and of the expected type."""
-        ref = _text(_get(reference, "reference"))
-        if not ref:
-            return None
-        found = self._by_ref.get(ref)
-        if found is None:
-            parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
-            found = self._by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None
-        return found if found is not None and found.get("resourceType") == kind else None
-
-
-def _normalise(doc: dict[str, Any], index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
-    resources = _Resources(doc)
-    observations = resources.of_type("Observation")
-    errors: list[Issue] = []
-    if not observations:
-        errors.append(_issue(index, "Observation", "fhir.missing_resource", "the Bundle has no Observation"))
-        return None, errors
-    observation, error = _first_valid_observation(observations, index)
-    if error is not None:
-        errors.append(error)
-    patient = resources.follow(observation.get("subject"), "Patient") or next(iter(resources.of_type("Patient")), None)
-    if patient is None:
-        errors.append(_issue(index, "Patient", "fhir.missing_resource", "the Bundle has no Patient"))
-        return None, errors
-
-    patient_id = _text(_get(patient, "identifier", 0, "value"))
-    birth_date = _birth_date(patient)
-    name = _get(patient, "name", 0)
-    if not patient_id and not (birth_date and (_text(_get(name, "family")) or _text(_get(name, "text")))):
-        field = "Patient.identifier[0].value"
-        errors.append(_issue(index, field, "fhir.missing_field", f"{field} is empty, and no Patient.name with birthDate"))
-    specimen = resources.follow(observation.get("specimen"), "Specimen") or next(
-        iter(resources.of_type("Specimen")), None
-    )
-    collected, error = _collected_at(specimen, observation, index)
-    if error is not None:
-        errors.append(error)
-    if errors:
-        return None, errors
-
-    results = [r for r in map(_observation, observations) if r is not None]
-    first = results[0]  # the same Observation _first_valid_observation chose
-    address = _get(patient, "address", 0)
-    return (
-        NormalisedItem(
-            report_id=report_id,
-            item_index=index,
-            source_format="fhir",
-            message_id=_text(_get(doc, "identifier", "value")) or _text(doc.get("id")) or f"{report_id}-{index}",
-            patient_id=patient_id or None,
-            patient_birth_date=birth_date,
-            patient_sex=codes.sex(_text(patient.get("gender"))),
-            patient_race=_extension_code(patient, _RACE_URLS, codes.RACE),
-            patient_ethnicity=_extension_code(patient, _ETHNICITY_URLS, codes.ETHNICITY),
-            patient_postal_code=_text(_get(address, "postalCode")) or None,
-            patient_state=_text(_get(address, "state")) or None,
-            **first.model_dump(),
-            specimen_collected_at=collected,
-            specimen_type_code=_specimen_type(specimen),
-            performing_lab_clia=_performing_lab_clia(resources, observation),
-            ordering_provider_npi=_ordering_provider_npi(resources),
-            observations=results,
-        ),
-        [],
-    )
-
-
-def _birth_date(patient: dict[str, Any]) -> str | None:
-    """Patient.birthDate as YYYY-MM-DD; a year or year-month only is not a date and stays null."""
-    text = _text(patient.get("birthDate"))
-    return text if len(text) == 10 and iso_from_text(text) == text else None
-
-
-def _extension_code(resource: dict[str, Any], urls: tuple[str, ...], code_set: codes.CodeSet) -> str | None:
-    """Race or ethnicity from the US Core extension (ombCategory, else text) or the code-valued form RS and SR use."""
-    for extension in resource.get("extension") or []:
-        if not isinstance(extension, dict) or extension.get("url") not in urls:
-            continue
-        for part in extension.get("extension") or []:
-            if isinstance(part, dict) and part.get("url") == "ombCategory":
-                return codes.coded_or_text(code_set, _text(_get(part, "valueCoding", "code")), _text(_get(part, "valueCoding", "display")))
-        concept = extension.get("valueCodeableConcept")
-        coding = _get(concept, "coding", 0) or extension.get("valueCoding")
-        found = codes.coded_or_text(code_set, _text(_get(coding, "code")), _text(_get(coding, "display")) or _text(_get(concept, "text")))
-        if found:
-            return found
-        for part in extension.get("extension") or []:
-            if isinstance(part, dict) and part.get("url") == "text":
-                return codes.coded_or_text(code_set, None, _text(part.get("valueString")))
-    return None
-
-
-def _specimen_type(specimen: dict[str, Any] | None) -> str | None:
-    for coding in _get(specimen, "type", "coding") or []:
-        found = codes.specimen_type(_text(_get(coding, "code")), _text(_get(coding, "display")), _text(_get(coding, "system")))
-        if found:
-            return found
-    return codes.specimen_type(None, _text(_get(specimen, "type", "text")))
-
-
-def _identifier(resource: dict[str, Any] | None, systems: frozenset[str], type_code: str) -> str | None:
-    """The value of the identifier with one of `systems`, or typed `type_code` (identifier.type.coding.code)."""
-    for identifier in _get(resource, "identifier") or []:
-        system = _text(_get(identifier, "system"))
-        kinds = {_text(_get(c, "code")).upper() for c in _get(identifier, "type", "coding") or []}
-        if system in systems or type_code in kinds:
-            return _text(_get(identifier, "value")) or None
-    return None
-
-
-def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
-    """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer)."""
-    performers = list(observation.get("performer") or [])
-    for report in resources.of_type("DiagnosticReport"):
-        performers += report.get("performer") or []
-    for reference in performers:
-        clia = _identifier(resources.follow(reference, "Organization"), _CLIA_SYSTEMS, "CLIA")
-        if clia:
-            return clia
-    return None
-
-
-def _ordering_provider_npi(resources: _Resources) -> str | None:
-    """The NPI of the Practitioner (directly or through PractitionerRole) that requested the test."""
-    for request in resources.of_type("ServiceRequest"):
-        requester = request.get("requester")
-        practitioner = resources.follow(requester, "Practitioner")
-        role = resources.follow(requester, "PractitionerRole")
-        if practitioner is None and role is not None:
-            practitioner = resources.follow(role.get("practitioner"), "Practitioner")
-        npi = _identifier(practitioner, frozenset({_NPI_SYSTEM}), "NPI")
-        if npi:
-            return npi
-    return None
-
-
-def _observation(resource: dict[str, Any]) -> Observation | None:
-    """One Observation with a coded test and a value, as a normalised result; None otherwise."""
-    coding = _test_coding(resource)
-    code = _text(_get(coding, "code"))
-    value, units = _value(resource)
-    if not code or not value:
-        return None
-    concept = resource.get("valueCodeableConcept")
-    if isinstance(concept, dict):
-        display = _text(_get(concept, "coding", 0, "display")) or _text(concept.get("text"))
-        result, result_code, result_text = codes.result_values(value, display or None, _text(_get(concept, "coding", 0, "system")))
-    elif "valueString" in resource:
-        result, result_code, result_text = codes.result_values(value)
-    else:
-        result, result_code, result_text = value, None, None
-    return Observation(
-        test_code=code,
-        test_name=_text(_get(coding, "display")) or _text(_get(resource, "code", "text")) or None,
-        result=result,
-        result_code=result_code,
-        result_text=result_text,
-        result_units=units or None,
-    )
-
-
-def _test_coding(observation: dict[str, Any]) -> Any:
-    """The LOINC coding of Observation.code when there is one, else its first coding."""
-    codings = _get(observation, "code", "coding") or []
-    return next((c for c in codings if isinstance(c, dict) and c.get("system") == _LOINC), _get(codings, 0))
-
-
-def _first_valid_observation(observations: list[dict[str, Any]], index: int) -> tuple[dict[str, Any], Issue | None]:
-    """Like HL7's first valid OBX: the first Observation with both a coded test and a value."""
-    for observation in observations:
-        if _text(_get(_test_coding(observation), "code")) and _value(observation)[0]:
-            return observation, None
-    if not any(_text(_get(_test_coding(o), "code")) for o in observations):
-        field = "Observation.code.coding[0].code"
-        return observations[0], _issue(index, field, "fhir.missing_field", f"no Observation has {field}")
-    return observations[0], _issue(
-        index,
-        "Observation.value[x]",
-        "fhir.missing_field",
-        "no coded Observation has a value (valueQuantity, valueString, ...)",
-    )
-
-
-def _value(observation: dict[str, Any]) -> tuple[str, str]:
-    """(result, units) from the value[x] types a lab result uses; coded values give their code first."""
-    quantity = observation.get("valueQuantity")
-    if isinstance(quantity, dict):
-        return _text(quantity.get("value")), _text(quantity.get("unit")) or _text(quantity.get("code"))
-    if "valueString" in observation:
-        return _text(observation["valueString"]), ""
-    concept = observation.get("valueCodeableConcept")
-    if isinstance(concept, dict):
-        coded = _text(_get(concept, "coding", 0, "code")) or _text(_get(concept, "coding", 0, "display"))
-        return coded or _text(concept.get("text")), ""
-    if "valueInteger" in observation:
-        return _text(observation["valueInteger"]), ""
-    if isinstance(observation.get("valueBoolean"), bool):
-        return ("true" if observation["valueBoolean"] else "false"), ""
-    return "", ""
-
-
-def _collected_at(
-    specimen: dict[str, Any] | None, observation: dict[str, Any], index: int
-) -> tuple[str | None, Issue | None]:
-    """Specimen.collection.collectedDateTime (or collectedPeriod.start), else Observation.effective[x]."""
-    candidates = [
-        ("Specimen.collection.collectedDateTime", _get(specimen, "collection", "collectedDateTime")),
-        ("Specimen.collection.collectedPeriod.start", _get(specimen, "collection", "collectedPeriod", "start")),
-        ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
-        ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),
-    ]
-    for field, value in candidates:
-        text = _text(value)
-        if not text:
-            continue
-        converted = iso_from_text(text)
-        if converted is None:
-            return None, _issue(index, field, "fhir.bad_date", f"{field} is not a full date or date-time")
-        return converted, None
-    field = "Specimen.collection.collectedDateTime"
-    return None, _issue(
-        index,
-        field,
-        "fhir.missing_field",
-        "no collection time: no Specimen.collection.collectedDateTime nor Observation.effective[x]",
-    )
-
-
-def _get(node: Any, *path: str | int) -> Any:
-    """Follow keys and list indexes; None as soon as the shape does not fit."""
-    for step in path:
-        if isinstance(step, int):
-            node = node[step] if isinstance(node, list) and -len(node) <= step < len(node) else None
-        else:
-            node = node.get(step) if isinstance(node, dict) else None
-        if node is None:
-            return None
-    return node
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
-        return ""
-    return str(value).strip()
+def _listed(problems: list[tuple[int, str, str, int | None]], index: int, code: str) -> list[Issue]:
+    """One issue per problem (field `entry[i].resource.path`), at most _MAX_LISTED, the rest counted."""
+    issues = []
+    for position, path, text, _ in problems[:_MAX_LISTED]:
+        where = "entry" if position < 0 else f"entry[{position}]" + (f".resource.{path}" if path else "")
+        issues.append(_issue(index, where, code, f"{where}: {text}"[:300]))
+    if len(problems) > _MAX_LISTED:
+        issues[-1].message += f" (and {len(problems) - _MAX_LISTED} more)"
+    return issues
 
 
 def _issue(index: int, field: str | None, code: str, message: str) -> Issue:

@@ -221,6 +221,9 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
         )
     if birth_error is not None:
         errors.append(birth_error)
+    sex = message.value(pid, 8)
+    if sex and codes.sex(sex) is None:
+        errors.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
 
     obx, obx_error = _first_valid_obx(message, index)
     if obx_error is not None:
@@ -234,7 +237,6 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
         return None, errors
     observations = _observations(message)
     first = observations[0]
-    spm = message.first("SPM")
     return (
         NormalisedItem(
             report_id=report_id,
@@ -243,7 +245,7 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
             message_id=message.value(msh, 10) or f"{report_id}-{index}",
             patient_id=patient_id or None,
             patient_birth_date=birth_date,
-            patient_sex=codes.sex(message.value(pid, 8)),
+            patient_sex=codes.sex(sex),
             patient_race=codes.coded_or_text(codes.RACE, message.value(pid, 10), message.value(pid, 10, 2)),
             patient_ethnicity=codes.coded_or_text(
                 codes.ETHNICITY, message.value(pid, 22), message.value(pid, 22, 2)
@@ -252,9 +254,7 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
             patient_state=message.value(pid, 11, 4) or None,
             **first.model_dump(),
             specimen_collected_at=collected,
-            specimen_type_code=codes.specimen_type(
-                message.value(spm, 4), message.value(spm, 4, 2), message.value(spm, 4, 3)
-            ),
+            specimen_type_code=_specimen_type_code(message),
             performing_lab_clia=_performing_lab_clia(message, msh, obx),
             ordering_provider_npi=_ordering_provider_npi(message),
             observations=observations,
@@ -369,9 +369,11 @@ def _result(message: _Message, obx: list[str]) -> str:
 
 
 def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
-    """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks), converted from DTM to ISO 8601."""
-    for field, segment, number in (("SPM-17", message.first("SPM"), 17), ("OBR-7", message.first("OBR"), 7),
-                                   ("OBX-14", obx, 14)):
+    """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks) as ISO 8601; null when none is given."""
+    candidates = [("SPM-17", spm, 17) for spm in message.all("SPM")] + [
+        ("OBR-7", obr, 7) for obr in message.all("OBR")
+    ] + [("OBX-14", obx, 14)]
+    for field, segment, number in candidates:
         value = message.value(segment, number)
         if not value:
             continue
@@ -381,9 +383,15 @@ def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple
                 index, field, "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
             )
         return converted, None
-    return None, _issue(
-        index, "SPM-17", "hl7.missing_field", "no specimen collection time: SPM-17, OBR-7 and OBX-14 are empty"
-    )
+    return None, None
+
+
+def _specimen_type_code(message: _Message) -> str | None:
+    """SPM-4 of the first SPM that has one, as a SNOMED CT code."""
+    for spm in message.all("SPM"):
+        if message.value(spm, 4) or message.value(spm, 4, 2):
+            return codes.specimen_type(message.value(spm, 4), message.value(spm, 4, 2), message.value(spm, 4, 3))
+    return None
 
 
 def _issue(index: int, field: str | None, code: str, message: str) -> Issue:

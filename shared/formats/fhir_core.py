@@ -1,0 +1,342 @@
+"""The ELR core from a FHIR R4 Bundle's resources: which resources and elements are read, and how they map.
+
+`READ_ELEMENTS` is the one list of what the service reads: fhir.py holds model problems there to be errors and
+everywhere else to be warnings. References are followed by fullUrl or `Type/id` (Observation.subject -> Patient,
+.specimen -> Specimen, .performer -> Organization; ServiceRequest.requester -> Practitioner(Role)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.formats import codes
+from shared.formats._dates import iso_from_text
+from shared.models import Issue, NormalisedItem, Observation
+
+_LOINC = "http://loinc.org"
+_NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+_CLIA_SYSTEMS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia"})
+_RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+              "http://ibm.com/fhir/cdm/StructureDefinition/local-race-cd")
+_ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
+                   "http://ibm.com/fhir/cdm/StructureDefinition/local-ethnicity",
+                   "https://reportstream.cdc.gov/fhir/StructureDefinition/ethnic-group")
+READ_EXTENSIONS = frozenset(_RACE_URLS + _ETHNICITY_URLS)
+_VALUES = ("valueQuantity", "valueString", "valueCodeableConcept", "valueInteger", "valueBoolean")
+# Resource type -> the elements the ELR core reads. Resources of other types are checked, then dropped.
+READ_ELEMENTS: dict[str, frozenset[str]] = {
+    "Patient": frozenset({"identifier", "name", "birthDate", "gender", "address", "extension"}),
+    "Observation": frozenset({"code", "subject", "specimen", "performer", "effectiveDateTime", "effectivePeriod",
+                              *_VALUES}),
+    "Specimen": frozenset({"type", "collection"}),
+    "Organization": frozenset({"identifier"}),
+    "Practitioner": frozenset({"identifier"}),
+    "PractitionerRole": frozenset({"practitioner"}),
+    "ServiceRequest": frozenset({"requester"}),
+    "DiagnosticReport": frozenset({"performer"}),
+}
+
+
+class _Resources:
+    """The Bundle's resources, found by type and by reference (fullUrl, `Type/id`, or an absolute URL ending so)."""
+
+    def __init__(self, resources: list[dict[str, Any]], by_full_url: dict[str, dict[str, Any]]) -> None:
+        self.all = resources
+        self.used: set[int] = set()  # id() of each resource the core read from: its model problems are errors
+        self._by_ref = dict(by_full_url)
+        for resource in resources:
+            kind, rid = _text(resource.get("resourceType")), _text(resource.get("id"))
+            if kind and rid:
+                self._by_ref.setdefault(f"{kind}/{rid}", resource)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.all if r.get("resourceType") == kind]
+
+    def use(self, resource: dict[str, Any] | None) -> dict[str, Any] | None:
+        if resource is not None:
+            self.used.add(id(resource))
+        return resource
+
+    def first(self, kind: str) -> dict[str, Any] | None:
+        return self.use(next(iter(self.of_type(kind)), None))
+
+    def follow(self, reference: Any, kind: str) -> dict[str, Any] | None:
+        """The resource a Reference points at, when it is in the Bundle and of the expected type."""
+        ref = _text(_get(reference, "reference"))
+        if not ref:
+            return None
+        found = self._by_ref.get(ref)
+        if found is None:
+            parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
+            found = self._by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+        return self.use(found) if found is not None and found.get("resourceType") == kind else None
+
+
+def normalise(
+    head: dict[str, Any],
+    resources_read: list[dict[str, Any]],
+    by_full_url: dict[str, dict[str, Any]],
+    index: int,
+    report_id: str,
+) -> tuple[NormalisedItem | None, list[Issue], set[int]]:
+    """The item's ELR core from the Bundle's top-level values and the resources of the types in READ_ELEMENTS.
+
+    Also returns the id() of every resource read, so the caller can hold model problems in them to be errors.
+    """
+    resources = _Resources(resources_read, by_full_url)
+    item, errors = _core(head, resources, index, report_id)
+    return item, errors, resources.used
+
+
+def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
+    observations = resources.of_type("Observation")
+    errors: list[Issue] = []
+    if not observations:
+        errors.append(_issue(index, "Observation", "fhir.missing_resource", "the Bundle has no Observation"))
+        return None, errors
+    observation, error = _first_valid_observation(observations, index)
+    if error is not None:
+        errors.append(error)
+    patient = resources.follow(observation.get("subject"), "Patient") or resources.first("Patient")
+    if patient is None:
+        errors.append(_issue(index, "Patient", "fhir.missing_resource", "the Bundle has no Patient"))
+        return None, errors
+
+    patient_id = _text(_get(patient, "identifier", 0, "value"))
+    birth_date = _birth_date(patient)
+    name = _get(patient, "name", 0)
+    if not patient_id and not (birth_date and (_text(_get(name, "family")) or _text(_get(name, "text")))):
+        field = "Patient.identifier[0].value"
+        errors.append(_issue(index, field, "fhir.missing_field", f"{field} is empty, and no Patient.name with birthDate"))
+    gender = _text(patient.get("gender"))
+    if gender and codes.sex(gender) is None:
+        errors.append(_issue(index, "Patient.gender", "fhir.bad_code", "Patient.gender is not male, female, other or unknown"))
+    specimens = _specimens(resources, observation)
+    collected, error = _collected_at(specimens, observation, index)
+    if error is not None:
+        errors.append(error)
+    if errors:
+        return None, errors
+
+    results = [r for r in map(_observation, observations) if r is not None]
+    resources.used.update(id(o) for o in observations if _observation(o) is not None)
+    first = results[0]  # the same Observation _first_valid_observation chose
+    address = _get(patient, "address", 0)
+    return (
+        NormalisedItem(
+            report_id=report_id,
+            item_index=index,
+            source_format="fhir",
+            message_id=_text(_get(head, "identifier", "value")) or _text(head.get("id")) or f"{report_id}-{index}",
+            patient_id=patient_id or None,
+            patient_birth_date=birth_date,
+            patient_sex=codes.sex(gender),
+            patient_race=_extension_code(patient, _RACE_URLS, codes.RACE),
+            patient_ethnicity=_extension_code(patient, _ETHNICITY_URLS, codes.ETHNICITY),
+            patient_postal_code=_text(_get(address, "postalCode")) or None,
+            patient_state=_text(_get(address, "state")) or None,
+            **first.model_dump(),
+            specimen_collected_at=collected,
+            specimen_type_code=next(filter(None, map(_specimen_type, specimens)), None),
+            performing_lab_clia=_performing_lab_clia(resources, observation),
+            ordering_provider_npi=_ordering_provider_npi(resources),
+            observations=results,
+        ),
+        [],
+    )
+
+
+def _birth_date(patient: dict[str, Any]) -> str | None:
+    """Patient.birthDate as YYYY-MM-DD; a year or year-month only is not a date and stays null."""
+    text = _text(patient.get("birthDate"))
+    return text if len(text) == 10 and iso_from_text(text) == text else None
+
+
+def _extension_code(resource: dict[str, Any], urls: tuple[str, ...], code_set: codes.CodeSet) -> str | None:
+    """Race or ethnicity from the US Core extension (ombCategory, else text) or the code-valued form RS and SR use."""
+    for extension in resource.get("extension") or []:
+        if not isinstance(extension, dict) or extension.get("url") not in urls:
+            continue
+        for part in extension.get("extension") or []:
+            if isinstance(part, dict) and part.get("url") == "ombCategory":
+                return codes.coded_or_text(code_set, _text(_get(part, "valueCoding", "code")), _text(_get(part, "valueCoding", "display")))
+        concept = extension.get("valueCodeableConcept")
+        coding = _get(concept, "coding", 0) or extension.get("valueCoding")
+        found = codes.coded_or_text(code_set, _text(_get(coding, "code")), _text(_get(coding, "display")) or _text(_get(concept, "text")))
+        if found:
+            return found
+        for part in extension.get("extension") or []:
+            if isinstance(part, dict) and part.get("url") == "text":
+                return codes.coded_or_text(code_set, None, _text(part.get("valueString")))
+    return None
+
+
+def _specimen_type(specimen: dict[str, Any] | None) -> str | None:
+    for coding in _get(specimen, "type", "coding") or []:
+        found = codes.specimen_type(_text(_get(coding, "code")), _text(_get(coding, "display")), _text(_get(coding, "system")))
+        if found:
+            return found
+    return codes.specimen_type(None, _text(_get(specimen, "type", "text")))
+
+
+def _identifier(resource: dict[str, Any] | None, systems: frozenset[str], type_code: str) -> str | None:
+    """The value of the identifier with one of `systems`, or typed `type_code` (identifier.type.coding.code)."""
+    for identifier in _get(resource, "identifier") or []:
+        system = _text(_get(identifier, "system"))
+        kinds = {_text(_get(c, "code")).upper() for c in _get(identifier, "type", "coding") or []}
+        if system in systems or type_code in kinds:
+            return _text(_get(identifier, "value")) or None
+    return None
+
+
+def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
+    """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer)."""
+    performers = list(observation.get("performer") or [])
+    for report in resources.of_type("DiagnosticReport"):
+        performers += resources.use(report).get("performer") or []
+    for reference in performers:
+        clia = _identifier(resources.follow(reference, "Organization"), _CLIA_SYSTEMS, "CLIA")
+        if clia:
+            return clia
+    return None
+
+
+def _ordering_provider_npi(resources: _Resources) -> str | None:
+    """The NPI of the Practitioner (directly or through PractitionerRole) that requested the test."""
+    for request in resources.of_type("ServiceRequest"):
+        requester = resources.use(request).get("requester")
+        practitioner = resources.follow(requester, "Practitioner")
+        role = resources.follow(requester, "PractitionerRole")
+        if practitioner is None and role is not None:
+            practitioner = resources.follow(role.get("practitioner"), "Practitioner")
+        npi = _identifier(practitioner, frozenset({_NPI_SYSTEM}), "NPI")
+        if npi:
+            return npi
+    return None
+
+
+def _observation(resource: dict[str, Any]) -> Observation | None:
+    """One Observation with a coded test and a value, as a normalised result; None otherwise."""
+    coding = _test_coding(resource)
+    code = _text(_get(coding, "code"))
+    value, units = _value(resource)
+    if not code or not value:
+        return None
+    concept = resource.get("valueCodeableConcept")
+    if isinstance(concept, dict):
+        display = _text(_get(concept, "coding", 0, "display")) or _text(concept.get("text"))
+        result, result_code, result_text = codes.result_values(value, display or None, _text(_get(concept, "coding", 0, "system")))
+    elif "valueString" in resource:
+        result, result_code, result_text = codes.result_values(value)
+    else:
+        result, result_code, result_text = value, None, None
+    return Observation(
+        test_code=code,
+        test_name=_text(_get(coding, "display")) or _text(_get(resource, "code", "text")) or None,
+        result=result,
+        result_code=result_code,
+        result_text=result_text,
+        result_units=units or None,
+    )
+
+
+def _test_coding(observation: dict[str, Any]) -> Any:
+    """The LOINC coding of Observation.code when there is one, else its first coding."""
+    codings = _get(observation, "code", "coding") or []
+    return next((c for c in codings if isinstance(c, dict) and c.get("system") == _LOINC), _get(codings, 0))
+
+
+def _first_valid_observation(observations: list[dict[str, Any]], index: int) -> tuple[dict[str, Any], Issue | None]:
+    """Like HL7's first valid OBX: the first Observation with both a coded test and a value."""
+    for observation in observations:
+        if _text(_get(_test_coding(observation), "code")) and _value(observation)[0]:
+            return observation, None
+    if not any(_text(_get(_test_coding(o), "code")) for o in observations):
+        field = "Observation.code.coding[0].code"
+        return observations[0], _issue(index, field, "fhir.missing_field", f"no Observation has {field}")
+    return observations[0], _issue(
+        index,
+        "Observation.value[x]",
+        "fhir.missing_field",
+        "no coded Observation has a value (valueQuantity, valueString, ...)",
+    )
+
+
+def _value(observation: dict[str, Any]) -> tuple[str, str]:
+    """(result, units) from the value[x] types a lab result uses; coded values give their code first."""
+    quantity = observation.get("valueQuantity")
+    if isinstance(quantity, dict):
+        return _text(quantity.get("value")), _text(quantity.get("unit")) or _text(quantity.get("code"))
+    if "valueString" in observation:
+        return _text(observation["valueString"]), ""
+    concept = observation.get("valueCodeableConcept")
+    if isinstance(concept, dict):
+        coded = _text(_get(concept, "coding", 0, "code")) or _text(_get(concept, "coding", 0, "display"))
+        return coded or _text(concept.get("text")), ""
+    if "valueInteger" in observation:
+        return _text(observation["valueInteger"]), ""
+    if isinstance(observation.get("valueBoolean"), bool):
+        return ("true" if observation["valueBoolean"] else "false"), ""
+    return "", ""
+
+
+def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Specimens to read, in order: the Observation's, its DiagnosticReport's, then any in the Bundle.
+
+    ReportStream's bundles carry an empty placeholder Specimen for the OBR beside the SPM one, so the first
+    with the element wanted is used, as HL7's first SPM with SPM-17 is.
+    """
+    refs = [observation.get("specimen")] + [
+        ref for report in resources.of_type("DiagnosticReport") for ref in _get(report, "specimen") or []
+    ]
+    found = [s for s in (resources.follow(ref, "Specimen") for ref in refs) if s is not None]
+    for specimen in resources.of_type("Specimen"):
+        if all(specimen is not s for s in found):
+            found.append(specimen)
+    return [s for s in found if resources.use(s) is not None]
+
+
+def _collected_at(
+    specimens: list[dict[str, Any]], observation: dict[str, Any], index: int
+) -> tuple[str | None, Issue | None]:
+    """The first Specimen.collection.collected[x], else Observation.effective[x]; null when none is given."""
+    candidates = [
+        (field, _get(specimen, "collection", *path))
+        for specimen in specimens
+        for field, path in (("Specimen.collection.collectedDateTime", ("collectedDateTime",)),
+                            ("Specimen.collection.collectedPeriod.start", ("collectedPeriod", "start")))
+    ] + [
+        ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
+        ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),
+    ]
+    for field, value in candidates:
+        text = _text(value)
+        if not text:
+            continue
+        converted = iso_from_text(text)
+        if converted is None:
+            return None, _issue(index, field, "fhir.bad_date", f"{field} is not a full date or date-time")
+        return converted, None
+    return None, None
+
+
+def _get(node: Any, *path: str | int) -> Any:
+    """Follow keys and list indexes; None as soon as the shape does not fit."""
+    for step in path:
+        if isinstance(step, int):
+            node = node[step] if isinstance(node, list) and -len(node) <= step < len(node) else None
+        else:
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        return ""
+    return str(value).strip()
+
+
+def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
+    return Issue(scope="item", index=index, field=field, code=code, message=message)
