@@ -1,7 +1,10 @@
 """Measure peak memory and throughput of the report-format parsers on generated ~50 MB bodies: the minimal CSV, a
 SimpleReport bulk upload CSV, HL7 v2 and NDJSON.
 
-Usage: python bench/formats_memory.py [--mb 50] [--format csv|simplereport|hl7|ndjson|all]
+Usage: python bench/formats_memory.py [--mb 50] [--format csv|simplereport|hl7|ndjson|entries|bundle|all]
+
+`entries` is one FHIR Bundle of nothing but empty entries (3 MB = a million of them): the item is refused at the
+entry cap, and memory must stay within about ten times the body. `bundle` is one FHIR Bundle of real entries.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CONTENT_TYPES = {
     "simplereport": "text/csv",
     "hl7": "application/hl7-v2",
     "ndjson": "application/fhir+ndjson",
+    "entries": "application/fhir+json",
+    "bundle": "application/fhir+json",
 }
 # A SimpleReport upload row with every column its guide lists (values vary per row in _record).
 SIMPLEREPORT_HEADER = (
@@ -48,6 +53,12 @@ _DATES = ("12/20/2021 14:00", "1/5/2022 9:05 CT", "12/21/2021", "2/26/2024 16:30
 
 def generate(kind: str, size: int) -> bytes:
     """Build a body of about `size` bytes; realistic rows, each slightly different."""
+    if kind == "entries":
+        count = max(1, (size - 50) // 3)
+        return b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join([b"{}"] * count) + b"]}"
+    if kind == "bundle":  # the NDJSON records' entries, all in one Bundle (up to the entry cap)
+        entries = [e for n in range(1, size // 600 + 2) for e in json.loads(_record("ndjson", n))["entry"]]
+        return json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries[:9_999]}).encode()
     out = bytearray()
     if kind == "simplereport":
         out += SIMPLEREPORT_HEADER.encode()

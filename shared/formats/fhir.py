@@ -164,14 +164,16 @@ def _keep(bundle: Bundle, position: int, entry: Any) -> None:
     if not isinstance(resource, dict):
         bundle.problems.append((position, "", "the entry has no resource", None))
         return
-    kind = resource.get("resourceType")
+    read = READ_ELEMENTS.get(resource.get("resourceType"))
+    # Only the elements the core reads are kept; problems there are tied to the kept copy, to be judged later.
+    kept = {k: v for k, v in resource.items() if k in read or k in ("resourceType", "id")} if read else None
     bundle.problems.extend(
-        (position, path, text, id(resource) if _is_read(resource, path) else None)
+        (position, path, text, id(kept) if kept is not None and _is_read(resource, path) else None)
         for path, text in _model_problems(resource)
     )
-    if kind in READ_ELEMENTS:
+    if kept is not None:
         full_url = entry.get("fullUrl")
-        bundle.resources.append((position, full_url if isinstance(full_url, str) else None, resource))
+        bundle.resources.append((position, full_url if isinstance(full_url, str) else None, kept))
 
 
 def _build(events: Iterator[tuple[str, Any]], first: tuple[str, Any] | None, budget: int) -> Any:
