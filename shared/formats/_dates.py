@@ -50,3 +50,13 @@ def iso_from_hl7(text: str) -> str | None:
     except ValueError:
         return None
     return value.isoformat()
+
+
+def date_from_hl7(text: str) -> str | None:
+    """The date part (YYYYMMDD) of an HL7 DT/DTM as YYYY-MM-DD, whatever precision of time follows; else None."""
+    if len(text) < 8 or not text[:8].isdigit() or (len(text) > 8 and iso_from_hl7(text) is None):
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])).isoformat()
+    except ValueError:
+        return None

@@ -7,12 +7,17 @@ the same result normalises to the same ELR core values whatever the source forma
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 SNOMED_SYSTEMS = frozenset({"SCT", "SNM", "SNOMED", "SNOMED-CT", "SNOMEDCT", "HTTP://SNOMED.INFO/SCT", "2.16.840.1.113883.6.96"})
+SNOMED_ID = re.compile(r"\d{6,18}")
+CLIA = re.compile(r"\d{2}D\d{7}")  # CLIA numbers: two digits, D, seven digits
+NPI = re.compile(r"\d{10}")
 
 
+@lru_cache(maxsize=4096)  # the same few codes come in every message
 def _key(value: str) -> str:
     """Case-, space- and underscore-insensitive lookup key: 'Not  Detected' and 'not_detected' meet."""
     return " ".join(value.replace("_", " ").split()).casefold()
@@ -162,13 +167,14 @@ ETHNICITY = CodeSet(
 )
 
 
-def coded_or_text(codes: CodeSet, code: str | None, text: str | None = None) -> str | None:
-    """The set's code for a code or name when known, else the sender's text as given (never a guess)."""
-    for value in (code, text):
-        found = codes.code(value)
-        if found:
-            return found
-    return (code or text or "").strip() or None
+def coded_or_text(codes: CodeSet, code: str | None, text: str | Callable[[], str] | None = None) -> str | None:
+    """The set's code for a code or name when known, else the sender's code or text as given (never a guess).
+    `text` may be a function, asked only when the code alone does not settle it."""
+    found = codes.code(code)
+    if found:
+        return found
+    text = text() if callable(text) else text
+    return codes.code(text) or (code or text or "").strip() or None
 
 
 def _snomed(code: str | None, system: str | None) -> str | None:
@@ -196,6 +202,17 @@ def specimen_type(code: str | None, name: str | None = None, system: str | None 
     return _snomed(code, system) or SPECIMEN_TYPES.code(code) or SPECIMEN_TYPES.code(name)
 
 
-SNOMED_ID = re.compile(r"\d{6,18}")
-CLIA = re.compile(r"\d{2}D\d{7}")
-NPI = re.compile(r"\d{10}")
+
+def identifier(candidates: Iterable[tuple[str, Callable[[], bool]]], shape: re.Pattern[str]) -> str | None:
+    """Among (value, is it typed as this kind of identifier?) in order of preference: the first value of the right
+    shape, else the first typed one. A sender's own code typed CLIA still counts; a well-formed CLIA/NPI wins over it.
+    The type is asked for (lazily) only when the shape does not already settle it."""
+    typed = None
+    for value, is_typed in candidates:
+        if not value:
+            continue
+        if shape.fullmatch(value):
+            return value
+        if typed is None and is_typed():
+            typed = value
+    return typed

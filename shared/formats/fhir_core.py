@@ -7,6 +7,7 @@ everywhere else to be warnings. References are followed by fullUrl or `Type/id` 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from shared.formats import codes
@@ -14,15 +15,16 @@ from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
 _LOINC = "http://loinc.org"
-_NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
-_CLIA_SYSTEMS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia"})
+_NPI_MARKS = frozenset({"http://hl7.org/fhir/sid/us-npi", "NPI", "2.16.840.1.113883.4.6", "urn:oid:2.16.840.1.113883.4.6"})
+_CLIA_MARKS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia", "CLIA"})
 _RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
               "http://ibm.com/fhir/cdm/StructureDefinition/local-race-cd")
 _ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
                    "http://ibm.com/fhir/cdm/StructureDefinition/local-ethnicity",
                    "https://reportstream.cdc.gov/fhir/StructureDefinition/ethnic-group")
 READ_EXTENSIONS = frozenset(_RACE_URLS + _ETHNICITY_URLS)
-_VALUES = ("valueQuantity", "valueString", "valueCodeableConcept", "valueInteger", "valueBoolean")
+_VALUES = ("valueQuantity", "valueString", "valueCodeableConcept", "valueInteger", "valueBoolean", "valueDateTime",
+           "valueTime")
 # Resource type -> the elements the ELR core reads. Resources of other types are checked, then dropped.
 READ_ELEMENTS: dict[str, frozenset[str]] = {
     "Patient": frozenset({"identifier", "name", "birthDate", "gender", "address", "extension"}),
@@ -33,7 +35,7 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
     "Practitioner": frozenset({"identifier"}),
     "PractitionerRole": frozenset({"practitioner"}),
     "ServiceRequest": frozenset({"requester"}),
-    "DiagnosticReport": frozenset({"performer"}),
+    "DiagnosticReport": frozenset({"performer", "result", "specimen", "effectiveDateTime", "effectivePeriod"}),
 }
 
 
@@ -61,7 +63,10 @@ class _Resources:
         return self.use(next(iter(self.of_type(kind)), None))
 
     def follow(self, reference: Any, kind: str) -> dict[str, Any] | None:
-        """The resource a Reference points at, when it is in the Bundle and of the expected type."""
+        """The resource a Reference points at, when it is in the Bundle and of the expected type (marked used)."""
+        return self.use(self.find(reference, kind))
+
+    def find(self, reference: Any, kind: str) -> dict[str, Any] | None:
         ref = _text(_get(reference, "reference"))
         if not ref:
             return None
@@ -69,7 +74,15 @@ class _Resources:
         if found is None:
             parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
             found = self._by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None
-        return self.use(found) if found is not None and found.get("resourceType") == kind else None
+        return found if found is not None and found.get("resourceType") == kind else None
+
+    def observations(self) -> list[dict[str, Any]]:
+        """Observations in the order the DiagnosticReports list them (as ReportStream writes OBX), then the rest."""
+        listed = [self.find(ref, "Observation") for report in self.of_type("DiagnosticReport")
+                  for ref in _get(report, "result") or []]
+        order = {id(o): n for n, o in reversed(list(enumerate(o for o in listed if o is not None)))}
+        every = self.of_type("Observation")
+        return sorted(every, key=lambda o: order.get(id(o), len(order)))  # stable: the rest keep Bundle order
 
 
 def normalise(
@@ -89,7 +102,7 @@ def normalise(
 
 
 def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
-    observations = resources.of_type("Observation")
+    observations = resources.observations()
     errors: list[Issue] = []
     if not observations:
         errors.append(_issue(index, "Observation", "fhir.missing_resource", "the Bundle has no Observation"))
@@ -112,7 +125,8 @@ def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: st
     if gender and codes.sex(gender) is None:
         errors.append(_issue(index, "Patient.gender", "fhir.bad_code", "Patient.gender is not male, female, other or unknown"))
     specimens = _specimens(resources, observation)
-    collected, error = _collected_at(specimens, observation, index)
+    reports = [report for report in resources.of_type("DiagnosticReport") if resources.use(report) is not None]
+    collected, error = _collected_at(specimens, reports, observation, index)
     if error is not None:
         errors.append(error)
     if errors:
@@ -179,14 +193,18 @@ def _specimen_type(specimen: dict[str, Any] | None) -> str | None:
     return codes.specimen_type(None, _text(_get(specimen, "type", "text")))
 
 
-def _identifier(resource: dict[str, Any] | None, systems: frozenset[str], type_code: str) -> str | None:
-    """The value of the identifier with one of `systems`, or typed `type_code` (identifier.type.coding.code)."""
+def _identifiers(resource: dict[str, Any] | None, marks: frozenset[str]) -> list[tuple[str, bool]]:
+    """(value, marked) of each identifier, for codes.identifier: marked means its system, type code, or (as
+    ReportStream writes HL7's assigning authority) its `assigning-authority` namespace or universal id is in `marks`.
+    """
+    candidates = []
     for identifier in _get(resource, "identifier") or []:
-        system = _text(_get(identifier, "system"))
-        kinds = {_text(_get(c, "code")).upper() for c in _get(identifier, "type", "coding") or []}
-        if system in systems or type_code in kinds:
-            return _text(_get(identifier, "value")) or None
-    return None
+        found = {_text(_get(identifier, "system"))} | {_text(_get(c, "code")) for c in _get(identifier, "type", "coding") or []}
+        for extension in _get(identifier, "extension") or []:
+            if _text(_get(extension, "url")).endswith("/assigning-authority"):
+                found |= {_text(_get(part, "valueString")) for part in _get(extension, "extension") or []}
+        candidates.append((_text(_get(identifier, "value")), bool(found & marks)))
+    return candidates
 
 
 def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
@@ -194,25 +212,21 @@ def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> 
     performers = list(observation.get("performer") or [])
     for report in resources.of_type("DiagnosticReport"):
         performers += resources.use(report).get("performer") or []
-    for reference in performers:
-        clia = _identifier(resources.follow(reference, "Organization"), _CLIA_SYSTEMS, "CLIA")
-        if clia:
-            return clia
-    return None
+    candidates = [c for ref in performers for c in _identifiers(resources.follow(ref, "Organization"), _CLIA_MARKS)]
+    return codes.identifier(candidates, codes.CLIA)
 
 
 def _ordering_provider_npi(resources: _Resources) -> str | None:
     """The NPI of the Practitioner (directly or through PractitionerRole) that requested the test."""
+    candidates = []
     for request in resources.of_type("ServiceRequest"):
         requester = resources.use(request).get("requester")
         practitioner = resources.follow(requester, "Practitioner")
         role = resources.follow(requester, "PractitionerRole")
         if practitioner is None and role is not None:
             practitioner = resources.follow(role.get("practitioner"), "Practitioner")
-        npi = _identifier(practitioner, frozenset({_NPI_SYSTEM}), "NPI")
-        if npi:
-            return npi
-    return None
+        candidates += _identifiers(practitioner, _NPI_MARKS)
+    return codes.identifier(candidates, codes.NPI)
 
 
 def _observation(resource: dict[str, Any]) -> Observation | None:
@@ -277,6 +291,11 @@ def _value(observation: dict[str, Any]) -> tuple[str, str]:
         return _text(observation["valueInteger"]), ""
     if isinstance(observation.get("valueBoolean"), bool):
         return ("true" if observation["valueBoolean"] else "false"), ""
+    if "valueDateTime" in observation:  # e.g. an illness onset date asked at order entry
+        text = _text(observation["valueDateTime"])
+        return iso_from_text(text) or text, ""
+    if "valueTime" in observation:
+        return _text(observation["valueTime"]), ""
     return "", ""
 
 
@@ -297,14 +316,19 @@ def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[
 
 
 def _collected_at(
-    specimens: list[dict[str, Any]], observation: dict[str, Any], index: int
+    specimens: list[dict[str, Any]], reports: list[dict[str, Any]], observation: dict[str, Any], index: int
 ) -> tuple[str | None, Issue | None]:
-    """The first Specimen.collection.collected[x], else Observation.effective[x]; null when none is given."""
+    """The first Specimen.collection.collected[x], else DiagnosticReport.effective[x], else Observation.effective[x]
+    (HL7's SPM-17, OBR-7, OBX-14); null when none is given."""
     candidates = [
         (field, _get(specimen, "collection", *path))
         for specimen in specimens
         for field, path in (("Specimen.collection.collectedDateTime", ("collectedDateTime",)),
                             ("Specimen.collection.collectedPeriod.start", ("collectedPeriod", "start")))
+    ] + [  # as HL7's OBR-7, which ReportStream maps to and from DiagnosticReport.effective[x]
+        (f"DiagnosticReport.{field}", _get(report, *path))
+        for report in reports
+        for field, path in (("effectiveDateTime", ("effectiveDateTime",)), ("effectivePeriod.start", ("effectivePeriod", "start")))
     ] + [
         ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
         ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),

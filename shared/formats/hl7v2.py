@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from dataclasses import dataclass
 from functools import lru_cache
 
 from shared.formats import ContentError, ItemResult, codes
-from shared.formats._dates import iso_from_hl7
+from shared.formats._dates import date_from_hl7, iso_from_hl7
 from shared.models import Issue, NormalisedItem, Observation
 
 # Any run of bytes between CR/LF characters is a segment, so \r, \n and \r\n all work and blank lines vanish.
@@ -25,6 +26,7 @@ _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
 _TEXT_TYPES = frozenset({"TX", "FT"})
 _ORDER_TYPES = frozenset({"ORM", "OML"})
+_DATE_TYPES = frozenset({"DT", "DTM", "TS"})
 _DEFAULT_ENCODING = "^~\\&"
 
 
@@ -127,23 +129,45 @@ class _Message:
             self.segments.append(fields)
         # MSH-1 is the field separator itself, so re-insert it to make field n sit at list index n everywhere.
         self.segments[0].insert(1, self.seps.field)
+        seps = self.seps
+        self._repetition, self._component, self._subcomponent, self._escape = (
+            seps.repetition, seps.component, seps.subcomponent, seps.escape)
+        self._by_id: dict[str, list[list[str]]] = {}
+        for fields in self.segments:
+            self._by_id.setdefault(fields[0], []).append(fields)
 
     def all(self, segment_id: str) -> list[list[str]]:
-        return [fields for fields in self.segments if fields[0] == segment_id]
+        return self._by_id.get(segment_id, [])
 
     def first(self, segment_id: str) -> list[str] | None:
-        return next((fields for fields in self.segments if fields[0] == segment_id), None)
+        found = self._by_id.get(segment_id)
+        return found[0] if found else None
 
     def value(self, segment: list[str] | None, field: int, component: int = 1) -> str:
         """Field n, first repetition, component c, first sub-component, escapes decoded; '' when absent."""
         if segment is None or field >= len(segment):
             return ""
-        repetition = segment[field].split(self.seps.repetition, 1)[0]
-        return self.text(_nth(repetition.split(self.seps.component), component))
+        raw = segment[field]
+        if not raw:
+            return ""
+        # The hottest code of the parser (~30 reads per message): bounded splits only where needed.
+        if self._repetition in raw:
+            raw = raw.split(self._repetition, 1)[0]
+        if component == 1:
+            if self._component in raw:
+                raw = raw.split(self._component, 1)[0]
+        else:
+            parts = raw.split(self._component, component)
+            if len(parts) < component:
+                return ""
+            raw = parts[component - 1]
+        return self.text(raw)
 
     def text(self, raw: str) -> str:
         """Unescape one primitive value (first sub-component of a component)."""
-        return unescape(raw.split(self.seps.subcomponent, 1)[0], self.seps).strip()
+        if self._subcomponent not in raw and self._escape not in raw:
+            return raw.strip()
+        return unescape(raw.split(self._subcomponent, 1)[0], self.seps).strip()
 
 
 def _nth(parts: list[str], n: int) -> str:
@@ -225,7 +249,8 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
     if sex and codes.sex(sex) is None:
         errors.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
 
-    obx, obx_error = _first_valid_obx(message, index)
+    results, obx_error = _results(message, index)
+    obx = results[0][0] if results else None
     if obx_error is not None:
         errors.append(obx_error)
 
@@ -235,7 +260,7 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
 
     if errors or obx is None:
         return None, errors
-    observations = _observations(message)
+    observations = [observation for _, observation in results]
     first = observations[0]
     return (
         NormalisedItem(
@@ -246,13 +271,18 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
             patient_id=patient_id or None,
             patient_birth_date=birth_date,
             patient_sex=codes.sex(sex),
-            patient_race=codes.coded_or_text(codes.RACE, message.value(pid, 10), message.value(pid, 10, 2)),
+            patient_race=codes.coded_or_text(codes.RACE, message.value(pid, 10), lambda: message.value(pid, 10, 2)),
             patient_ethnicity=codes.coded_or_text(
-                codes.ETHNICITY, message.value(pid, 22), message.value(pid, 22, 2)
+                codes.ETHNICITY, message.value(pid, 22), lambda: message.value(pid, 22, 2)
             ),
             patient_postal_code=message.value(pid, 11, 5) or None,
             patient_state=message.value(pid, 11, 4) or None,
-            **first.model_dump(),
+            test_code=first.test_code,
+            test_name=first.test_name,
+            result=first.result,
+            result_code=first.result_code,
+            result_text=first.result_text,
+            result_units=first.result_units,
             specimen_collected_at=collected,
             specimen_type_code=_specimen_type_code(message),
             performing_lab_clia=_performing_lab_clia(message, msh, obx),
@@ -268,7 +298,7 @@ def _birth_date(message: _Message, pid: list[str] | None, index: int) -> tuple[s
     value = message.value(pid, 7)
     if not value:
         return None, None
-    converted = iso_from_hl7(value[:8]) if value[:8].isdigit() else None
+    converted = date_from_hl7(value)
     if converted is None:
         if value.isdigit() and len(value) in (4, 6):
             return None, None  # legal DTM at year or month precision: not a date, and not guessed into one
@@ -278,62 +308,58 @@ def _birth_date(message: _Message, pid: list[str] | None, index: int) -> tuple[s
 
 def _performing_lab_clia(message: _Message, msh: list[str], obx: list[str]) -> str | None:
     """OBX-23.10 (ELR: the performing organization's CLIA), else OBX-15, else MSH-4.2 when each is a CLIA."""
+    # Lazily: the first well-formed CLIA ends the search, so later fields are rarely split.
     candidates = (
-        (message.value(obx, 23, 10), message.value(obx, 23, 7)),
-        (message.value(obx, 15), message.value(obx, 15, 3)),
-        (message.value(msh, 4, 2), message.value(msh, 4, 3)),
-    )
-    for value, kind in candidates:
-        if value and (kind.upper() == "CLIA" or codes.CLIA.fullmatch(value)):
-            return value
-    return None
+        (message.value(segment, field, component), lambda s=segment, f=field, k=kind: message.value(s, f, k))
+        for segment, field, component, kind in ((obx, 23, 10, 6), (obx, 15, 1, 3), (msh, 4, 2, 3))
+    )  # XON-10 typed by XON-6 (assigning authority), CWE-1 by CWE-3, HD-2 by HD-3
+    return codes.identifier(((value, lambda k=kind: k().upper() == "CLIA") for value, kind in candidates), codes.CLIA)
 
 
 def _ordering_provider_npi(message: _Message) -> str | None:
     """ORC-12.1, else OBR-16.1, when it is an NPI (typed NPI, or the NPI's ten digits)."""
-    for segment, field in ((message.first("ORC"), 12), (message.first("OBR"), 16)):
-        value = message.value(segment, field)
-        kind = message.value(segment, field, 13).upper() or message.value(segment, field, 9).upper()
-        if value and (kind == "NPI" or codes.NPI.fullmatch(value)):
-            return value
-    return None
+    candidates = (
+        (message.value(segment, field), lambda s=segment, f=field: "NPI" in (message.value(s, f, 13).upper(),
+                                                                              message.value(s, f, 9).upper()))
+        for segment, field in ((message.first("ORC"), 12), (message.first("OBR"), 16))
+    )  # XCN-13 identifier type, XCN-9 assigning authority
+    return codes.identifier(candidates, codes.NPI)
 
 
 def _check_type(message: _Message, msh: list[str], index: int) -> list[Issue]:
     kind, trigger = message.value(msh, 9, 1), message.value(msh, 9, 2)
     if not kind:
         return [_issue(index, "MSH-9", "hl7.missing_field", "MSH-9 (message type) is empty")]
+    if (kind.upper(), trigger.upper()) == ("ORU", "R01"):
+        return []
     # The type is not patient data, but it is still sender input: keep it short and printable.
     shown = re.sub(r"[^A-Za-z0-9_^]", "?", f"{kind}^{trigger}"[:16])
     if kind.upper() in _ORDER_TYPES:
         return [_issue(index, "MSH-9", "hl7.not_a_result", f"message type {shown} is an order, not a result (ORU^R01)")]
-    if (kind.upper(), trigger.upper()) != ("ORU", "R01"):
-        return [
-            _issue(index, "MSH-9", "hl7.unsupported_message_type", f"message type {shown} is not ORU^R01")
-        ]
-    return []
+    return [_issue(index, "MSH-9", "hl7.unsupported_message_type", f"message type {shown} is not ORU^R01")]
 
 
-def _first_valid_obx(message: _Message, index: int) -> tuple[list[str] | None, Issue | None]:
-    """The first OBX with both an observation identifier and a value; else an issue naming what is missing."""
-    observations = message.all("OBX")
-    if not observations:
-        return None, _issue(index, "OBX", "hl7.missing_segment", "no OBX segment")
-    for obx in observations:
-        if message.value(obx, 3) and _result(message, obx):
-            return obx, None
-    if not any(message.value(obx, 3) for obx in observations):
-        return None, _issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")
-    return None, _issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")
+def _results(message: _Message, index: int) -> tuple[list[tuple[list[str], Observation]], Issue | None]:
+    """Every OBX with an identifier and a value, in order (a panel's results all reach the output); else an issue
+    naming what is missing. The first of them is the item's result."""
+    segments = message.all("OBX")
+    if not segments:
+        return [], _issue(index, "OBX", "hl7.missing_segment", "no OBX segment")
+    found = []
+    for obx in segments:
+        if message.value(obx, 3):
+            value = _result(message, obx)
+            if value:
+                found.append((obx, _observation(message, obx, value)))
+    if found:
+        return found, None
+    if not any(message.value(obx, 3) for obx in segments):
+        return [], _issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")
+    return [], _issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")
 
 
-def _observations(message: _Message) -> list[Observation]:
-    """Every OBX with an identifier and a value, in order: a panel's results all reach the output."""
-    return [_observation(message, obx) for obx in message.all("OBX") if message.value(obx, 3) and _result(message, obx)]
-
-
-def _observation(message: _Message, obx: list[str]) -> Observation:
-    value, display, system = _result(message, obx), None, None
+def _observation(message: _Message, obx: list[str], value: str) -> Observation:
+    display, system = None, None
     value_type = message.value(obx, 2).upper()
     if value_type in _CODED_TYPES:
         display, system = message.value(obx, 5, 2) or None, message.value(obx, 5, 3)
@@ -343,7 +369,7 @@ def _observation(message: _Message, obx: list[str]) -> Observation:
         result, result_code, result_text = value, None, None
     return Observation(
         test_code=message.value(obx, 3),
-        test_name=message.value(obx, 3, 2) or None,
+        test_name=message.value(obx, 3, 2) or message.value(obx, 3, 9) or None,  # CWE-9: the original text
         result=result,
         result_code=result_code,
         result_text=result_text,
@@ -365,14 +391,28 @@ def _result(message: _Message, obx: list[str]) -> str:
         return message.text(_nth(components, 1)) or message.text(_nth(components, 2))
     if value_type == "SN":  # comparator^num1^separator/suffix^num2, e.g. "<^10" or "^1^:^128"
         return "".join(message.text(part) for part in components[:4])
-    return message.text(components[0])
+    text = message.text(components[0])
+    if value_type == "NM":
+        return _number(text)
+    if value_type in _DATE_TYPES:
+        return iso_from_hl7(text) or text
+    return text
+
+
+def _number(text: str) -> str:
+    """An NM value as FHIR writes a decimal: '0065.880' -> '65.880' (precision kept), else as sent."""
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        return text
+    return str(number) if number.is_finite() and "e" not in text.lower() else text
 
 
 def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
     """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks) as ISO 8601; null when none is given."""
-    candidates = [("SPM-17", spm, 17) for spm in message.all("SPM")] + [
-        ("OBR-7", obr, 7) for obr in message.all("OBR")
-    ] + [("OBX-14", obx, 14)]
+    candidates = [("SPM-17", spm, 17) for spm in message.all("SPM")]
+    candidates += [("OBR-7", obr, 7) for obr in message.all("OBR")]
+    candidates.append(("OBX-14", obx, 14))
     for field, segment, number in candidates:
         value = message.value(segment, number)
         if not value:
@@ -389,8 +429,9 @@ def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple
 def _specimen_type_code(message: _Message) -> str | None:
     """SPM-4 of the first SPM that has one, as a SNOMED CT code."""
     for spm in message.all("SPM"):
-        if message.value(spm, 4) or message.value(spm, 4, 2):
-            return codes.specimen_type(message.value(spm, 4), message.value(spm, 4, 2), message.value(spm, 4, 3))
+        code, name = message.value(spm, 4), message.value(spm, 4, 2)
+        if code or name:
+            return codes.specimen_type(code, name, message.value(spm, 4, 3))
     return None
 
 
