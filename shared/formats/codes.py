@@ -203,7 +203,7 @@ def specimen_type(code: str | None, name: str | None = None, system: str | None 
 
 
 
-def identifier(candidates: Iterable[tuple[str, Callable[[], bool]]], shape: re.Pattern[str]) -> str | None:
+def identifier(candidates: Iterable[tuple[str, bool | Callable[[], bool]]], shape: re.Pattern[str]) -> str | None:
     """Among (value, is it typed as this kind of identifier?) in order of preference: the first value of the right
     shape, else the first typed one. A sender's own code typed CLIA still counts; a well-formed CLIA/NPI wins over it.
     The type is asked for (lazily) only when the shape does not already settle it."""
@@ -213,6 +213,6 @@ def identifier(candidates: Iterable[tuple[str, Callable[[], bool]]], shape: re.P
             continue
         if shape.fullmatch(value):
             return value
-        if typed is None and is_typed():
+        if typed is None and (is_typed() if callable(is_typed) else is_typed):
             typed = value
     return typed

@@ -208,12 +208,15 @@ def _identifiers(resource: dict[str, Any] | None, marks: frozenset[str]) -> list
 
 
 def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
-    """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer)."""
+    """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer): an
+    identifier of the CLIA shape, else one typed CLIA, else the performer's first identifier."""
     performers = list(observation.get("performer") or [])
     for report in resources.of_type("DiagnosticReport"):
         performers += resources.use(report).get("performer") or []
     candidates = [c for ref in performers for c in _identifiers(resources.follow(ref, "Organization"), _CLIA_MARKS)]
-    return codes.identifier(candidates, codes.CLIA)
+    # As HL7's OBX-23.10, the performing organization's identifier is its CLIA even when not typed as one (RADx
+    # MARS self-tests use 00Z... pseudo-CLIAs).
+    return codes.identifier(candidates, codes.CLIA) or next((value for value, _ in candidates if value), None)
 
 
 def _ordering_provider_npi(resources: _Resources) -> str | None:

@@ -307,23 +307,26 @@ def _birth_date(message: _Message, pid: list[str] | None, index: int) -> tuple[s
 
 
 def _performing_lab_clia(message: _Message, msh: list[str], obx: list[str]) -> str | None:
-    """OBX-23.10 (ELR: the performing organization's CLIA), else OBX-15, else MSH-4.2 when each is a CLIA."""
-    # Lazily: the first well-formed CLIA ends the search, so later fields are rarely split.
-    candidates = (
-        (message.value(segment, field, component), lambda s=segment, f=field, k=kind: message.value(s, f, k))
-        for segment, field, component, kind in ((obx, 23, 10, 6), (obx, 15, 1, 3), (msh, 4, 2, 3))
-    )  # XON-10 typed by XON-6 (assigning authority), CWE-1 by CWE-3, HD-2 by HD-3
-    return codes.identifier(((value, lambda k=kind: k().upper() == "CLIA") for value, kind in candidates), codes.CLIA)
+    """OBX-23.10 (ELR: the performing organization's identifier, its CLIA), else OBX-15, else MSH-4.2 when those
+    are CLIA numbers (typed CLIA, or of the CLIA shape)."""
+    performer = message.value(obx, 23, 10)
+    if performer:
+        return performer
+    for segment, field, component, kind in ((obx, 15, 1, 3), (msh, 4, 2, 3)):
+        value = message.value(segment, field, component)
+        if value and (codes.CLIA.fullmatch(value) or message.value(segment, field, kind).upper() == "CLIA"):
+            return value
+    return None
 
 
 def _ordering_provider_npi(message: _Message) -> str | None:
-    """ORC-12.1, else OBR-16.1, when it is an NPI (typed NPI, or the NPI's ten digits)."""
-    candidates = (
-        (message.value(segment, field), lambda s=segment, f=field: "NPI" in (message.value(s, f, 13).upper(),
-                                                                              message.value(s, f, 9).upper()))
-        for segment, field in ((message.first("ORC"), 12), (message.first("OBR"), 16))
-    )  # XCN-13 identifier type, XCN-9 assigning authority
-    return codes.identifier(candidates, codes.NPI)
+    """ORC-12.1, else OBR-16.1, when it is an NPI (XCN-13 or XCN-9 `NPI`, or the NPI's ten digits)."""
+    for segment, field in ((message.first("ORC"), 12), (message.first("OBR"), 16)):
+        value = message.value(segment, field)
+        if value and (codes.NPI.fullmatch(value) or "NPI" in (message.value(segment, field, 13).upper(),
+                                                              message.value(segment, field, 9).upper())):
+            return value
+    return None
 
 
 def _check_type(message: _Message, msh: list[str], index: int) -> list[Issue]:
@@ -410,19 +413,16 @@ def _number(text: str) -> str:
 
 def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
     """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks) as ISO 8601; null when none is given."""
-    candidates = [("SPM-17", spm, 17) for spm in message.all("SPM")]
-    candidates += [("OBR-7", obr, 7) for obr in message.all("OBR")]
-    candidates.append(("OBX-14", obx, 14))
-    for field, segment, number in candidates:
-        value = message.value(segment, number)
-        if not value:
-            continue
-        converted = iso_from_hl7(value)
-        if converted is None:
-            return None, _issue(
-                index, field, "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
-            )
-        return converted, None
+    for field, segments, number in (("SPM-17", message.all("SPM"), 17), ("OBR-7", message.all("OBR"), 7),
+                                    ("OBX-14", (obx,), 14)):
+        for segment in segments:
+            value = message.value(segment, number)
+            if value:
+                converted = iso_from_hl7(value)
+                if converted is None:
+                    return None, _issue(index, field,
+                                        "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])")
+                return converted, None
     return None, None
 
 
