@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -58,6 +59,7 @@ class Host:
 
     def __post_init__(self) -> None:
         from devhost.functions import Dispatcher
+        from devhost.http import EdgeLimits
         from devhost.routing import Router
 
         self.router = Router()
@@ -65,6 +67,7 @@ class Host:
         self.timers: list[Any] = []
         self.errors: list[str] = []
         self.dispatcher: Dispatcher | None = None
+        self.limits = EdgeLimits()
         self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="storage")
 
     # --- loading ----------------------------------------------------------------------------------------
@@ -72,6 +75,7 @@ class Host:
     def load(self) -> None:
         from devhost import hostconfig, queues
         from devhost.functions import Dispatcher, FunctionLoadError, LoadedFunction, discover
+        from devhost.http import EdgeLimits
         from devhost.routing import Route, RouteError, full_template
         from devhost.settings import SettingError, Settings
 
@@ -89,6 +93,7 @@ class Host:
         threads = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
         self.dispatcher = Dispatcher(int(threads) if threads else None, hostconfig.function_timeout(config))
         lock_seconds = int(float(settings.get("DEVHOST_QUEUE_LOCK_SECONDS") or queues.DEFAULT_LOCK_SECONDS))
+        self.limits = EdgeLimits.from_settings(settings.get)
 
         for info in discover(self.app_dir):
             if info.config.get("disabled") is True or settings.is_disabled(info.name):
@@ -134,7 +139,7 @@ class Host:
     async def serve(self) -> int:
         import uvicorn
 
-        from devhost.http import HttpApp
+        from devhost.http import EdgeProtocol, HttpApp
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -157,17 +162,14 @@ class Host:
         for timer in self.timers:
             timer.start()
 
-        try:
-            import httptools  # noqa: F401
-
-            http_impl = "httptools"
-        except ImportError:
-            http_impl = "h11"
         manual = {timer.fn.name: timer.run_now for timer in self.timers}
-        app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual)
-        config = uvicorn.Config(app, http=http_impl, lifespan="off", access_log=False, log_config=None,
-                                timeout_keep_alive=120, timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
-                                backlog=2048, server_header=False)
+        limits = self.limits
+        app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual, limits)
+        protocol = functools.partial(EdgeProtocol, headers_seconds=limits.headers_seconds)
+        config = uvicorn.Config(app, http=protocol, lifespan="off", access_log=False, log_config=None,
+                                timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]
+                                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS), backlog=2048,
+                                server_header=False)
         server = _make_server(config)
         sock = self.sock or listen(self.bind, self.port)
         if sock is None:
@@ -334,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devhost", description="Local stand-in for `func start`.")
     parser.add_argument("--port", type=int, default=7071)
     parser.add_argument("--app-dir", default=".")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (func start listens on all)")
+    # `func start` listens on every interface; devhost serves a development app whose admin API and test keys
+    # should not be reachable from the network, so it takes loopback unless told otherwise.
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface, as func start)")
     args = parser.parse_args(argv)
     configure_logging()
     app_dir = Path(args.app_dir).resolve()

@@ -1,15 +1,25 @@
-"""The HTTP front: a small ASGI app that routes to HTTP-triggered functions and converts requests/responses."""
+"""The HTTP front: an ASGI app that routes to HTTP-triggered functions, with the real front end's edge rules.
+
+The edge rules (DESIGN section 7) are Kestrel's, which the Functions host runs behind: a body over 100 MB is refused
+before it is read, a body cut short never reaches a function, slow or idle connections time out, a malformed Host is
+a 400, and the admin API is not open to the network.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import re
+import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import azure.functions as func
 from azure.functions.http import HttpRequest as WorkerHttpRequest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devhost.functions import HOST_API_REASON, Dispatcher, LoadedFunction
 from devhost.routing import Router
@@ -17,7 +27,89 @@ from devhost.routing import Router
 log = logging.getLogger("devhost")
 
 STATUS_PATH = "/admin/host/status"
+ADMIN_PREFIX = "/admin/"
 ADMIN_FUNCTIONS = "/admin/functions/"
+# Kestrel's Host check (HttpUtilities.IsHostHeaderValid): a reg-name or IP literal, then an optional port.
+VALID_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9!$&'()*+,;=._~%-]+)(?::[0-9]{0,5})?$")
+CLOSE = [(b"connection", b"close")]
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """The front end's limits; defaults are the Functions host's (Kestrel's) own."""
+
+    max_body_bytes: int = 104_857_600  # the host's 100 MB request limit (maxRequestLength)
+    keep_alive_seconds: float = 130.0  # Kestrel KeepAliveTimeout: idle before (and between) requests
+    headers_seconds: float = 30.0  # Kestrel RequestHeadersTimeout: from a request's first byte to its last header
+    body_grace_seconds: float = 5.0  # Kestrel MinRequestBodyDataRate: 240 bytes/s after a 5 s grace
+    body_min_rate: float = 240.0
+
+    @classmethod
+    def from_settings(cls, get: Callable[[str], str | None]) -> "EdgeLimits":
+        """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS override defaults."""
+        values: dict[str, float] = {}
+        for setting, name in (("DEVHOST_KEEP_ALIVE_SECONDS", "keep_alive_seconds"),
+                              ("DEVHOST_HEADERS_TIMEOUT_SECONDS", "headers_seconds"),
+                              ("DEVHOST_BODY_GRACE_SECONDS", "body_grace_seconds")):
+            text = get(setting)
+            if text:
+                try:
+                    values[name] = float(text)
+                except ValueError:
+                    raise ValueError(f"{setting} must be a number of seconds, got {text!r}") from None
+                if values[name] <= 0:
+                    raise ValueError(f"{setting} must be more than 0, got {text!r}")
+        return cls(**values)
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the two connection timers uvicorn lacks.
+
+    An idle connection (nothing sent since it opened) is closed after the keep-alive timeout, as uvicorn already
+    does between requests; a request whose headers do not all arrive within the headers timeout gets 408 and the
+    connection is closed (slowloris).
+    """
+
+    def __init__(self, *args: Any, headers_seconds: float = EdgeLimits.headers_seconds, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers_seconds = headers_seconds
+        self.headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._cancel_headers_timer()
+        self.headers_timer = self.loop.call_later(self.headers_seconds, self._headers_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_headers_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_headers_timer()
+        super().connection_lost(exc)
+
+    def _cancel_headers_timer(self) -> None:
+        if self.headers_timer is not None:
+            self.headers_timer.cancel()
+            self.headers_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self.headers_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+
+
+class BodyRefused(Exception):
+    """The request body cannot be handed to a function; `status` is the answer, or None if the client is gone."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def _joined(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -64,10 +156,12 @@ class HttpApp:
     """ASGI callable; kept minimal because HTTP intake is the benchmarked hot path."""
 
     def __init__(self, router: Router, dispatcher: Dispatcher, state: Callable[[], str],
-                 manual: dict[str, Callable[[str], Awaitable[Any]]] | None = None) -> None:
+                 manual: dict[str, Callable[[str], Awaitable[Any]]] | None = None,
+                 limits: EdgeLimits = EdgeLimits()) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.state = state
+        self.limits = limits
         # Non-HTTP functions that `POST /admin/functions/{name}` may run, by lower-cased name.
         self.manual = {name.lower(): run for name, run in (manual or {}).items()}
         self._manual_tasks: set[asyncio.Task[Any]] = set()
@@ -76,20 +170,25 @@ class HttpApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        if path == STATUS_PATH:
-            state = self.state()
-            await _respond(send, 200 if state == "Running" else 503,
-                           [(b"content-type", b"application/json; charset=utf-8")],
-                           json.dumps({"state": state}).encode())
+        refusal = self._refusal(scope)
+        if refusal:
+            await _respond(send, refusal, CLOSE, b"")
             return
-        if path.startswith(ADMIN_FUNCTIONS) and method == "POST":
-            await self._run_manually(path[len(ADMIN_FUNCTIONS):], await _read_body(receive), send)
+        if path.startswith(ADMIN_PREFIX):
+            await self._admin(scope, receive, send)
             return
         status, route, params = self.router.match(path, method)
         if route is None:
-            await _respond(send, status, [], b"")
+            allow = [(b"allow", ", ".join(self.router.allowed(path)).encode())] if status == 405 else []
+            await _respond(send, status, allow + _close_unless_bodiless(scope), b"")
             return
-        body = await _read_body(receive)
+        try:
+            body = await self._read_body(receive)
+        except BodyRefused as refused:
+            log.warning("Request %s %s not passed to 'Functions.%s': %s", method, path, route.target.name, refused)
+            if refused.status is not None:
+                await _respond(send, refused.status, CLOSE, b"")
+            return
         fn: LoadedFunction = route.target
         trigger_name = str(fn.info.trigger.get("name"))
         try:
@@ -115,6 +214,74 @@ class HttpApp:
         await _respond(send, code, headers, payload)
 
 
+    def _refusal(self, scope: dict[str, Any]) -> int | None:
+        """What the front end answers before routing: 400 for a bad Host, 413 for a declared body over the limit."""
+        host = length = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
+                length = value
+        if host is None:
+            if scope.get("http_version") == "1.1":
+                return 400  # HTTP/1.1 requires Host (RFC 9112 section 3.2), and Kestrel enforces it
+        elif not VALID_HOST.match(host.decode("latin-1")):
+            return 400
+        if length is not None:
+            if not length.isdigit():
+                return 400  # the parser already refuses these; never let one reach int()
+            if int(length) > self.limits.max_body_bytes:
+                return 413
+        return None
+
+    async def _admin(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """The host's admin API, for this machine only: devhost has no master key to guard it with."""
+        if not _is_loopback(scope.get("client")):
+            await _respond(send, 403, _close_unless_bodiless(scope), b"")
+            return
+        path, method = scope["path"], scope["method"]
+        if path == STATUS_PATH:
+            state = self.state()
+            await _respond(send, 200 if state == "Running" else 503,
+                           [(b"content-type", b"application/json; charset=utf-8")],
+                           json.dumps({"state": state}).encode())
+        elif path.startswith(ADMIN_FUNCTIONS) and method == "POST":
+            try:
+                body = await self._read_body(receive)
+            except BodyRefused as refused:
+                if refused.status is not None:
+                    await _respond(send, refused.status, CLOSE, b"")
+                return
+            await self._run_manually(path[len(ADMIN_FUNCTIONS):], body, send)
+        else:
+            await _respond(send, 404, _close_unless_bodiless(scope), b"")
+
+    async def _read_body(self, receive: Callable) -> bytes:
+        """The whole body, or BodyRefused: cut short (client gone), over the limit (413) or too slow (408).
+
+        The pace rule is Kestrel's minimum data rate: after a grace period the body must have arrived at
+        `body_min_rate` bytes per second on average, so the next bytes are due by start + grace + received / rate.
+        """
+        limits = self.limits
+        start = time.monotonic()
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            due = start + limits.body_grace_seconds + received / limits.body_min_rate
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, due - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise BodyRefused(408, "the request body arrived too slowly") from None
+            if message["type"] == "http.disconnect":
+                raise BodyRefused(None, f"the client disconnected after {received} bytes of the body")
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limits.max_body_bytes:
+                raise BodyRefused(413, f"the request body is over {limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def _run_manually(self, name: str, body: bytes, send: Callable) -> None:
         """The host's admin API for non-HTTP functions: 202 at once, the invocation runs in the background."""
         run = self.manual.get(name.lower())
@@ -132,16 +299,19 @@ class HttpApp:
         await _respond(send, 202, [], b"")
 
 
-async def _read_body(receive: Callable) -> bytes:
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body"):
-        return body
-    chunks = [body]
-    while message.get("more_body"):
-        message = await receive()
-        chunks.append(message.get("body", b""))
-    return b"".join(chunks)
+def _is_loopback(client: tuple[str, int] | None) -> bool:
+    try:
+        return client is not None and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _close_unless_bodiless(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """Close the connection after answering without reading a body, rather than drain what may be 100 MB."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return CLOSE
+    return []
 
 
 async def _respond(send: Callable, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

@@ -145,6 +145,14 @@ class Router:
             method_mismatch = True
         return (405 if method_mismatch else 404), None, {}
 
+    def allowed(self, path: str) -> list[str]:
+        """The methods some route for `path` takes: the `Allow` header of a 405."""
+        methods: set[str] = set()
+        for route in self.routes:
+            if route.methods is not None and route.match(path) is not None:
+                methods |= route.methods
+        return sorted(methods)
+
 
 def full_template(prefix: str, route: str) -> str:
     prefix, route = prefix.strip("/"), route.strip("/")

@@ -1,0 +1,186 @@
+"""devhost's HTTP edge, as the real front end behaves: cut bodies, 413 before reading, timeouts, Host, 405, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from devhost.functions import Dispatcher
+from devhost.http import EdgeLimits, HttpApp
+from devhost.process import DevHostProcess
+from devhost.routing import Router
+from tests.apps.support import APPS, wait_until
+
+BASIC = APPS / "basic"
+SHORT = 1.0  # seconds; every timeout of this module's host
+
+
+@pytest.fixture(scope="module")
+def host(azurite) -> Iterator[DevHostProcess]:
+    """The basic app with every connection timeout at one second."""
+    env = {"AzureWebJobsStorage": azurite.connection_string, "DEVHOST_KEEP_ALIVE_SECONDS": str(SHORT),
+           "DEVHOST_HEADERS_TIMEOUT_SECONDS": str(SHORT), "DEVHOST_BODY_GRACE_SECONDS": str(SHORT)}
+    process = DevHostProcess(app_dir=BASIC, env=env)
+    process.start()
+    yield process
+    assert process.stop() == 0
+
+
+def connect(host: DevHostProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", host.port), timeout=10)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket timeout fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def invocations(host: DevHostProcess) -> int:
+    return host.logs().count("Executing 'Functions.echo'")
+
+
+def refused_lines(host: DevHostProcess, path: str) -> list[str]:
+    return [line for line in host.logs().splitlines() if f"POST {path} not passed to 'Functions.echo'" in line]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_body_cut_short_never_reaches_the_function(host: DevHostProcess, framing: str) -> None:
+    path = f"/api/echo/cut-{framing}"
+    before = invocations(host)
+    with connect(host) as sock:
+        if framing == "content-length":
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n".encode()
+                         + b"patient,result\nP1,10")
+        else:  # two chunks sent, the last (zero-length) chunk never
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                         + b"5\r\nhello\r\n6\r\n world\r\n")
+        time.sleep(0.2)  # let the server read what was sent before the connection drops
+    lines = wait_until(lambda: refused_lines(host, path), what="the host to notice the dropped connection")
+    assert "client disconnected" in lines[0]
+    assert invocations(host) == before
+
+
+def test_complete_bodies_still_reach_the_function(host: DevHostProcess) -> None:
+    with connect(host) as sock:
+        sock.sendall(b"POST /api/echo/chunks HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"body_len": 11' in answer
+
+
+def test_over_100_mb_is_413_before_the_body_is_sent(host: DevHostProcess) -> None:
+    before = invocations(host)
+    with connect(host) as sock:
+        # Headers only: the answer must come without a byte of the declared 500 MB.
+        sock.sendall(b"POST /api/echo/huge HTTP/1.1\r\nHost: localhost\r\nContent-Length: 524288000\r\n\r\n")
+        answer = read_all(sock)  # ... and the connection is closed, not drained
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert invocations(host) == before
+
+
+def test_exactly_100_mb_is_not_refused_up_front(host: DevHostProcess) -> None:
+    with connect(host) as sock:
+        sock.sendall(b"POST /api/echo/limit HTTP/1.1\r\nHost: localhost\r\nContent-Length: 104857600\r\n\r\n")
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            sock.recv(100)  # no early answer: the server is waiting for the body
+
+
+def test_idle_connection_is_closed(host: DevHostProcess) -> None:
+    with connect(host) as sock:
+        assert read_all(sock) == b""  # closed by the server, nothing sent either way
+
+
+def test_headers_that_never_finish_get_408(host: DevHostProcess) -> None:
+    with connect(host) as sock:
+        sock.sendall(b"GET /api/echo/slow HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_body_that_stalls_gets_408_and_never_reaches_the_function(host: DevHostProcess) -> None:
+    before = invocations(host)
+    with connect(host) as sock:
+        sock.sendall(b"POST /api/echo/stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789")
+        assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+    assert refused_lines(host, "/api/echo/stall") and invocations(host) == before
+
+
+def test_keep_alive_requests_still_work(host: DevHostProcess) -> None:
+    with httpx.Client(base_url=host.url) as client:
+        for _ in range(3):
+            assert client.get("/api/echo/again").status_code == 200
+
+
+def test_wrong_method_is_405_with_allow(host: DevHostProcess) -> None:
+    response = httpx.delete(f"{host.url}/api/echo/alice")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize("value", ['"><script>alert(1)</script>', "good.com@evil.com", "a b", "host:port"])
+def test_malformed_host_is_400(host: DevHostProcess, value: str) -> None:
+    before = invocations(host)
+    with connect(host) as sock:
+        sock.sendall(f"GET /api/echo/host HTTP/1.1\r\nHost: {value}\r\n\r\n".encode())
+        assert read_all(sock).startswith(b"HTTP/1.1 400 ")
+    assert invocations(host) == before
+
+
+def test_host_is_required_in_http_1_1_only(host: DevHostProcess) -> None:
+    with connect(host) as sock:
+        sock.sendall(b"GET /api/echo/nohost HTTP/1.1\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 400 ")
+    with connect(host) as sock:
+        sock.sendall(b"GET /api/echo/nohost HTTP/1.0\r\n\r\n")
+        assert re.match(rb"HTTP/1\.1 200 ", read_all(sock))
+
+
+def test_listens_on_loopback_only_by_default(host: DevHostProcess) -> None:
+    # 127.0.0.2 is this machine too, but not the address devhost bound: a wildcard bind would accept it.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", host.port), timeout=5).close()
+
+
+def test_bad_timeout_setting_stops_the_host(start_devhost, storage) -> None:
+    with pytest.raises(RuntimeError, match="DEVHOST_HEADERS_TIMEOUT_SECONDS must be a number"):
+        start_devhost(BASIC, env={"AzureWebJobsStorage": storage, "DEVHOST_HEADERS_TIMEOUT_SECONDS": "soon"})
+
+
+# --- the admin API answers this machine only ---------------------------------------------------------------------
+
+
+def call_app(app: HttpApp, method: str, path: str, client: str) -> int:
+    """One request through the ASGI app exactly as uvicorn hands it over, from the given client address."""
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"localhost")], "client": (client, 50000), "server": ("127.0.0.1", 7071),
+             "http_version": "1.1", "scheme": "http"}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"]
+
+
+@pytest.mark.parametrize("client, expected", [("192.0.2.10", 403), ("127.0.0.1", 202), ("::1", 202)])
+def test_admin_api_answers_loopback_clients_only(client: str, expected: int) -> None:
+    async def run_now(_: str) -> None:
+        return None
+
+    app = HttpApp(Router(), Dispatcher(None), lambda: "Running", {"tick": run_now}, EdgeLimits())
+    assert call_app(app, "POST", "/admin/functions/tick", client) == expected
+    assert call_app(app, "GET", "/admin/host/status", client) == (403 if expected == 403 else 200)
