@@ -14,7 +14,7 @@ from azure.core.exceptions import AzureError
 from shared import hl7_ack, intake, listing, senders, status, telemetry
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings, get_settings
-from shared.models import StatusRecord
+from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
 from shared.problems import Problem, bad_request, not_found, unauthorized, unavailable
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, get_storage, is_transient
@@ -24,8 +24,15 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 HL7 = "application/hl7-v2"
 ROUTE_PREFIX = "/api"
-REPORT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-FORWARDED_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# The only hosts that may go into a Location: a DNS name or IP literal, then an optional port.
+HOST_PORT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$")
+# A media type (RFC 9110 type/subtype) with parameters in printable ASCII, not parsed further: the value is stored
+# as a blob header and a row property, so anything longer than a real one is refused before it reaches storage
+# (Azure refuses oversized headers; a 16 KB value used to come back as 503 "retry", forever).
+MAX_CONTENT_TYPE = 255
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(?:[ \t]*;[\t\x20-\x7e]*)?$")
+ASCII_DIGITS = re.compile(r"^[0-9]{1,9}$")
 
 Handler = Callable[[func.HttpRequest, Storage, Settings], func.HttpResponse]
 
@@ -63,14 +70,24 @@ def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings) ->
 
 
 def base_url(req: func.HttpRequest, settings: Settings) -> str:
-    """The public base URL: configured, else from X-Forwarded-* (when well-formed), else the request's own."""
+    """The public base URL: configured, else from X-Forwarded-* or the request's Host when each is a valid host[:port].
+
+    With neither valid the base is empty and Location is relative (RFC 9110 allows it): a header the client made
+    up never reaches a Location or a status_url.
+    """
     if settings.public_base_url:
         return settings.public_base_url
-    own = urlsplit(req.url)
+    try:
+        own = urlsplit(req.url)
+        own_scheme, own_netloc = own.scheme, own.netloc
+    except ValueError:
+        own_scheme, own_netloc = "http", ""
     proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
-    host = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
-    scheme = proto if proto in ("http", "https") else own.scheme
-    netloc = host if FORWARDED_HOST.match(host) else own.netloc
+    forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
+    netloc = next((h for h in (forwarded, own_netloc) if HOST_PORT.match(h)), None)
+    if netloc is None:
+        return ""
+    scheme = proto if proto in ("http", "https") else own_scheme if own_scheme in ("http", "https") else "http"
     return f"{scheme}://{netloc}"
 
 
@@ -87,7 +104,7 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
     submission = intake.Submission(
         sender=sender,
         body=req.get_body() or b"",
-        content_type=req.headers.get("content-type"),
+        content_type=checked_content_type(req.headers.get("content-type")),
         idempotency_key=req.headers.get("idempotency-key"),
     )
     accepted = intake.accept(storage, settings, submission)
@@ -100,17 +117,21 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
         ack = hl7_ack.commit_ack(submission.body)
         if ack is not None:
             return func.HttpResponse(ack, status_code=202, headers=headers, mimetype=HL7)
-    body = {
-        "id": record.id,
-        "status": record.status,
-        "sender": record.sender,
-        "content_type": record.content_type,
-        "size_bytes": record.size_bytes,
-        "sha256": record.sha256,
-        "received_at": record.received_at,
-        "status_url": location,
-    }
-    return _json(body, 202, headers)
+    body = AcceptedReport(
+        id=record.id, status=record.status, sender=record.sender, content_type=record.content_type,
+        size_bytes=record.size_bytes, sha256=record.sha256, received_at=record.received_at, status_url=location,
+    )
+    return _json(body.model_dump(mode="json"), 202, headers)
+
+
+def checked_content_type(value: str | None) -> str | None:
+    """The Content-Type header if it is a well-formed media type of sane length; else 415 before anything is stored."""
+    if value is None or (len(value) <= MAX_CONTENT_TYPE and CONTENT_TYPE.match(value)):
+        return value
+    raise Problem(
+        415, "unsupported-media-type", "Unsupported Media Type",
+        f"Content-Type must be a well-formed media type of at most {MAX_CONTENT_TYPE} ASCII characters.",
+    )
 
 
 def _wants_hl7_ack(req: func.HttpRequest, record: StatusRecord) -> bool:
@@ -127,7 +148,7 @@ def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -
     if not report_id:
         return _list(req, storage, sender)
     # Unknown, malformed and other senders' ids get the same answer, so existence does not leak.
-    row = status.read(storage.reports, sender, report_id) if REPORT_ID.match(report_id) else None
+    row = status.read(storage.reports, sender, report_id) if listing.REPORT_ID.match(report_id) else None
     if row is None:
         raise not_found()
     record = row.record()
@@ -140,7 +161,7 @@ def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -
 def _list(req: func.HttpRequest, storage: Storage, sender: str) -> func.HttpResponse:
     query = parse_list_query(req.params, sender)
     page = listing.list_reports(storage.reports, query)
-    return _json({"reports": [r.model_dump(mode="json") for r in page.reports], "next_cursor": page.next_cursor}, 200)
+    return _json(ReportPage(reports=page.reports, next_cursor=page.next_cursor).model_dump(mode="json"), 200)
 
 
 def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Query:
@@ -154,15 +175,26 @@ def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Qu
     if since is not None:
         try:
             since = to_iso(parse_iso(since))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a valid date that leaves the calendar in UTC
             raise bad_request("since must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z.", "bad-query") from None
     limit_text = get("limit") or str(listing.DEFAULT_LIMIT)
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= listing.MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes '²' and '٥'.
+    if not ASCII_DIGITS.match(limit_text) or not 1 <= int(limit_text) <= listing.MAX_LIMIT:
         raise bad_request(f"limit must be a whole number from 1 to {listing.MAX_LIMIT}.", "bad-query")
     cursor = get("cursor") or None
     if cursor is not None and not listing.CURSOR.match(cursor):
         raise bad_request("cursor is not one this API returned.", "bad-query")
     return listing.Query(sender=sender, status=wanted, since=since, limit=int(limit_text), cursor=cursor)
+
+
+# --- GET /api/openapi.json ---------------------------------------------------------------------------------------
+
+
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    """Anonymous and storage-free: the document is built from the code alone."""
+    from shared import openapi
+
+    return _json(openapi.document(), 200)
 
 
 # --- GET /api/health ---------------------------------------------------------------------------------------------
@@ -171,7 +203,7 @@ def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Qu
 def health(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     queue_depth = storage.queue.get_queue_properties().approximate_message_count
     poison_depth = storage.poison.get_queue_properties().approximate_message_count
-    return _json({"status": "ok", "queue_depth": queue_depth, "poison_depth": poison_depth}, 200)
+    return _json(Health(status="ok", queue_depth=queue_depth, poison_depth=poison_depth).model_dump(mode="json"), 200)
 
 
 def health_guarded(req: func.HttpRequest) -> func.HttpResponse:

@@ -76,6 +76,34 @@ class StatusRecord(BaseModel):
     delivery: Delivery | None = None
 
 
+class AcceptedReport(BaseModel):
+    """The 202 answer to POST /api/reports: enough to find the report again, and proof of what was stored."""
+
+    id: str
+    status: str  # queued or received; an idempotent replay shows the report's current status
+    sender: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    received_at: str
+    status_url: str
+
+
+class ReportPage(BaseModel):
+    """One page of GET /api/reports, newest first; pass `next_cursor` back as `cursor` for the next page."""
+
+    reports: list[StatusRecord]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    """GET /api/health when storage answers."""
+
+    status: Literal["ok"]
+    queue_depth: int
+    poison_depth: int
+
+
 class Observation(BaseModel):
     """One result of an item. A panel (several OBX, several Observations) keeps every result here."""
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import azure.functions as func
+from pydantic import BaseModel
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:lab-intake:problem:"
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer (RFC 9457); `type` is a stable URN a client can branch on."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
 
 
 class Problem(Exception):
@@ -23,12 +31,12 @@ class Problem(Exception):
         self.detail = detail
         self.headers = dict(headers or {})
 
-    def to_dict(self) -> dict[str, object]:
-        return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+    def details(self) -> ProblemDetails:
+        return ProblemDetails(type=self.type, title=self.title, status=self.status, detail=self.detail)
 
     def response(self) -> func.HttpResponse:
         return func.HttpResponse(
-            json.dumps(self.to_dict()), status_code=self.status, headers=self.headers, mimetype=PROBLEM_JSON
+            self.details().model_dump_json(), status_code=self.status, headers=self.headers, mimetype=PROBLEM_JSON
         )
 
 

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,7 @@ from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
 
 SAMPLES = Path(__file__).parent / "samples"
+PROBLEM = "application/problem+json"
 EXAMPLES = REPO_ROOT / "docs" / "examples"
 T = TypeVar("T")
 # Lines the fault scenarios leave for the end-of-run summary (see conftest's pytest_terminal_summary).
@@ -123,3 +125,21 @@ class Service:
 def start_service(azurite: Azurite, start_devhost: Callable[..., DevHostProcess], **env: str) -> Service:
     host = start_devhost(REPO_ROOT, env=app_env(azurite.connection_string, **env))
     return Service(azurite, host)
+
+
+@contextmanager
+def own_service(**env: str) -> Iterator[Service]:
+    """A service with its own Azurite (for a test module that needs settings of its own)."""
+    with Azurite() as azurite:
+        with DevHostProcess(REPO_ROOT, env=app_env(azurite.connection_string, **env)) as host:
+            yield Service(azurite, host)
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    """An RFC 9457 problem+json answer with this status."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    return body

@@ -9,11 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from devhost.azurite import REPO_ROOT, Azurite
-from devhost.process import DevHostProcess
-from tests.service import EXAMPLES, Service, admin, app_env, poll
+from tests.service import EXAMPLES, Service, admin, assert_problem, own_service, poll
 
-PROBLEM = "application/problem+json"
 HL7 = (EXAMPLES / "report.hl7").read_bytes()
 CSV = (EXAMPLES / "report.csv").read_bytes()
 FHIR = (EXAMPLES / "report.json").read_bytes()
@@ -23,19 +20,8 @@ SIMPLEREPORT = (EXAMPLES / "simplereport.csv").read_bytes()
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    with Azurite() as azurite:
-        host = DevHostProcess(REPO_ROOT, env=app_env(azurite.connection_string, MAX_REPORT_BYTES="100000"))
-        with host:
-            yield Service(azurite, host)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    return body
+    with own_service(MAX_REPORT_BYTES="100000") as running:
+        yield running
 
 
 @pytest.mark.parametrize(
