@@ -165,7 +165,7 @@ class Host:
         manual = {timer.fn.name: timer.run_now for timer in self.timers}
         limits = self.limits
         app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual, limits)
-        protocol = functools.partial(EdgeProtocol, headers_seconds=limits.headers_seconds)
+        protocol = functools.partial(EdgeProtocol, limits=limits)
         config = uvicorn.Config(app, http=protocol, lifespan="off", access_log=False, log_config=None,
                                 timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]
                                 timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS), backlog=2048,
