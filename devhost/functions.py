@@ -171,6 +171,9 @@ class LoadedFunction:
                 f"the following parameters are declared in function.json but not in Python: {sorted(missing_in_py)}")
         self.out_names = [str(b["name"]) for b in info.bindings
                           if str(b.get("direction", "")).lower() == "out" and b.get("name") != "$return"]
+        # Output bindings the host itself writes after a successful invocation (devhost supports queue ones).
+        self.queue_outputs = [b for b in info.bindings if str(b.get("type", "")).lower() == "queue"
+                              and str(b.get("direction", "")).lower() == "out"]
 
     @property
     def name(self) -> str:
@@ -265,9 +268,13 @@ class Dispatcher:
     """Runs invocations: sync functions on a thread pool (as the worker does), async ones on the loop, each bounded
     by host.json's functionTimeout."""
 
-    def __init__(self, max_workers: int | None, timeout: float | None = None) -> None:
+    def __init__(self, max_workers: int | None, timeout: float | None = None,
+                 outputs: Callable[[LoadedFunction, Outcome], None] | None = None) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="func")
         self.timeout = timeout
+        # Output bindings the host writes itself once a function succeeded (queue messages); HTTP responses are
+        # the HTTP front end's.
+        self.outputs = outputs
 
     async def invoke(self, fn: LoadedFunction, args: dict[str, Any], reason: str,
                      pending: set[concurrent.futures.Future[Outcome]] | None = None) -> Outcome:
@@ -293,10 +300,22 @@ class Dispatcher:
         if running in done:
             if future is not None and future.cancelled():
                 return Outcome(False, started=False)  # shutdown took it back before a thread ran it
-            return running.result()
+            return await self._write_outputs(fn, running.result(), invocation_id)
         self._time_out(fn, invocation_id)
         running.cancel()  # stops an async function; a thread cannot be stopped (see _time_out)
         return Outcome(False)
+
+    async def _write_outputs(self, fn: LoadedFunction, outcome: Outcome, invocation_id: str) -> Outcome:
+        """As the host does after a successful invocation; a binding that cannot be written fails the invocation."""
+        if not outcome.succeeded or self.outputs is None or not fn.queue_outputs:
+            return outcome
+        try:
+            await asyncio.to_thread(self.outputs, fn, outcome)
+        except Exception as exc:  # noqa: BLE001 - reported like a failed invocation
+            log.error("Executed 'Functions.%s' (Failed, Id=%s): an output binding could not be written: %s: %s",
+                      fn.name, invocation_id, type(exc).__name__, exc)
+            return Outcome(False)
+        return outcome
 
     def _time_out(self, fn: LoadedFunction, invocation_id: str) -> None:
         limit = format_timespan(self.timeout or 0)

@@ -91,7 +91,9 @@ class Host:
         prefix = hostconfig.route_prefix(config)
         queue_options = hostconfig.QueueOptions.from_config(config, hostconfig.is_development(settings))
         threads = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
-        self.dispatcher = Dispatcher(int(threads) if threads else None, hostconfig.function_timeout(config))
+        outputs = queues.QueueOutputs(settings, queue_options.message_encoding)
+        self.dispatcher = Dispatcher(int(threads) if threads else None, hostconfig.function_timeout(config),
+                                     outputs.write)
         lock_seconds = int(float(settings.get("DEVHOST_QUEUE_LOCK_SECONDS") or queues.DEFAULT_LOCK_SECONDS))
         self.limits = EdgeLimits.from_settings(settings.get)
 
@@ -118,7 +120,7 @@ class Host:
                         raise FunctionLoadError("queueTrigger needs a queueName")
                     connection = settings.storage_connection(trigger.get("connection"))
                     self.pollers.append(queues.QueuePoller(fn, queue_name, connection, queue_options,
-                                                           self.dispatcher, self.io_pool, lock_seconds))
+                                                           self.dispatcher, self.io_pool, lock_seconds, outputs))
                     self.listing.append(f"{info.name}: queueTrigger")
                 else:
                     from devhost.timers import Schedule, TimerRunner

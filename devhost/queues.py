@@ -10,6 +10,7 @@ import functools
 import logging
 import random
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from azure.storage.queue import QueueMessage as SdkMessage
 
 from devhost.functions import Dispatcher, LoadedFunction, Outcome
 from devhost.hostconfig import QueueOptions
+from devhost.settings import Settings
 from shared.connection import StorageConnection
 
 log = logging.getLogger("devhost")
@@ -54,6 +56,70 @@ class Backoff:
             else:
                 self.current = self.maximum
         return self.current
+
+
+# --- queue output bindings: the one write that wakes a listener early ------------------------------------
+
+
+class QueueOutputs:
+    """The host's queue output binding: after a successful invocation, each value set on a `queue` binding with
+    direction `out` (or returned through `$return`) is sent to its queue, encoded per messageEncoding, and a
+    listener of this host on that queue is woken at once, as the host's SharedQueueWatcher does. Writes the app
+    makes itself through the storage SDK wake nothing."""
+
+    def __init__(self, settings: Settings, encoding: str) -> None:
+        self.settings = settings
+        self.encoding = encoding
+        self._clients: dict[tuple[str, str], QueueClient] = {}
+        self._listeners: dict[str, set[Callable[[], None]]] = {}
+        self._lock = threading.Lock()
+
+    def listen(self, queue_name: str, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.setdefault(queue_name.lower(), set()).add(wake)
+
+    def write(self, fn: LoadedFunction, outcome: Outcome) -> None:
+        """Send every value the invocation set; raise (the invocation then fails, as in the host) if one cannot
+        be sent."""
+        for binding in fn.queue_outputs:
+            name = str(binding.get("name"))
+            value = outcome.value if name == "$return" else outcome.outputs.get(name)
+            if value is None:
+                continue
+            queue_name = self.settings.resolve(str(binding.get("queueName") or "")).lower()
+            client = self._client(binding, queue_name)
+            for message in value if isinstance(value, (list, tuple)) else [value]:
+                self._send(client, message)
+            with self._lock:
+                wakes = list(self._listeners.get(queue_name, ()))
+            for wake in wakes:
+                wake()
+
+    def _client(self, binding: dict[str, Any], queue_name: str) -> QueueClient:
+        connection = self.settings.storage_connection(binding.get("connection"))
+        key = (connection.describe(), queue_name)
+        with self._lock:
+            client = self._clients.get(key)
+        if client is None:
+            client = make_client(connection, queue_name)
+            try:
+                client.create_queue()  # the binding creates its queue, as the host's does
+            except ResourceExistsError:
+                pass
+            with self._lock:
+                self._clients[key] = client
+        return client
+
+    def _send(self, client: QueueClient, message: Any) -> None:
+        if isinstance(message, str):
+            body = message.encode("utf-8")
+        elif isinstance(message, (bytes, bytearray)):
+            body = bytes(message)
+        else:
+            raise TypeError(f"a queue output binding takes str or bytes (or a list of them), "
+                            f"not {type(message).__name__}")
+        text = base64.b64encode(body).decode("ascii") if self.encoding == "base64" else body.decode("utf-8")
+        client.send_message(text)
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -110,7 +176,8 @@ class QueuePoller:
     """One queue-triggered function: polls, dispatches, renews locks, and completes/releases/poisons."""
 
     def __init__(self, fn: LoadedFunction, queue_name: str, connection: StorageConnection, options: QueueOptions,
-                 dispatcher: Dispatcher, io_pool: concurrent.futures.Executor, lock_seconds: int) -> None:
+                 dispatcher: Dispatcher, io_pool: concurrent.futures.Executor, lock_seconds: int,
+                 outputs: QueueOutputs | None = None) -> None:
         self.fn = fn
         self.queue_name = queue_name
         self.options = options
@@ -128,6 +195,7 @@ class QueuePoller:
         self.waiting: set[concurrent.futures.Future[Outcome]] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.outputs = outputs
 
     async def _io(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, functools.partial(call, *args, **kwargs))
@@ -139,9 +207,13 @@ class QueuePoller:
             pass
 
     async def start(self) -> None:
-        # Set only to stop: like the real host, devhost never wakes the poller for messages the app writes through
-        # the storage SDK, so an idle queue is noticed after the current polling interval, as in Azure.
+        # Set to stop, or by this host's own queue output bindings. Like the real host, devhost never wakes the poller
+        # for messages the app writes through the storage SDK: those are noticed at the next poll, as in Azure.
         self._wake = asyncio.Event()
+        if self.outputs is not None:
+            loop = asyncio.get_running_loop()
+            wake = self._wake
+            self.outputs.listen(self.queue_name, lambda: loop.call_soon_threadsafe(wake.set))
         # In the background, as the host starts its listeners: storage that is slow or refusing (no token yet) must
         # not hold up the HTTP functions.
         self._loop_task = asyncio.create_task(self._listen(), name=f"poll:{self.queue_name}")

@@ -169,6 +169,20 @@ def test_a_write_through_the_storage_sdk_does_not_wake_the_poller(start_devhost,
     assert e["t"] - t0 > 0.3, "the poller was woken by the function's own SDK write"
 
 
+def test_a_queue_output_binding_writes_after_success_and_wakes_the_poller(start_devhost, storage, tmp_path):
+    """The host's own queue output binding is the one write that wakes its listener at once (and it encodes the
+    message as messageEncoding says, base64 here)."""
+    env, q = queue_env(storage, tmp_path, maxPollingInterval="00:01:00")
+    host = start_devhost(QUEUES_APP, env=env)
+    time.sleep(4.9)  # as above: the next natural poll is over 0.8 s away
+    t0 = time.time()
+    body = "through the binding \u20ac"
+    assert httpx.post(f"{host.url}/api/enqueue-binding", content=body.encode()).status_code == 202
+    (e,) = wait_until(lambda: events(tmp_path, "q_ok"), 10, interval=0.01, what="invocation")
+    assert e["body"] == body  # base64 on the queue, decoded for the trigger
+    assert e["t"] - t0 < 0.8, "a queue output binding wakes the host's listener"
+
+
 def test_function_timeout_counts_as_a_failed_try(start_devhost, storage, tmp_path):
     """functionTimeout (host.json) bounds every invocation: a timed-out try is a failed one, so the message comes
     back after visibilityTimeout and is poisoned after maxDequeueCount (3 in this app) tries."""

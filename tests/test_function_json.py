@@ -22,9 +22,10 @@ BINDING_KEYS = {
     "httpTrigger": COMMON | {"authLevel", "methods", "route"},
     "http": COMMON,
     "queueTrigger": COMMON | {"queueName", "connection"},
+    "queue": COMMON | {"queueName", "connection"},
     "timerTrigger": COMMON | {"schedule", "runOnStartup", "useMonitor"},
 }
-DIRECTIONS = {"httpTrigger": "in", "http": "out", "queueTrigger": "in", "timerTrigger": "in"}
+DIRECTIONS = {"httpTrigger": "in", "http": "out", "queueTrigger": "in", "queue": "out", "timerTrigger": "in"}
 HTTP_METHODS = {"get", "post", "put", "delete", "head", "patch", "options", "trace"}
 
 HOST_KEYS = {"version", "extensionBundle", "extensions", "logging", "functionTimeout"}
