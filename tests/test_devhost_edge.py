@@ -7,6 +7,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from devhost.functions import Dispatcher
 from devhost.http import EdgeLimits, HttpApp
 from devhost.process import DevHostProcess
-from devhost.routing import Router
+from devhost.routing import Route, Router
 from tests.apps.support import APPS, wait_until
 
 BASIC = APPS / "basic"
@@ -160,15 +161,18 @@ def test_bad_timeout_setting_stops_the_host(start_devhost, storage) -> None:
 # --- the admin API answers this machine only ---------------------------------------------------------------------
 
 
-def call_app(app: HttpApp, method: str, path: str, client: str) -> int:
+def call_app(app: HttpApp, method: str, path: str, client: str = "127.0.0.1",
+             chunks: tuple[bytes, ...] = (b"{}",), headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
     """One request through the ASGI app exactly as uvicorn hands it over, from the given client address."""
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"host", b"localhost")], "client": (client, 50000), "server": ("127.0.0.1", 7071),
-             "http_version": "1.1", "scheme": "http"}
+             "headers": [(b"host", b"localhost"), *headers], "client": (client, 50000),
+             "server": ("127.0.0.1", 7071), "http_version": "1.1", "scheme": "http"}
     sent: list[dict] = []
+    pending = list(chunks)
 
     async def receive() -> dict:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
+        body = pending.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -185,3 +189,13 @@ def test_admin_api_answers_loopback_clients_only(client: str, expected: int) -> 
     app = HttpApp(Router(), Dispatcher(None), lambda: "Running", {"tick": run_now}, EdgeLimits())
     assert call_app(app, "POST", "/admin/functions/tick", client) == expected
     assert call_app(app, "GET", "/admin/host/status", client) == (403 if expected == 403 else 200)
+
+
+def test_chunked_body_over_the_limit_is_413_as_it_passes_it() -> None:
+    """A chunked body declares no length: it is counted as it arrives and cut off past the limit (here 10 bytes)."""
+    router = Router()
+    # The target is only named in the log: the body is refused before any function would be called.
+    router.add(Route("api/echo/{name}", frozenset({"POST"}), SimpleNamespace(name="echo")))
+    app = HttpApp(router, Dispatcher(None), lambda: "Running", {}, EdgeLimits(max_body_bytes=10))
+    chunked = ((b"transfer-encoding", b"chunked"),)
+    assert call_app(app, "POST", "/api/echo/x", chunks=(b"123456", b"78901", b"never read"), headers=chunked) == 413
