@@ -77,12 +77,16 @@ class _Resources:
         return found if found is not None and found.get("resourceType") == kind else None
 
     def observations(self) -> list[dict[str, Any]]:
-        """Observations in the order the DiagnosticReports list them (as ReportStream writes OBX), then the rest."""
-        listed = [self.find(ref, "Observation") for report in self.of_type("DiagnosticReport")
-                  for ref in _get(report, "result") or []]
-        order = {id(o): n for n, o in reversed(list(enumerate(o for o in listed if o is not None)))}
-        every = self.of_type("Observation")
-        return sorted(every, key=lambda o: order.get(id(o), len(order)))  # stable: the rest keep Bundle order
+        """The results: the Observations the DiagnosticReports list, in that order (the order ReportStream writes
+        OBX segments); without such a list, every Observation. Answers to ask-at-order-entry questions hang off
+        ServiceRequest.supportingInfo instead (HL7 marks them OBX-29 `QST`): they are not results."""
+        listed: list[dict[str, Any]] = []
+        for report in self.of_type("DiagnosticReport"):
+            for ref in _get(report, "result") or []:
+                found = self.find(ref, "Observation")
+                if found is not None and all(found is not seen for seen in listed):
+                    listed.append(found)
+        return listed or self.of_type("Observation")
 
 
 def normalise(

@@ -350,7 +350,7 @@ def _results(message: _Message, index: int) -> tuple[list[tuple[list[str], Obser
         return [], _issue(index, "OBX", "hl7.missing_segment", "no OBX segment")
     found = []
     for obx in segments:
-        if message.value(obx, 3):
+        if message.value(obx, 3) and message.value(obx, 29) != "QST":  # QST: an ask-at-order-entry answer
             value = _result(message, obx)
             if value:
                 found.append((obx, _observation(message, obx, value)))
