@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 
 # HL7 DTM: YYYYMMDD[HH[MM[SS[.S[S[S[S]]]]]]][+/-ZZZZ]. Year- or month-only precision is legal HL7 but useless as a
 # collection time, so a day is the minimum we accept.
@@ -40,16 +40,16 @@ def iso_from_hl7(text: str) -> str | None:
                 return None  # a UTC offset on a bare date has no meaning
             return date(int(year), int(month), int(day)).isoformat()
         micro = int((frac or "0").ljust(6, "0"))
-        tzinfo = None
-        if sign is not None:
-            offset = timedelta(hours=int(tz_h), minutes=int(tz_m))
-            tzinfo = timezone(-offset if sign == "-" else offset)
-        value = datetime(
-            int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0), micro, tzinfo=tzinfo
-        )
+        value = datetime(int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0), micro)
     except ValueError:
         return None
-    return value.isoformat()
+    if sign is None:
+        return value.isoformat()
+    # The offset is written as Python's isoformat() writes a timezone (no timezone object needed: this runs per
+    # message): -0000 reads as +00:00, and an offset must stay under a day.
+    if int(tz_h) > 23 or int(tz_m) > 59:
+        return None
+    return value.isoformat() + ("+00:00" if tz_h == tz_m == "00" else f"{sign}{tz_h}:{tz_m}")
 
 
 def date_from_hl7(text: str) -> str | None:
