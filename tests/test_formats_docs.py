@@ -36,3 +36,22 @@ def test_doc_examples_give_the_stated_counts() -> None:
         results = list(parse_report(text.encode(), content_type, "doc"))
         assert [r.item is not None for r in results] == accepted, (content_type, [r.errors for r in results])
     assert [e.code for e in results[2].errors] == ["csv.bad_date"]
+
+
+def test_every_documented_hl7_and_fhir_code_is_emitted() -> None:
+    """No stale rows: each HL7 and FHIR code the codes table lists is one the parsers still emit."""
+    table = (ROOT / "docs" / "formats.md").read_text().split("## Error and warning codes", 1)[1]
+    documented = set(re.findall(r"^\| `((?:hl7|fhir)\.[a-z_]+)`", table, flags=re.M))
+    assert documented and documented - emitted_codes() == set()
+
+
+def test_fhir_elements_read_are_documented() -> None:
+    from shared.formats.fhir_core import READ_ELEMENTS
+
+    doc = (ROOT / "docs" / "formats.md").read_text().split("Resources and elements read", 1)[1].split("\n\n", 1)[0]
+    for resource, elements in READ_ELEMENTS.items():
+        assert f"`{resource}`" in doc
+        for element in elements - {"extension"}:
+            name = re.sub(r"^(value|effective)[A-Z].*", r"\1[x]", element)  # choice types are written `value[x]`
+            section = doc.split(f"`{resource}`", 1)[1].split("`", 1)[0]
+            assert name in section, (resource, element)

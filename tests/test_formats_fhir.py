@@ -192,3 +192,15 @@ def test_pathological_nesting_is_an_item_error() -> None:
     [result] = bundle((raw % ext).encode())
     assert [i.code for i in result.errors] == ["fhir.missing_resource"]  # an extension it does not read: a warning
     assert [i.code for i in result.warnings] == ["fhir.nonconformant"]
+
+
+def test_observations_not_listed_by_the_diagnostic_report_are_not_results() -> None:
+    result_obs = {"resourceType": "Observation", "id": "r", "status": "final", "code": {"coding": [{"code": "94500-6"}]},
+                  "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260373001"}]}}
+    answer = {"resourceType": "Observation", "id": "q", "code": {"coding": [{"code": "95419-8"}]},  # no status
+              "valueCodeableConcept": {"coding": [{"code": "Y"}]}}
+    report = {"resourceType": "DiagnosticReport", "id": "d", "status": "final", "code": {"text": "x"},
+              "result": [{"reference": "Observation/r"}]}
+    [result] = bundle(_entries(PATIENT | {"id": "p"}, answer, result_obs, report))
+    assert [o.test_code for o in result.item.observations] == ["94500-6"]
+    assert ("fhir.nonconformant", "entry[1].resource.status") in [(w.code, w.field) for w in result.warnings]

@@ -235,3 +235,12 @@ def test_elr_fallbacks_and_codes() -> None:
     assert codes(result) == [("hl7.bad_code", "PID-8")]
     [result] = parse((base % (b"F", b"")).replace(b"DOE^JANE", b""))
     assert codes(result) == [("hl7.missing_field", "PID-3")]
+
+
+def test_ask_at_order_entry_answers_are_not_results() -> None:
+    qst = b"OBX|1|CWE|95419-8^Has symptoms^LN||Y^Yes^HL70136||||||F" + b"|" * 18 + b"QST\r"
+    raw = (b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5.1\rPID|1||P1\r" + qst
+           + b"OBX|2|CWE|94500-6^SARS^LN||260415000^Not detected^SCT||||||F\r")
+    [result] = parse(raw)
+    assert result.item.test_code == "94500-6"
+    assert [o.test_code for o in result.item.observations] == ["94500-6"]  # OBX-29 QST: an answer, not a result

@@ -245,8 +245,9 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
         )
     if birth_error is not None:
         errors.append(birth_error)
-    sex = message.value(pid, 8)
-    if sex and codes.sex(sex) is None:
+    sex_value = message.value(pid, 8)
+    sex = codes.sex(sex_value) if sex_value else None
+    if sex_value and sex is None:
         errors.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
 
     results, obx_error = _results(message, index)
@@ -270,7 +271,7 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
             message_id=message.value(msh, 10) or f"{report_id}-{index}",
             patient_id=patient_id or None,
             patient_birth_date=birth_date,
-            patient_sex=codes.sex(sex),
+            patient_sex=sex,
             patient_race=codes.coded_or_text(codes.RACE, message.value(pid, 10), lambda: message.value(pid, 10, 2)),
             patient_ethnicity=codes.coded_or_text(
                 codes.ETHNICITY, message.value(pid, 22), lambda: message.value(pid, 22, 2)
@@ -429,9 +430,13 @@ def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple
 def _specimen_type_code(message: _Message) -> str | None:
     """SPM-4 of the first SPM that has one, as a SNOMED CT code."""
     for spm in message.all("SPM"):
-        code, name = message.value(spm, 4), message.value(spm, 4, 2)
-        if code or name:
-            return codes.specimen_type(code, name, message.value(spm, 4, 3))
+        code = message.value(spm, 4)
+        if code:
+            return codes.specimen_type(code, None, message.value(spm, 4, 3)) or codes.specimen_type(
+                None, message.value(spm, 4, 2))
+        name = message.value(spm, 4, 2)
+        if name:
+            return codes.specimen_type(None, name)
     return None
 
 
