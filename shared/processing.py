@@ -15,7 +15,7 @@ from typing import IO
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import status, telemetry
+from shared import row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
@@ -27,7 +27,6 @@ from shared.storage import Storage, result_blob_name
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 10_000
-MAX_LISTED_ISSUES = 100
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 # Reports up to this size skip the `processing` write: it would be overwritten within milliseconds, and it is one
 # of the five storage calls a report costs. Larger ones are marked first so pollers see the work under way.
@@ -46,25 +45,21 @@ class PermanentFailure(Exception):
 
 @dataclass
 class IssueList:
-    """Keeps the first MAX_LISTED_ISSUES issues and counts the rest."""
+    """Keeps the first issues a status row can list and counts the rest (row_limits caps them by size too)."""
 
     kept: list[Issue] = field(default_factory=list)
     left_out: int = 0
 
     def add(self, issues: list[Issue]) -> None:
         for issue in issues:
-            if len(self.kept) < MAX_LISTED_ISSUES:
+            if len(self.kept) < row_limits.MAX_LISTED_ISSUES:
                 self.kept.append(issue)
             else:
                 self.left_out += 1
 
     def listed(self) -> list[dict]:
         out = [i.model_dump() for i in self.kept]
-        if self.left_out:
-            out.append(
-                Issue(scope="report", code="report.issues_truncated", message=f"{self.left_out} more not listed").model_dump()
-            )
-        return out
+        return out + [row_limits.issues_marker(self.left_out)] if self.left_out else out
 
 
 @dataclass

@@ -16,7 +16,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared import index, telemetry
+from shared import index, row_limits, telemetry
 from shared.clock import now_iso
 from shared.models import StatusRecord
 
@@ -87,14 +87,24 @@ class Row:
 def new_entity(record: StatusRecord, blob: str) -> dict:
     entity = record_to_entity(record)
     entity["blob"] = blob
+    row_limits.check(entity)
     return entity
+
+
+def _to_property(name: str, value: object) -> object:
+    """A record field as stored: lists capped to fit Azure's limits, structured fields as JSON text."""
+    if isinstance(value, Status):
+        return value.value
+    if name in JSON_FIELDS:
+        return json.dumps(row_limits.fit(name, value), separators=(",", ":"))
+    return value
 
 
 def record_to_entity(record: StatusRecord) -> dict:
     data = record.model_dump(mode="json")
     entity: dict[str, object] = {"PartitionKey": data.pop("sender"), "RowKey": data.pop("id")}
     for name, value in data.items():
-        entity[name] = json.dumps(value, separators=(",", ":")) if name in JSON_FIELDS else value
+        entity[name] = _to_property(name, value)
     return {k: v for k, v in entity.items() if v is not None}
 
 
@@ -131,13 +141,10 @@ def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
         raise TransitionError(f"{row.status.value} -> {Status(new_status).value} is not allowed")
     patch: dict[str, object] = {"PartitionKey": row.sender, "RowKey": row.id, "updated_at": now_iso()}
     for name, value in changes.items():
-        if isinstance(value, Status):
-            value = value.value
-        if name in JSON_FIELDS:
-            value = json.dumps(value, separators=(",", ":"))
-        patch[name] = value
+        patch[name] = _to_property(name, value)
     patch[index.VERSION_FIELD] = index.VERSION
     merged = {**row.entity, **patch}
+    row_limits.check(merged)
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
     written = index.submit(table, [("update", patch, guarded), *index.operations(row.entity, merged)])
     if new_status is not None and Status(new_status) in TERMINAL:
