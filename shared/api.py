@@ -106,6 +106,8 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
         body=req.get_body() or b"",
         content_type=checked_content_type(req.headers.get("content-type")),
         idempotency_key=req.headers.get("idempotency-key"),
+        content_digest=req.headers.get("content-digest"),
+        content_length=req.headers.get("content-length"),
     )
     accepted = intake.accept(storage, settings, submission)
     record = accepted.record

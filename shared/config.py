@@ -33,6 +33,11 @@ SETTING_NAMES = {
 }
 
 
+# host.json functionTimeout when it is absent or unbounded (-1): the Premium and Dedicated plans' default. The
+# Consumption plan's own default (5 minutes) is shorter, so this errs on the safe side.
+DEFAULT_FUNCTION_TIMEOUT_SECONDS = 30 * 60.0
+
+
 class SettingsError(RuntimeError):
     """A setting is missing or has a bad value; the message names it."""
 
@@ -54,6 +59,9 @@ class Settings(BaseModel):
     # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
     applicationinsights_connection_string: str | None = None
     otlp_endpoint: str | None = None
+    # The longest any invocation can run (host.json functionTimeout): a request holding an Idempotency-Key claim
+    # cannot outlive it, so only then is the claim taken over.
+    function_timeout_seconds: float = Field(default=DEFAULT_FUNCTION_TIMEOUT_SECONDS, gt=0)
 
     @field_validator("applicationinsights_connection_string")
     @classmethod
@@ -90,17 +98,39 @@ class Settings(BaseModel):
         return value
 
 
-def _host_json_max_dequeue_count(env: dict[str, str]) -> int | None:
-    """maxDequeueCount as the host sees it: an AzureFunctionsJobHost__ override, else host.json, else None."""
+def _host_setting(env: dict[str, str], *path: str) -> object | None:
+    """A host.json value as the host sees it: an AzureFunctionsJobHost__ override, else host.json, else None."""
+    override = "__".join(("azurefunctionsjobhost", *path)).lower()
     for key, value in env.items():
-        if key.lower() == "azurefunctionsjobhost__extensions__queues__maxdequeuecount":
-            return int(value)
+        if key.lower() == override:
+            return value
     try:
-        host = json.loads((APP_ROOT / "host.json").read_text())
+        node: object = json.loads((APP_ROOT / "host.json").read_text())
     except (OSError, ValueError):
         return None
-    value = host.get("extensions", {}).get("queues", {}).get("maxDequeueCount")
-    return int(value) if value is not None else None
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _host_json_max_dequeue_count(env: dict[str, str]) -> int | None:
+    value = _host_setting(env, "extensions", "queues", "maxDequeueCount")
+    return int(value) if value is not None else None  # type: ignore[call-overload]
+
+
+def _timespan_seconds(text: str) -> float | None:
+    """A host.json timespan (`[d.]hh:mm:ss[.fff]`) in seconds; None for -1 (unbounded)."""
+    text = text.strip()
+    if text == "-1":
+        return None
+    days, _, clock = text.partition(".") if "." in text.split(":")[0] else ("", "", text)
+    hours, minutes, seconds = clock.split(":")
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _host_json_function_timeout(env: dict[str, str]) -> float | None:
+    value = _host_setting(env, "functionTimeout")
+    return _timespan_seconds(str(value)) if value is not None else None
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -117,6 +147,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_dequeue = _host_json_max_dequeue_count(env)
         if max_dequeue is not None:
             values["max_dequeue_count"] = max_dequeue
+        function_timeout = _host_json_function_timeout(env)
+        if function_timeout is not None:
+            values["function_timeout_seconds"] = function_timeout
         return Settings(**values)
     except ValueError as exc:
         raise SettingsError(_describe(exc)) from None
@@ -124,9 +157,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 def _describe(exc: ValueError) -> str:
     if not isinstance(exc, ValidationError):
-        return f"bad value for AzureFunctionsJobHost__extensions__queues__maxDequeueCount: {exc}"
+        return f"bad value for maxDequeueCount or functionTimeout (host.json or AzureFunctionsJobHost__): {exc}"
     by_field = {field: name for name, field in SETTING_NAMES.items()}
     by_field["max_dequeue_count"] = "extensions.queues.maxDequeueCount (host.json)"
+    by_field["function_timeout_seconds"] = "functionTimeout (host.json)"
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "?"

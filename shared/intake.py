@@ -6,25 +6,18 @@ leaves a `received` row that the reconciler re-enqueues.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
-import re
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
+import http_sfv
+from azure.core.exceptions import AzureError
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
-from shared import activity, status, telemetry, work
-from shared.clock import now_iso, parse_iso
+from shared import activity, idempotency, status, telemetry, work
+from shared.clock import now_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
 from shared.models import StatusRecord
@@ -34,11 +27,12 @@ from shared.storage import Storage, raw_blob_name
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
-# A claimed Idempotency-Key whose report never appeared within this long belongs to a request that died.
-STALE_CLAIM_SECONDS = 30.0
-# How long a concurrent duplicate waits for the first request to finish storing before answering 409.
-DUPLICATE_WAIT_SECONDS = 5.0
+# Longer than any real media type with its parameters; the value is stored with the report.
+MAX_CONTENT_TYPE_CHARS = 255
+# RFC 9530 algorithms worth checking (the others are deprecated there and may be ignored).
+DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+UNKNOWN_OUTCOME = ("Storage did not answer; the report may not have been stored. Retry later with the same "
+                   "Idempotency-Key to be sure it is stored once.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +41,8 @@ class Submission:
     body: bytes
     content_type: str | None
     idempotency_key: str | None = None
+    content_digest: str | None = None  # the Content-Digest header (RFC 9530), when sent
+    content_length: str | None = None  # the Content-Length header, when sent
 
 
 @dataclass(frozen=True)
@@ -58,13 +54,17 @@ class Accepted:
 def check(sub: Submission, settings: Settings) -> str:
     """The cheap checks; returns the media type. Never parses the report."""
     kind = media_type(sub.content_type or "")
-    if kind not in FORMATS:
+    if kind not in FORMATS or len(sub.content_type or "") > MAX_CONTENT_TYPE_CHARS:
+        shown = kind if len(kind) <= 60 else kind[:60] + "..."
         raise Problem(
             415,
             "unsupported-media-type",
             "Unsupported Media Type",
-            f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.",
+            f"Content-Type must be one of {', '.join(FORMATS)} (at most {MAX_CONTENT_TYPE_CHARS} characters with "
+            f"its parameters); got {shown or 'none'!r}.",
         )
+    if sub.content_length is not None and sub.content_length.strip() != str(len(sub.body)):
+        raise bad_request("The body is not as long as its Content-Length says; nothing was stored.", "incomplete-body")
     if not sub.body:
         raise bad_request("The report body is empty.", "empty-body")
     if len(sub.body) > settings.max_report_bytes:
@@ -74,34 +74,63 @@ def check(sub: Submission, settings: Settings) -> str:
             "Content Too Large",
             f"The report is {len(sub.body)} bytes; the limit is {settings.max_report_bytes}.",
         )
-    if sub.idempotency_key is not None and not IDEMPOTENCY_KEY.match(sub.idempotency_key):
+    if sub.idempotency_key is not None and not idempotency.KEY.match(sub.idempotency_key):
         raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters.", "bad-idempotency-key")
+    if sub.content_digest is not None:
+        verify_content_digest(sub.content_digest, sub.body)
     return kind
 
 
+def verify_content_digest(header: str, body: bytes) -> None:
+    """RFC 9530: every sha-256 / sha-512 digest given must match the body; other algorithms are ignored."""
+    parsed = http_sfv.Dictionary()
+    try:
+        parsed.parse(header.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise bad_request("Content-Digest is not a structured field dictionary, e.g. sha-256=:<base64>:.",
+                          "bad-content-digest") from None
+    for algorithm, item in parsed.items():
+        hash_fn = DIGESTS.get(algorithm)
+        if hash_fn is None:
+            continue
+        if not isinstance(item.value, bytes):
+            raise bad_request(f"Content-Digest {algorithm} must be a byte sequence, :<base64>:.", "bad-content-digest")
+        if item.value != hash_fn(body).digest():
+            raise bad_request(
+                f"The body does not match its Content-Digest ({algorithm}); nothing was stored. The body received "
+                f"has {algorithm} :{base64.b64encode(hash_fn(body).digest()).decode()}:.",
+                "content-digest-mismatch",
+            )
+
+
 def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
+    """Store the report and enqueue it. 202 once blob and row are stored; 503 only when nothing is."""
     telemetry.submission(sub.sender, sub.content_type, len(sub.body))
     check(sub, settings)
     digest = hashlib.sha256(sub.body).hexdigest()
     report_id = str(ULID())
-    if sub.idempotency_key is not None:
-        claimed = _claim_key(storage, settings, sub.sender, sub.idempotency_key, digest, report_id)
+    key = sub.idempotency_key
+    if key is not None:
+        fingerprint = idempotency.Fingerprint.of(digest, sub.content_type)
+        claimed = idempotency.claim(storage, settings, sub.sender, key, fingerprint, report_id)
         if isinstance(claimed, status.Row):
             telemetry.report_accepted(claimed.id, sub.sender, sub.content_type, replayed=True)
             return Accepted(claimed.record(), replayed=True)
+        report_id = claimed
     try:
-        return Accepted(_store_and_enqueue(storage, settings, sub, report_id, digest), replayed=False)
-    except _NotStored:
-        if sub.idempotency_key is not None:
-            _release_key(storage, sub.sender, sub.idempotency_key)
-        raise unavailable(settings.retry_after_seconds) from None
+        row = _store(storage, sub, report_id, digest)
+    except AzureError as exc:
+        log.warning("report %s: store failed (%s); reading it back", report_id, type(exc).__name__)
+        row = _read_back(storage, settings, sub, report_id)
+    record = row.record()
+    if _enqueue(storage, row):
+        record.status = Status.QUEUED.value
+    telemetry.report_accepted(report_id, sub.sender, record.content_type)
+    log.info("report %s accepted from %s (%d bytes)", report_id, sub.sender, record.size_bytes)
+    return Accepted(record, replayed=False)
 
 
-class _NotStored(Exception):
-    """Storage failed before the report was durably stored."""
-
-
-def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, report_id: str, digest: str) -> StatusRecord:
+def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> status.Row:
     blob = raw_blob_name(sub.sender, report_id)
     content_type = (sub.content_type or "").strip()
     now = now_iso()
@@ -115,101 +144,46 @@ def _store_and_enqueue(storage: Storage, settings: Settings, sub: Submission, re
         received_at=now,
         updated_at=now,
     )
-    try:
-        # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
-        activity.record(storage.activity, sub.sender, report_id)
-        storage.container.upload_blob(
-            blob,
-            sub.body,
-            overwrite=False,
-            content_settings=ContentSettings(content_type=content_type),
-            metadata={"sha256": digest, "sender": sub.sender},
-        )
-        row = status.create(storage.reports, status.new_entity(record, blob) | telemetry.context_fields())
-    except AzureError as exc:
-        log.warning("report %s not stored: %s", report_id, type(exc).__name__)
-        raise _NotStored from exc
+    # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
+    activity.record(storage.activity, sub.sender, report_id)
+    storage.container.upload_blob(
+        blob,
+        sub.body,
+        overwrite=False,
+        content_settings=ContentSettings(content_type=content_type),
+        metadata={"sha256": digest, "sender": sub.sender},
+    )
+    return status.create(storage.reports, status.new_entity(record, blob) | telemetry.context_fields())
 
+
+def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id: str) -> status.Row:
+    """After a failed store: the row is the truth. A write that timed out may have committed (an SDK retry of a
+    committed create even fails with "already exists"), so the row is read back before anything is released."""
+    try:
+        row = status.read(storage.reports, sub.sender, report_id)
+    except AzureError:
+        # Outcome unknown: the Idempotency-Key claim stays, so a retry with the key finds this report if it was
+        # stored (and takes the claim over only once this request can no longer be running).
+        raise unavailable(settings.retry_after_seconds, UNKNOWN_OUTCOME) from None
+    if row is not None:
+        log.info("report %s was stored after all", report_id)
+        return row
+    if sub.idempotency_key is not None:
+        idempotency.release(storage, sub.sender, sub.idempotency_key, report_id)
+    raise unavailable(settings.retry_after_seconds)
+
+
+def _enqueue(storage: Storage, row: status.Row) -> bool:
+    """Send the work message and mark the row `queued`; False if the send failed (the reconciler sends it)."""
     try:
         work.send(storage, row)
     except AzureError as exc:
-        # Stored but not enqueued: the row stays `received` and the reconciler enqueues it. The sender is told 503
-        # because storage is failing right now; an Idempotency-Key retry replays this same report.
-        log.warning("report %s stored but not enqueued (%s); left for the reconciler", report_id, type(exc).__name__)
-        raise unavailable(settings.retry_after_seconds) from exc
-
+        # Stored, so the answer is 202 with status `received`: a 503 would make the sender store it again.
+        log.warning("report %s stored but not enqueued (%s); left for the reconciler", row.id, type(exc).__name__)
+        return False
     try:
         work.mark_queued(storage, row)
     except AzureError as exc:
         # Stored and enqueued, so the 202 stands; the reconciler may enqueue it again, which processing tolerates.
-        log.warning("report %s enqueued but not marked queued: %s", report_id, type(exc).__name__)
-    record.status = Status.QUEUED.value
-    telemetry.report_accepted(report_id, sub.sender, content_type)
-    log.info("report %s accepted from %s (%d bytes)", report_id, sub.sender, record.size_bytes)
-    return record
-
-
-def _key_row(sender: str, key: str) -> tuple[str, str]:
-    return sender, hashlib.sha256(key.encode("ascii")).hexdigest()
-
-
-def _claim_key(
-    storage: Storage, settings: Settings, sender: str, key: str, digest: str, report_id: str
-) -> str | status.Row:
-    """Claim the Idempotency-Key for `report_id`; or return the row of the report that already holds it."""
-    pk, rk = _key_row(sender, key)
-    claim = {"PartitionKey": pk, "RowKey": rk, "report_id": report_id, "sha256": digest, "created_at": now_iso()}
-    try:
-        storage.idempotency.create_entity(claim)
-        return report_id
-    except ResourceExistsError:
-        pass
-    except AzureError:
-        raise unavailable(settings.retry_after_seconds) from None
-
-    deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
-    while True:
-        try:
-            existing = storage.idempotency.get_entity(pk, rk)
-        except ResourceNotFoundError:
-            return _claim_key(storage, settings, sender, key, digest, report_id)
-        except AzureError:
-            raise unavailable(settings.retry_after_seconds) from None
-        if existing.get("sha256") != digest:
-            raise Problem(
-                422,
-                "idempotency-key-reused",
-                "Unprocessable Content",
-                "This Idempotency-Key was already used with a different report body.",
-            )
-        row = status.read(storage.reports, sender, str(existing["report_id"]))
-        if row is not None:
-            return row
-        age = (datetime.now(timezone.utc) - parse_iso(str(existing["created_at"]))).total_seconds()
-        if age > STALE_CLAIM_SECONDS:
-            # The request that claimed the key died before storing; take the claim over.
-            claim["created_at"] = now_iso()
-            try:
-                storage.idempotency.update_entity(
-                    claim, etag=existing.metadata["etag"], match_condition=MatchConditions.IfNotModified
-                )
-                return report_id
-            except ResourceModifiedError:
-                continue
-        if time.monotonic() > deadline:
-            raise Problem(
-                409,
-                "idempotency-key-in-progress",
-                "Conflict",
-                "A request with this Idempotency-Key is still being stored; retry shortly.",
-                {"Retry-After": str(settings.retry_after_seconds)},
-            )
-        time.sleep(0.05)
-
-
-def _release_key(storage: Storage, sender: str, key: str) -> None:
-    try:
-        storage.idempotency.delete_entity(*_key_row(sender, key))
-    except AzureError:
-        # Left behind, the claim goes stale and the next retry takes it over.
-        pass
+        log.warning("report %s enqueued but not marked queued: %s", row.id, type(exc).__name__)
+    return True

@@ -257,10 +257,9 @@ def test_crash_between_store_and_enqueue_is_reconciled(
     key = add_sender(azurite.connection_string, "fault-enqueue")
     service = Service(azurite, ingest_only, {"fault-enqueue": key})
     post_many(service, "fault-enqueue", 5, t, workers=5)
-    assert t.answers == {503: 5}
+    assert t.answers == {202: 5}, "stored, so acknowledged (a 503 would make the sender store each again)"
     stuck = statuses(service, "fault-enqueue")
-    assert len(stuck) == 5 and set(stuck.values()) == {"received"}
-    t.acknowledged = list(stuck)  # stored, so they must not be lost even though the sender got 503
+    assert sorted(stuck) == sorted(t.acknowledged) and set(stuck.values()) == {"received"}
     ingest_only.stop()
 
     processor = start_service(azurite, start_devhost, RECONCILE_AFTER_SECONDS="0")

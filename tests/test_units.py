@@ -131,7 +131,9 @@ def test_reconcile_timer_enqueues_received_reports_once(app: Storage, monkeypatc
 
     with monkeypatch.context() as patch:
         patch.setattr(work, "send", crash)
-        assert _post(key, CSV).status_code == 503
+        stored = _post(key, CSV)
+    assert stored.status_code == 202, "stored, so acknowledged: a 503 would make the sender send it again"
+    assert json.loads(stored.get_body())["status"] == "received"
     stuck = list(app.reports.query_entities("PartitionKey eq 'unit-reconcile' and RowKey lt 'a'"))  # rows only
     assert [e["status"] for e in stuck] == ["received"]
 

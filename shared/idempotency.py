@@ -1,0 +1,143 @@
+"""Idempotency-Key claims (table `idempotency`): one report per sender and key, however requests race or fail.
+
+A request claims the key for its new report id before storing anything. A duplicate finds the claim and answers
+with the report it names, waits briefly while that report is being stored, and takes the claim over only once
+the request holding it can no longer be running: no invocation outlives the host's functionTimeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+from shared import status
+from shared.clock import now_iso, parse_iso
+from shared.config import Settings
+from shared.problems import Problem, unavailable
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+
+KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+# How long a concurrent duplicate waits for the first request to finish storing before answering 409.
+DUPLICATE_WAIT_SECONDS = 5.0
+# Claims are dated by the claiming instance's clock and judged by another's.
+CLOCK_SKEW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What makes a retry "the same request": the body and the Content-Type it was sent with."""
+
+    sha256: str
+    content_type: str
+
+    @classmethod
+    def of(cls, sha256: str, content_type: str | None) -> Fingerprint:
+        return cls(sha256, re.sub(r"\s+", "", (content_type or "").lower()))
+
+    def matches(self, claim: dict) -> bool:
+        # Claims written before Content-Type was part of the fingerprint carry only the digest.
+        stored_type = claim.get("content_type")
+        return claim.get("sha256") == self.sha256 and (stored_type is None or stored_type == self.content_type)
+
+
+def takeover_after_seconds(settings: Settings) -> float:
+    """A claim older than this belongs to a request that is no longer running (it would have been timed out)."""
+    return settings.function_timeout_seconds + CLOCK_SKEW_SECONDS
+
+
+def _row_key(sender: str, key: str) -> tuple[str, str]:
+    return sender, hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def claim(
+    storage: Storage, settings: Settings, sender: str, key: str, fingerprint: Fingerprint, report_id: str
+) -> str | status.Row:
+    """Claim `key` for `report_id` and return the id; or return the row of the report that already holds it."""
+    pk, rk = _row_key(sender, key)
+    entity = {"PartitionKey": pk, "RowKey": rk, "report_id": report_id, "sha256": fingerprint.sha256,
+              "content_type": fingerprint.content_type, "created_at": now_iso()}
+    deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
+    free = True
+    while True:
+        if free and _create(storage, settings, entity):
+            return report_id
+        try:
+            held = _held(storage, settings, pk, rk, fingerprint, entity)
+            free = False
+        except ResourceNotFoundError:
+            free = True  # released meanwhile: claim it afresh
+            continue
+        if held is not None:
+            return held
+        if time.monotonic() > deadline:
+            raise Problem(
+                409, "idempotency-key-in-progress", "Conflict",
+                "A request with this Idempotency-Key is still being stored; retry shortly.",
+                {"Retry-After": str(settings.retry_after_seconds)},
+            )
+        time.sleep(0.05)
+
+
+def _create(storage: Storage, settings: Settings, entity: dict) -> bool:
+    try:
+        storage.idempotency.create_entity(entity)
+        return True
+    except ResourceExistsError:
+        return False
+    except AzureError:
+        raise unavailable(settings.retry_after_seconds) from None
+
+
+def _held(
+    storage: Storage, settings: Settings, pk: str, rk: str, fingerprint: Fingerprint, entity: dict
+) -> str | status.Row | None:
+    """Look at the existing claim: its report's row, our id after a takeover, or None to wait."""
+    try:
+        existing = storage.idempotency.get_entity(pk, rk)
+        if existing.get("report_id") == entity["report_id"]:
+            return str(entity["report_id"])  # our own create, committed although its answer was lost
+        if not fingerprint.matches(existing):
+            raise Problem(
+                422, "idempotency-key-reused", "Unprocessable Content",
+                "This Idempotency-Key was already used with a different report body or Content-Type.",
+            )
+        row = status.read(storage.reports, pk, str(existing["report_id"]))
+        if row is not None:
+            return row
+        age = (datetime.now(timezone.utc) - parse_iso(str(existing["created_at"]))).total_seconds()
+        if age <= takeover_after_seconds(settings):
+            return None
+        # The request that claimed the key stored nothing and cannot still be running: take the claim over.
+        storage.idempotency.update_entity(
+            {**entity, "created_at": now_iso()}, etag=existing.metadata["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+        log.info("idempotency claim of report %s taken over by %s", existing["report_id"], entity["report_id"])
+        return str(entity["report_id"])
+    except ResourceModifiedError:
+        return None  # another duplicate changed the claim first: look again
+    except ResourceNotFoundError:
+        raise
+    except AzureError:
+        raise unavailable(settings.retry_after_seconds) from None
+
+
+def release(storage: Storage, sender: str, key: str, report_id: str) -> None:
+    """Give the key up after a store that surely failed, so the sender's retry can claim it at once."""
+    pk, rk = _row_key(sender, key)
+    try:
+        existing = storage.idempotency.get_entity(pk, rk)
+        if existing.get("report_id") == report_id:  # never another request's claim
+            storage.idempotency.delete_entity(pk, rk, etag=existing.metadata["etag"],
+                                              match_condition=MatchConditions.IfNotModified)
+    except AzureError:
+        pass  # left behind, the claim is taken over once it is stale

@@ -1,0 +1,216 @@
+"""Intake under failure and hostile input: nothing false stored, nothing stored told "not stored", one report per
+Idempotency-Key. POST goes through ingest_http.main() against the real Azurite; storage faults are injected by
+wrapping the real SDK calls."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+import azure.functions as func
+import pytest
+from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.data.tables import TableClient
+
+from shared import config, idempotency, senders, status, work
+from shared.clock import to_iso
+from shared.status import Status
+from shared.storage import Storage
+from tests.service import EXAMPLES
+
+CSV = (EXAMPLES / "report.csv").read_bytes()
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def sender(app: Storage, request: pytest.FixtureRequest) -> tuple[str, str]:
+    name = "in-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
+    return name, senders.add(app.senders, name)
+
+
+def post(key: str, body: bytes = CSV, **headers: str) -> func.HttpResponse:
+    import ingest_http
+
+    request = func.HttpRequest(
+        "POST", "http://localhost:7071/api/reports", body=body,
+        headers={"authorization": f"Bearer {key}", "content-type": "text/csv", **headers},
+    )
+    return ingest_http.main(request)
+
+
+def answer(response: func.HttpResponse) -> dict:
+    return json.loads(response.get_body())
+
+
+def stored_ids(app: Storage, name: str) -> list[str]:
+    rows = app.reports.query_entities("PartitionKey eq @s and RowKey lt 'a'", parameters={"s": name})  # not index
+    return [e["RowKey"] for e in rows]
+
+
+def claim_of(app: Storage, name: str, key: str) -> dict | None:
+    try:
+        return dict(app.idempotency.get_entity(*idempotency._row_key(name, key)))
+    except ResourceNotFoundError:
+        return None
+
+
+def digest_header(body: bytes, algorithm: str = "sha-256") -> str:
+    hashed = hashlib.sha256(body) if algorithm == "sha-256" else hashlib.sha512(body)
+    return f"{algorithm}=:{base64.b64encode(hashed.digest()).decode()}:"
+
+
+# --- Content-Digest and Content-Length -----------------------------------------------------------------------
+
+
+def test_wrong_content_digest_is_400_and_nothing_stored(app: Storage, sender: tuple[str, str]) -> None:
+    name, key = sender
+    cut = CSV[: len(CSV) // 2]
+    refused = post(key, cut, **{"content-digest": digest_header(CSV)})
+    assert refused.status_code == 400 and refused.mimetype == PROBLEM
+    assert "content-digest-mismatch" in answer(refused)["type"]
+    assert post(key, cut, **{"content-digest": "sha-256=not-bytes"}).status_code == 400
+    assert post(key, cut, **{"content-digest": "sha-256=:@@:"}).status_code == 400
+    assert stored_ids(app, name) == []
+
+    for header in (digest_header(CSV), digest_header(CSV, "sha-512"), f"md5=:AAAA:, {digest_header(CSV)}"):
+        assert post(key, CSV, **{"content-digest": header}).status_code == 202, header
+    assert len(stored_ids(app, name)) == 3
+
+
+def test_body_shorter_than_its_content_length_is_never_stored(app: Storage, sender: tuple[str, str]) -> None:
+    name, key = sender
+    refused = post(key, CSV[:40], **{"content-length": str(len(CSV))})
+    assert refused.status_code == 400 and "incomplete-body" in answer(refused)["type"]
+    assert post(key, CSV[:40], **{"content-length": "40, 40"}).status_code == 400
+    assert stored_ids(app, name) == []
+    assert post(key, CSV, **{"content-length": str(len(CSV))}).status_code == 202
+
+
+def test_a_huge_content_type_is_415_not_503(app: Storage, sender: tuple[str, str]) -> None:
+    name, key = sender
+    refused = post(key, CSV, **{"content-type": "text/csv; x=" + "a" * 16000})
+    assert refused.status_code == 415 and refused.mimetype == PROBLEM
+    assert len(refused.get_body()) < 1000, "the header is not echoed back"
+    assert stored_ids(app, name) == []
+
+
+# --- stored means 202, not stored means 503 ----------------------------------------------------------------------
+
+
+def test_queue_send_failure_after_the_store_is_202_received(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = sender
+
+    def queue_down(storage: Storage, row: status.Row) -> None:
+        raise ServiceRequestError("queue unavailable")
+
+    monkeypatch.setattr(work, "send", queue_down)
+    response = post(key)
+    assert response.status_code == 202
+    accepted = answer(response)
+    assert accepted["status"] == "received" and response.headers["Location"].endswith(accepted["id"])
+    row = status.read(app.reports, name, accepted["id"])
+    assert row is not None and row.status is Status.RECEIVED
+    assert app.container.download_blob(f"raw/{name}/{accepted['id']}").readall() == CSV
+
+
+def post_while_create_times_out(monkeypatch: pytest.MonkeyPatch, key: str, idempotency_key: str, commits: bool,
+                                read_fails: bool = False) -> func.HttpResponse:
+    """POST while the status row's create times out, after committing (the answer was lost) or before."""
+    with monkeypatch.context() as patch:
+        _create_then_time_out(patch, commits)
+        if read_fails:
+            patch.setattr(status, "read", lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError("down")))
+        return post(key, **{"idempotency-key": idempotency_key})
+
+
+def _create_then_time_out(monkeypatch: pytest.MonkeyPatch, commits: bool) -> None:
+    original = status.create
+
+    def create(table: TableClient, entity: dict) -> status.Row:
+        if commits:
+            original(table, entity)
+        raise ServiceResponseError("read timed out")
+
+    monkeypatch.setattr(status, "create", create)
+
+
+def test_a_store_that_timed_out_but_committed_is_202_and_keeps_its_key(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = sender
+    first = post_while_create_times_out(monkeypatch, key, "k1", commits=True)
+    assert first.status_code == 202, first.get_body()
+    report_id = answer(first)["id"]
+    assert stored_ids(app, name) == [report_id]
+    assert claim_of(app, name, "k1")["report_id"] == report_id
+    again = post(key, **{"idempotency-key": "k1"})
+    assert again.status_code == 202 and answer(again)["id"] == report_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert stored_ids(app, name) == [report_id]
+
+
+def test_a_store_that_surely_failed_is_503_and_frees_its_key(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = sender
+    refused = post_while_create_times_out(monkeypatch, key, "k2", commits=False)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert stored_ids(app, name) == [] and claim_of(app, name, "k2") is None
+    retried = post(key, **{"idempotency-key": "k2"})
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+
+
+def test_an_unknown_outcome_keeps_the_claim(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = sender
+    unknown = post_while_create_times_out(monkeypatch, key, "k3", commits=True, read_fails=True)
+    assert unknown.status_code == 503 and "may not have been stored" in answer(unknown)["detail"]
+    claim = claim_of(app, name, "k3")
+    assert claim is not None and stored_ids(app, name) == [claim["report_id"]]
+    retried = post(key, **{"idempotency-key": "k3"})
+    assert retried.status_code == 202 and answer(retried)["id"] == claim["report_id"], "stored once, found again"
+
+
+# --- claims -------------------------------------------------------------------------------------------------------
+
+
+def _plant_claim(app: Storage, name: str, key: str, age_seconds: float) -> str:
+    """A claim as a request that is storing (or died storing) would leave it, `age_seconds` old."""
+    pk, rk = idempotency._row_key(name, key)
+    created = to_iso(datetime.now(timezone.utc) - timedelta(seconds=age_seconds))
+    app.idempotency.create_entity({"PartitionKey": pk, "RowKey": rk, "report_id": "01JUNKJUNKJUNKJUNKJUNKJUNK",
+                                   "sha256": hashlib.sha256(CSV).hexdigest(), "content_type": "text/csv",
+                                   "created_at": created})
+    return created
+
+
+def test_a_claim_is_not_taken_over_while_its_request_could_still_run(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = sender
+    monkeypatch.setattr(idempotency, "DUPLICATE_WAIT_SECONDS", 0.2)
+    settings = config.get_settings()
+    assert settings.function_timeout_seconds == 600  # host.json functionTimeout
+    _plant_claim(app, name, "slow", age_seconds=settings.function_timeout_seconds - 5)
+    busy = post(key, **{"idempotency-key": "slow"})
+    assert busy.status_code == 409 and "Retry-After" in busy.headers
+    assert stored_ids(app, name) == []
+
+    _plant_claim(app, name, "dead", age_seconds=idempotency.takeover_after_seconds(settings) + 5)
+    taken = post(key, **{"idempotency-key": "dead"})
+    assert taken.status_code == 202
+    assert claim_of(app, name, "dead")["report_id"] == answer(taken)["id"]
+
+
+def test_same_key_same_body_other_content_type_is_422(app: Storage, sender: tuple[str, str]) -> None:
+    name, key = sender
+    assert post(key, **{"idempotency-key": "ct"}).status_code == 202
+    assert post(key, **{"idempotency-key": "ct", "content-type": "text/CSV"}).status_code == 202, "same type"
+    other = post(key, **{"idempotency-key": "ct", "content-type": "application/fhir+ndjson"})
+    assert other.status_code == 422 and other.mimetype == PROBLEM
+    assert len(stored_ids(app, name)) == 1
