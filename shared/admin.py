@@ -10,17 +10,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, DecodeError, ResourceModifiedError
-from azure.storage.queue import QueueMessage as StoredMessage
-from pydantic import ValidationError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 
-from shared import activity, index, reconcile, reindex, senders, status, work
+from shared import activity, index, poison, reconcile, reindex, senders, status, work
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
-from shared.models import QueueMessage
+from shared.models import Delivery
 from shared.status import Status
 from shared.storage import Storage, get_storage
 
@@ -64,28 +61,15 @@ def cmd_senders(args: argparse.Namespace, storage: Storage) -> None:
 
 # --- poison ------------------------------------------------------------------------------------------------------
 
-
-def _poison_messages(storage: Storage, hide_seconds: int) -> Iterator[tuple[StoredMessage, QueueMessage | None]]:
-    """Every poison message once (hidden for `hide_seconds` while we look), with its parsed body if it has one."""
-    while True:
-        try:
-            batch = list(storage.poison.receive_messages(messages_per_page=32, max_messages=32,
-                                                         visibility_timeout=hide_seconds))
-        except DecodeError:
-            raise AdminError("a poison message is not base64; inspect the queue with Storage Explorer") from None
-        if not batch:
-            return
-        for stored in batch:
-            try:
-                yield stored, QueueMessage.model_validate_json(stored.content)
-            except (ValidationError, ValueError):
-                yield stored, None
+# What replay --all does with a poison message, by the status of its report.
+CLEAR_WHEN = frozenset({Status.PROCESSED, Status.REJECTED})
 
 
 def cmd_poison_list(storage: Storage) -> int:
-    seen = []
-    for stored, message in _poison_messages(storage, hide_seconds=30):
-        seen.append(stored)
+    """Peek only: listing changes nothing in the queue (not even dequeue counts)."""
+    shown, total = poison.peek(storage)
+    for item in shown:
+        message, stored = item.message, item.stored
         row = status.read(storage.reports, message.sender, message.id) if message else None
         print("\t".join([
             message.id if message else "(unreadable)",
@@ -94,9 +78,10 @@ def cmd_poison_list(storage: Storage) -> int:
             f"dequeued={stored.dequeue_count}",
             f"inserted={stored.inserted_on.isoformat() if stored.inserted_on else '-'}",
         ]))
-    for stored in seen:  # listing must not hide them
-        storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
-    print(f"{len(seen)} poison message(s)", file=sys.stderr)
+    print(f"{len(shown)} poison message(s) shown", file=sys.stderr)
+    if total > len(shown):
+        print(f"about {total} in the queue: a peek shows at most {poison.PEEK_LIMIT} (and none that a sweep or "
+              "a replay is reading right now); `poison replay --all` handles them all", file=sys.stderr)
     return 0
 
 
@@ -115,45 +100,63 @@ def _find_row(storage: Storage, report_id: str, sender: str | None) -> status.Ro
 
 def replay_report(storage: Storage, row: status.Row) -> None:
     """Mark the report `queued`, then send its work message. In that order: a processor that got the message
-    while the row still said `failed` would take it for finished and drop it."""
+    while the row still said `failed` would take it for finished and drop it. The record drops what belonged to
+    the outcome being replayed (completion time, errors; a delivery goes back to pending); exceptions stay."""
     if row.status not in REPLAYABLE:
         raise AdminError(f"report {row.id} is {row.status.value}; only failed or unfinished reports are replayed")
+    changes: dict[str, object] = {"status": Status.QUEUED, "completed_at": None, "errors": []}
+    if row.record().delivery is not None:
+        changes["delivery"] = Delivery(status="pending").model_dump()
     try:
-        row = status.write(storage.reports, row, {"status": Status.QUEUED})
+        row = status.write(storage.reports, row, changes)
     except ResourceModifiedError:
         raise AdminError(f"report {row.id} changed while replaying; run the command again") from None
     work.send(storage, row)
 
 
 def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
-    replayed = failed = 0
     if args.id:
         row = _find_row(storage, args.id, args.sender)
         replay_report(storage, row)
         print(f"replayed {row.id} ({row.sender})")
-        replayed = 1
-        for stored, message in _poison_messages(storage, hide_seconds=30):
-            if message and message.id == args.id:
-                storage.poison.delete_message(stored)
+        walked = []
+        for item in poison.walk(storage, lease_seconds=30):
+            if item.message and item.message.id == args.id:
+                poison.delete(storage, item.stored)
             else:
-                storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
-    else:
-        for stored, message in _poison_messages(storage, hide_seconds=300):
-            if message is None:
-                print(f"skipped unreadable poison message {stored.id}", file=sys.stderr)
-                failed += 1
-                continue
-            try:
-                replay_report(storage, _find_row(storage, message.id, message.sender))
-            except AdminError as exc:
-                print(f"skipped {message.id}: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            storage.poison.delete_message(stored)
-            print(f"replayed {message.id} ({message.sender})")
-            replayed += 1
-    print(f"{replayed} replayed, {failed} skipped", file=sys.stderr)
-    return 1 if failed else 0
+                walked.append(item.stored)
+        for stored in walked:
+            poison.restore(storage, stored)
+        return 0
+    counts = {"replayed": 0, "cleared": 0, "skipped": 0}
+    for item in poison.walk(storage, lease_seconds=300):
+        outcome = _replay_poisoned(storage, item)
+        counts[outcome] += 1
+    print(", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
+    return 1 if counts["skipped"] else 0
+
+
+def _replay_poisoned(storage: Storage, item: poison.Poisoned) -> str:
+    """Replay one poison message's report, or clear the message if its report already finished."""
+    message = item.message
+    if message is None:
+        print(f"skipped unreadable poison message {item.stored.id}", file=sys.stderr)
+        poison.restore(storage, item.stored)
+        return "skipped"
+    try:
+        row = _find_row(storage, message.id, message.sender)
+        if row.status in CLEAR_WHEN:
+            poison.delete(storage, item.stored)
+            print(f"cleared {message.id} ({message.sender}): already {row.status.value}")
+            return "cleared"
+        replay_report(storage, row)
+    except AdminError as exc:
+        print(f"skipped {message.id}: {exc}", file=sys.stderr)
+        poison.restore(storage, item.stored)
+        return "skipped"
+    poison.delete(storage, item.stored)
+    print(f"replayed {message.id} ({message.sender})")
+    return "replayed"
 
 
 # --- index ---------------------------------------------------------------------------------------------------------
@@ -189,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = p_actions.add_parser("replay", help="send poison messages (or a report by id) back for processing")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="replay this report, even if its poison message is gone")
-    which.add_argument("--all", action="store_true", help="replay every poison message")
+    which.add_argument("--all", action="store_true",
+                       help="replay every poison message; clear those of reports already processed or rejected")
     replay.add_argument("--sender", help="the report's sender (optional; found from the id otherwise)")
 
-    groups.add_parser("reconcile", help="re-enqueue reports stored but never enqueued, now")
+    groups.add_parser("reconcile", help="what the timer does, now: re-enqueue reports stored but never enqueued, "
+                                        "and mark failed the pending reports in the poison queue")
 
     i = groups.add_parser("index", help="the listing index of table reports")
     i_actions = i.add_subparsers(dest="action", required=True)
@@ -214,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.group == "index":
             return cmd_index_rebuild(args, storage)
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
+        print(f"{poison.sweep(storage)} report(s) in the poison queue marked failed")
         return 0
-    except (AdminError, senders.SenderError, SettingsError) as exc:
+    except (AdminError, senders.SenderError, SettingsError, poison.UnreadableQueue) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ClientAuthenticationError as exc:

@@ -63,6 +63,13 @@ class IssueList:
 
 
 @dataclass
+class Progress:
+    """What a try learnt before it ended, so a failed try still records it (the item counts once parsed)."""
+
+    items: ItemCounts | None = None
+
+
+@dataclass
 class Parsed:
     counts: ItemCounts
     errors: IssueList
@@ -89,16 +96,17 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
     started = _mark_processing(storage, message, row, attempt) if _is_long(row) else row
     if started is None or started.status in TERMINAL:
         return "ignored"
+    progress = Progress()
     try:
-        outcome = _run(storage, settings, message, started, attempt)
+        outcome = _run(storage, settings, message, started, attempt, progress)
     except PermanentFailure as failure:
-        _finish(storage, message, started, Status.FAILED, attempt, errors=[failure.issue.model_dump()],
-                delivery=failure.delivery)
+        _finish(storage, message, started, Status.FAILED, attempt, items=progress.items,
+                errors=[failure.issue.model_dump()], delivery=failure.delivery)
         log.warning("report %s failed permanently: %s", message.id, failure.issue.code)
         return Status.FAILED.value
     except Exception as exc:
         last_try = dequeue_count >= settings.max_dequeue_count
-        _record_exception(storage, message, attempt, exc, last_try)
+        _record_exception(storage, message, attempt, exc, last_try, progress.items)
         log.warning(
             "report %s: try %d (dequeue %d/%d) failed with %s%s",
             message.id, attempt, dequeue_count, settings.max_dequeue_count, type(exc).__name__,
@@ -123,9 +131,12 @@ def _mark_processing(storage: Storage, message: QueueMessage, row: status.Row, a
     return status.update(storage.reports, message.sender, message.id, start, known=row)
 
 
-def _run(storage: Storage, settings: Settings, message: QueueMessage, started: status.Row, attempt: int) -> Status:
+def _run(
+    storage: Storage, settings: Settings, message: QueueMessage, started: status.Row, attempt: int, progress: Progress
+) -> Status:
     raw = _download(storage, message)
     parsed = _parse(raw, message)
+    progress.items = parsed.counts
     del raw
     try:
         if parsed.counts.accepted == 0:
@@ -233,7 +244,9 @@ def _finish(
     status.update(storage.reports, message.sender, message.id, change, known=started)
 
 
-def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc: Exception, last_try: bool) -> None:
+def _record_exception(
+    storage: Storage, message: QueueMessage, attempt: int, exc: Exception, last_try: bool, items: ItemCounts | None
+) -> None:
     entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__, message=str(exc)[:300])
 
     def change(row: status.Row) -> dict | None:
@@ -244,6 +257,8 @@ def _record_exception(storage: Storage, message: QueueMessage, attempt: int, exc
             "exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()],
             "attempts": max(record.attempts, attempt),
         }
+        if items is not None:
+            changes["items"] = items.model_dump()
         if isinstance(exc, DeliveryError):
             changes["delivery"] = Delivery(
                 status="failed" if last_try else "pending", at=entry.at, http_status=exc.http_status

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from azure.core import MatchConditions
@@ -47,6 +48,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 # Fields stored as JSON text in the row (table properties are scalars).
 JSON_FIELDS = ("items", "errors", "warnings", "exceptions", "delivery")
 RECORD_FIELDS = tuple(StatusRecord.model_fields)
+# Scalar fields that go back to null (a replay clears `completed_at`): stored as "" since a merge cannot remove.
+CLEARABLE = ("completed_at",)
 
 
 class TransitionError(RuntimeError):
@@ -67,6 +70,7 @@ class Row:
 
     entity: dict
     etag: str
+    written_at: datetime | None = None  # the service's Timestamp of the last write, when read from storage
 
     @property
     def status(self) -> Status:
@@ -97,6 +101,8 @@ def _to_property(name: str, value: object) -> object:
         return value.value
     if name in JSON_FIELDS:
         return json.dumps(row_limits.fit(name, value), separators=(",", ":"))
+    if value is None and name in CLEARABLE:
+        return ""  # a merge skips None, which would leave the old value in place
     return value
 
 
@@ -110,7 +116,8 @@ def record_to_entity(record: StatusRecord) -> dict:
 
 def entity_to_record(entity: dict) -> StatusRecord:
     """The record of a row, or of one of its index entries (which name the report in `id`)."""
-    data = {name: entity.get(name) for name in RECORD_FIELDS if name in entity}
+    data = {name: entity.get(name) for name in RECORD_FIELDS
+            if name in entity and not (name in CLEARABLE and entity[name] == "")}
     data["id"] = entity.get(index.ENTRY_ID) or entity["RowKey"]
     data["sender"] = entity["PartitionKey"]
     for name in JSON_FIELDS:
@@ -131,7 +138,7 @@ def read(table: TableClient, sender: str, report_id: str) -> Row | None:
         entity = table.get_entity(sender, report_id)
     except ResourceNotFoundError:
         return None
-    return Row(dict(entity), entity.metadata["etag"])
+    return Row(dict(entity), entity.metadata["etag"], entity.metadata.get("timestamp"))
 
 
 def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:

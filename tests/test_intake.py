@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import azure.functions as func
@@ -25,9 +26,12 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-def sender(app: Storage, request: pytest.FixtureRequest) -> tuple[str, str]:
+def sender(app: Storage, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A sender of this test's own; its reports are removed afterwards, so no reconciler elsewhere finds them."""
     name = "in-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
-    return name, senders.add(app.senders, name)
+    yield name, senders.add(app.senders, name)
+    for report_id in stored_ids(app, name):
+        app.reports.delete_entity(name, report_id)
 
 
 def post(key: str, body: bytes = CSV, **headers: str) -> func.HttpResponse:

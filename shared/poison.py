@@ -1,0 +1,157 @@
+"""The poison queue (`reports-poison`): what the host gave up on, how it ends `failed`, and how operators see it.
+
+The host moves a work message there after its last try. Usually the app has already marked the report `failed`
+on that try, but not when the worker crashed or timed out on it, when the final write failed, or when a message
+already over maxDequeueCount is poisoned without running. `sweep` (run by reconcile_timer) closes those: every
+report named by a poison message that is still pending becomes `failed`, with an exceptions entry saying so.
+
+Why a sweep and not a queue trigger on `reports-poison` (the Functions idiom): a trigger deletes each message
+once it has run, and the poison queue is what operators list, replay from and alert on (`poison_depth`). The
+sweep leaves the queue as it is. It receives every poison message (hidden while it looks, shown again at the
+end), so a pass costs about depth/32 + 2 x depth storage calls, and raises the dequeue count of poison messages
+(nothing reads that count). The queue is meant to stay near empty: operators replay or clear it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from azure.core.exceptions import DecodeError, HttpResponseError, ResourceNotFoundError
+from azure.storage.queue import QueueMessage as StoredMessage
+from pydantic import ValidationError
+
+from shared import status
+from shared.clock import now_iso
+from shared.models import Delivery, ExceptionEntry, QueueMessage
+from shared.status import TERMINAL, Status
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+
+PEEK_LIMIT = 32  # the most one peek (or receive) returns
+# How long a walk keeps messages hidden: longer than a walk takes, short enough that a crashed walk's messages
+# reappear soon for `poison list`.
+WALK_LEASE_SECONDS = 120
+GIVEN_UP = "GivenUp"
+# A row written this long after its message was poisoned was changed since (a replay, or another copy of the
+# work): the poison message no longer speaks for it. Both times come from the storage service, but a queue
+# message's insertion time has whole seconds only.
+STALE_AFTER = timedelta(seconds=5)
+
+
+@dataclass
+class Poisoned:
+    """One poison message as stored, with its work message if it parses."""
+
+    stored: StoredMessage
+    message: QueueMessage | None
+
+
+class UnreadableQueue(RuntimeError):
+    """A poison message is not base64 (written by something other than the host or this app)."""
+
+
+def _parse(stored: StoredMessage) -> Poisoned:
+    try:
+        return Poisoned(stored, QueueMessage.model_validate_json(stored.content))
+    except (ValidationError, ValueError):
+        return Poisoned(stored, None)
+
+
+def peek(storage: Storage) -> tuple[list[Poisoned], int]:
+    """The first poison messages, without changing the queue, and about how many there are in all."""
+    total = storage.poison.get_queue_properties().approximate_message_count or 0
+    try:
+        shown = [_parse(m) for m in storage.poison.peek_messages(max_messages=PEEK_LIMIT)]
+    except DecodeError:
+        raise UnreadableQueue("a poison message is not base64; inspect the queue with Storage Explorer") from None
+    return shown, max(total, len(shown))
+
+
+def walk(storage: Storage, lease_seconds: int = WALK_LEASE_SECONDS) -> Iterator[Poisoned]:
+    """Every visible poison message once, each hidden for `lease_seconds` from when it is received. The caller
+    deletes a message or gives it back with `restore`."""
+    seen: set[str] = set()
+    while True:
+        try:
+            batch = list(storage.poison.receive_messages(messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT,
+                                                         visibility_timeout=lease_seconds))
+        except DecodeError:
+            raise UnreadableQueue("a poison message is not base64; inspect the queue with Storage Explorer") from None
+        fresh = [m for m in batch if m.id not in seen]
+        if not fresh:
+            return  # empty, or the lease ran out and messages came round again
+        for stored in fresh:
+            seen.add(stored.id)
+            yield _parse(stored)
+
+
+def restore(storage: Storage, stored: StoredMessage) -> None:
+    """Make a walked message visible again, as it was."""
+    try:
+        storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
+    except (ResourceNotFoundError, HttpResponseError) as exc:
+        if getattr(exc, "status_code", None) not in (400, 404):
+            raise
+        # Deleted meanwhile (a replay), or the lease ran out and someone else holds it now: nothing to give back.
+
+
+def delete(storage: Storage, stored: StoredMessage) -> None:
+    try:
+        storage.poison.delete_message(stored.id, pop_receipt=stored.pop_receipt)
+    except ResourceNotFoundError:
+        pass
+
+
+def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | None) -> bool:
+    """Mark the report `failed` if it is still pending and unchanged since its message was poisoned."""
+    at = now_iso()
+
+    def change(row: status.Row) -> dict | None:
+        if row.status in TERMINAL or _changed_since(row, poisoned_at):
+            return None
+        record = row.record()
+        attempt = record.attempts + 1  # the try that ended in the poison queue was not recorded
+        entry = ExceptionEntry(
+            attempt=attempt, at=at, type=GIVEN_UP,
+            message="The host moved the work message to the poison queue after its last try, with no outcome "
+                    "recorded (the worker crashed or timed out, or the final write failed). Replayable: "
+                    "python -m shared.admin poison replay --id " + row.id,
+        )
+        changes: dict[str, object] = {
+            "status": Status.FAILED, "completed_at": at, "attempts": attempt,
+            "exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()],
+        }
+        if record.delivery is not None and record.delivery.status == "pending":
+            changes["delivery"] = Delivery(status="failed", at=at, http_status=record.delivery.http_status).model_dump()
+        return changes
+
+    before = status.read(storage.reports, message.sender, message.id)
+    if before is None:
+        return False
+    after = status.update(storage.reports, message.sender, message.id, change, known=before)
+    return after is not None and after.status is Status.FAILED and after.entity.get("completed_at") == at
+
+
+def _changed_since(row: status.Row, poisoned_at: datetime | None) -> bool:
+    written = row.written_at
+    return poisoned_at is not None and written is not None and written > poisoned_at + STALE_AFTER
+
+
+def sweep(storage: Storage) -> int:
+    """Give up every pending report that has a poison message; returns how many were marked `failed`."""
+    walked: list[Poisoned] = []
+    given_up = 0
+    try:
+        for poisoned in walk(storage):
+            walked.append(poisoned)
+            if poisoned.message is not None and give_up(storage, poisoned.message, poisoned.stored.inserted_on):
+                given_up += 1
+                log.warning("report %s given up: its message is in the poison queue", poisoned.message.id)
+    finally:
+        for poisoned in walked:
+            restore(storage, poisoned.stored)
+    return given_up
