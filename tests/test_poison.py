@@ -152,11 +152,11 @@ def test_message_poisoned_without_running_ends_failed_and_replays(
 
     service = Service(fresh_azurite, start_service(fresh_azurite, start_devhost).host, service.keys)
     poisoned = queue(service.conn, "reports-poison")
-    poll(lambda: len(poisoned.peek_messages(max_messages=32)), lambda n: n == 2, timeout=30)
+    poll(lambda: len(poisoned.peek_messages(max_messages=32)), lambda n: n == 2, timeout=90)
     assert service.report("lab-p", report_id).json()["status"] == "queued", "the app never ran"
 
     assert httpx.post(f"{service.url}/admin/functions/reconcile_timer", json={"input": ""}).status_code == 202
-    record = poll(lambda: service.report("lab-p", report_id), lambda r: r.status_code == 200, timeout=30).json()
+    record = poll(lambda: service.report("lab-p", report_id), lambda r: r.status_code == 200, timeout=90).json()
     assert record["status"] == "failed" and record["completed_at"]
     assert [e["type"] for e in record["exceptions"]] == [poison.GIVEN_UP]
 
