@@ -61,9 +61,14 @@ def _parse(stored: StoredMessage) -> Poisoned:
         return Poisoned(stored, None)
 
 
+def depth(storage: Storage) -> int:
+    """About how many poison messages there are, hidden ones included."""
+    return storage.poison.get_queue_properties().approximate_message_count or 0
+
+
 def peek(storage: Storage) -> tuple[list[Poisoned], int]:
     """The first poison messages, without changing the queue, and about how many there are in all."""
-    total = storage.poison.get_queue_properties().approximate_message_count or 0
+    total = depth(storage)
     try:
         shown = [_parse(m) for m in storage.poison.peek_messages(max_messages=PEEK_LIMIT)]
     except DecodeError:
