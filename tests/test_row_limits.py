@@ -32,7 +32,11 @@ def written(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
     def submit(table: TableClient, operations: list) -> list[dict]:
         if table.table_name == "reports":
             seen.extend(dict(op[1]) for op in operations if op[0] != "delete")
+            payload = table_batch.request(table, operations).content or b""
+            batches.append(len(payload))
         return original_submit(table, operations)
+
+    batches: list[int] = []
 
     monkeypatch.setattr(table_batch, "submit", submit)
     for name in ("create_entity", "update_entity", "upsert_entity"):
@@ -45,6 +49,7 @@ def written(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
 
         monkeypatch.setattr(TableClient, name, spy)
     yield seen
+    assert batches and max(batches) <= 4 * 1024 * 1024, "Azure refuses a transaction over 4 MiB"
 
 
 def assert_fits(entities: list[dict]) -> None:
