@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from shared import intake, listing
+from shared import idempotency, listing
 from shared.formats import FORMATS
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
 from shared.problems import PROBLEM_JSON, ProblemDetails
@@ -103,7 +103,7 @@ def _submit() -> dict[str, Any]:
         "parameters": [
             _header("Idempotency-Key", "Same key and same body: the original answer again, no new report.",
                     {"type": "string", "minLength": 1, "maxLength": 255,
-                     "pattern": intake.IDEMPOTENCY_KEY.pattern}),
+                     "pattern": idempotency.KEY.pattern}),
             _header("Content-Digest", "RFC 9530 `sha-256=:<base64>:`; a mismatch is a 400 and nothing is stored.",
                     {"type": "string"}),
         ],

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 PEEK_LIMIT = 32  # the most one peek (or receive) returns
 # How long a walk keeps messages hidden: longer than a walk takes, short enough that a crashed walk's messages
-# reappear soon for `poison list`.
+# reappear soon for `poison list`. A sweep adds time per message, measured at well over 10 messages a second.
 WALK_LEASE_SECONDS = 120
+SWEEP_MESSAGES_PER_SECOND = 10
 GIVEN_UP = "GivenUp"
 # A row written this long after its message was poisoned was changed since (a replay, or another copy of the
 # work): the poison message no longer speaks for it. Both times come from the storage service, but a queue
@@ -150,8 +151,9 @@ def sweep(storage: Storage) -> int:
     """Give up every pending report that has a poison message; returns how many were marked `failed`."""
     walked: list[Poisoned] = []
     given_up = 0
+    lease = WALK_LEASE_SECONDS + depth(storage) // SWEEP_MESSAGES_PER_SECOND  # so the walk ends before its lease
     try:
-        for poisoned in walk(storage):
+        for poisoned in walk(storage, lease):
             walked.append(poisoned)
             if poisoned.message is not None and give_up(storage, poisoned.message, poisoned.stored.inserted_on):
                 given_up += 1
