@@ -80,13 +80,13 @@ class _Resources:
         """The results: the Observations the DiagnosticReports list, in that order (the order ReportStream writes
         OBX segments); without such a list, every Observation. Answers to ask-at-order-entry questions hang off
         ServiceRequest.supportingInfo instead (HL7 marks them OBX-29 `QST`): they are not results."""
-        listed: list[dict[str, Any]] = []
+        listed: dict[int, dict[str, Any]] = {}  # by id(): each once, in order
         for report in self.of_type("DiagnosticReport"):
             for ref in _get(report, "result") or []:
                 found = self.find(ref, "Observation")
-                if found is not None and all(found is not seen for seen in listed):
-                    listed.append(found)
-        return listed or self.of_type("Observation")
+                if found is not None:
+                    listed.setdefault(id(found), found)
+        return list(listed.values()) or self.of_type("Observation")
 
 
 def normalise(
@@ -136,8 +136,9 @@ def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: st
     if errors:
         return None, errors
 
-    results = [r for r in map(_observation, observations) if r is not None]
-    resources.used.update(id(o) for o in observations if _observation(o) is not None)
+    normalised = [(o, _observation(o)) for o in observations]
+    results = [r for _, r in normalised if r is not None]
+    resources.used.update(id(o) for o, r in normalised if r is not None)
     first = results[0]  # the same Observation _first_valid_observation chose
     address = _get(patient, "address", 0)
     return (
@@ -315,11 +316,10 @@ def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[
     refs = [observation.get("specimen")] + [
         ref for report in resources.of_type("DiagnosticReport") for ref in _get(report, "specimen") or []
     ]
-    found = [s for s in (resources.follow(ref, "Specimen") for ref in refs) if s is not None]
+    found = {id(s): s for s in (resources.find(ref, "Specimen") for ref in refs) if s is not None}
     for specimen in resources.of_type("Specimen"):
-        if all(specimen is not s for s in found):
-            found.append(specimen)
-    return [s for s in found if resources.use(s) is not None]
+        found.setdefault(id(specimen), specimen)
+    return [s for s in found.values() if resources.use(s) is not None]
 
 
 def _collected_at(
