@@ -150,8 +150,6 @@ def pair(csv_name: str, fhir_name: str) -> list[tuple[NormalisedItem, Normalised
     return [(csv_item, fhir_result.item) for csv_item, fhir_result in zip(from_csv, from_fhir)]
 
 
-@pytest.mark.xfail(reason="fhir.py on main still rejects SimpleReport's Provenance without `target` (fhir.invalid);"
-                   " its tolerant reader is being landed by the FHIR work of the same issue")
 @pytest.mark.parametrize(("csv_name", "fhir_name"), PAIRS)
 def test_csv_and_simplereports_fhir_give_the_same_core(csv_name: str, fhir_name: str) -> None:
     for csv_item, fhir_item in pair(csv_name, fhir_name):
