@@ -158,8 +158,6 @@ def test_csv_and_simplereports_fhir_give_the_same_core(csv_name: str, fhir_name:
         assert fhir_item.specimen_collected_at.startswith(csv_item.specimen_collected_at)
 
 
-@pytest.mark.xfail(reason="fhir.py counts SimpleReport's ask-on-entry Observations (pregnancy, symptoms, residence)"
-                   " as results; the bundle's DiagnosticReport.result names only the test result")
 @pytest.mark.parametrize(("csv_name", "fhir_name"), PAIRS)
 def test_csv_and_simplereports_fhir_give_the_same_observations(csv_name: str, fhir_name: str) -> None:
     for csv_item, fhir_item in pair(csv_name, fhir_name):
