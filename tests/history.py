@@ -6,7 +6,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from azure.data.tables import TableClient
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.data.tables import TableClient, TableTransactionError
 from ulid import ULID
 
 from shared import index, status, table_batch
@@ -39,7 +40,19 @@ def seed(table: TableClient, sender: str, count: int, end: datetime, span: timed
 
     def write(first: int) -> None:
         rows = [historical(sender, end - span + step * n, n) for n in range(first, min(first + PER_TRANSACTION, count))]
-        table_batch.submit(table, [op for row in rows for op in [("create", row), *index.operations(None, row)]])
+        ops = [op for row in rows for op in [("create", row), *index.operations(None, row)]]
+        for attempt in range(3):
+            try:
+                table_batch.submit(table, ops)
+                return
+            except (ServiceRequestError, ServiceResponseError):
+                if attempt == 2:
+                    raise
+                # A dropped keep-alive connection; the SDK does not resend a POST by itself.
+            except TableTransactionError as exc:
+                if attempt and exc.status_code == 409:
+                    return  # the try whose answer was lost had committed
+                raise
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(write, range(0, count, PER_TRANSACTION)))
