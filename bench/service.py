@@ -72,6 +72,7 @@ class Processes:
             host.stop(timeout)
         with suppress(Exception):
             host.kill()
+        host.close()
 
     def stop_all(self) -> None:
         for host in reversed(self.hosts):

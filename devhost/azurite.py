@@ -99,6 +99,9 @@ class Azurite:
             "--queueHost", "127.0.0.1", "--queuePort", str(queue),
             "--tableHost", "127.0.0.1", "--tablePort", str(table),
             "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl",
+            # Azurite reports usage to Microsoft by default (and leaves a folder in the temp directory for it); a
+            # service that handles patient data sends nothing anywhere it was not told to.
+            "--disableTelemetry",
         ]
         if self.silent:
             args.append("--silent")

@@ -27,6 +27,7 @@ class DevHostProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    _own_log: bool = False
 
     @property
     def url(self) -> str:
@@ -34,7 +35,9 @@ class DevHostProcess:
 
     def start(self, timeout: float = 60.0) -> "DevHostProcess":
         if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix="devhost-", suffix=".log")[1])
+            fd, name = tempfile.mkstemp(prefix="devhost-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._own_log = Path(name), True
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         # The devhost package lives in the repository, whatever app folder it serves.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -62,7 +65,7 @@ class DevHostProcess:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait: the host finishes what it runs and exits."""
+        """SIGTERM and wait: the host finishes what it runs and exits. Its log stays readable until `close()`."""
         proc = self.process
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
@@ -72,6 +75,12 @@ class DevHostProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+
+    def close(self) -> None:
+        """Remove the log this object made for itself (tests leave nothing in the temp folder)."""
+        if self._own_log and self.log_path is not None and (self.process is None or self.process.poll() is not None):
+            self.log_path.unlink(missing_ok=True)
+            self.log_path, self._own_log = None, False
 
     def kill(self) -> None:
         """SIGKILL: the crash a deployment or an out-of-memory kill looks like."""
@@ -85,3 +94,4 @@ class DevHostProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.close()

@@ -78,6 +78,8 @@ def start_devhost(request: pytest.FixtureRequest) -> Iterator[Callable[..., DevH
     if rep is not None and rep.failed:
         for host in started:
             print(f"\n----- devhost log ({host.app_dir.name}, port {host.port}) -----\n{host.logs()[-8000:]}")
+    for host in started:
+        host.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -31,6 +31,7 @@ def host(azurite) -> Iterator[DevHostProcess]:
     process.start()
     yield process
     assert process.stop() == 0
+    process.close()
 
 
 def connect(host: DevHostProcess) -> socket.socket:

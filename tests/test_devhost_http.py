@@ -29,6 +29,7 @@ def basic(azurite) -> Iterator[DevHostProcess]:
     host.start()
     yield host
     assert host.stop() == 0
+    host.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from devhost.azurite import Azurite
+from devhost.process import DevHostProcess
 from tests.apps.support import APPS, raw_queue, wait_until
 from tests.test_devhost_queues import events, queue_env, send_b64
 
@@ -84,3 +86,14 @@ def test_bad_worker_process_count_fails_at_start(start_devhost, storage):
 
     with pytest.raises(RuntimeError, match="FUNCTIONS_WORKER_PROCESS_COUNT"):
         start_devhost(APPS / "basic", env={"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "99"})
+
+
+def test_a_stopped_host_and_azurite_leave_no_log_behind(storage):
+    """Tests leave nothing in the temp folder: each process's own log goes when it is closed."""
+    with DevHostProcess(APPS / "basic", env={"AzureWebJobsStorage": storage}) as host:
+        devhost_log = host.log_path
+        assert devhost_log is not None and devhost_log.exists()
+    with Azurite() as azurite:
+        azurite_log = azurite.log_path
+        assert azurite_log is not None and azurite_log.exists()
+    assert not devhost_log.exists() and not azurite_log.exists()

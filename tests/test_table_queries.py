@@ -48,6 +48,7 @@ def wire() -> Iterator[Wire]:
                 yield Wire(azurite, proxy, host, conn)
             finally:
                 host.stop()
+                host.close()
 
 
 def wait_terminal(client: httpx.Client, report_id: str) -> dict:
