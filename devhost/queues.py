@@ -30,6 +30,7 @@ log = logging.getLogger("devhost")
 MIN_POLLING_INTERVAL = 0.1
 DEFAULT_LOCK_SECONDS = 600  # the extension receives with a 10-minute visibility timeout and renews it
 STOP_POLL_GRACE_SECONDS = 5.0
+START_GRACE_SECONDS = 5.0
 _WHITESPACE = re.compile(r"[ \t\r\n]")
 
 
@@ -214,15 +215,20 @@ class QueuePoller:
             loop = asyncio.get_running_loop()
             wake = self._wake
             self.outputs.listen(self.queue_name, lambda: loop.call_soon_threadsafe(wake.set))
-        # In the background, as the host starts its listeners: storage that is slow or refusing (no token yet) must
-        # not hold up the HTTP functions.
-        self._loop_task = asyncio.create_task(self._listen(), name=f"poll:{self.queue_name}")
+        # Creating the queue usually takes milliseconds, so it exists once the host says it is running; storage
+        # that is slow or refusing (no token yet) must not hold up the HTTP functions, so the start waits only so long.
+        ensured = asyncio.ensure_future(self._ensure_at_start())
+        await asyncio.wait({ensured}, timeout=START_GRACE_SECONDS)
+        self._loop_task = asyncio.create_task(self._listen(ensured), name=f"poll:{self.queue_name}")
 
-    async def _listen(self) -> None:
+    async def _ensure_at_start(self) -> None:
         try:
             await self._ensure_queue(self.client)
         except Exception as exc:  # noqa: BLE001 - storage down at start: keep going, the loop backs off
             log.warning("Cannot create queue '%s' for Functions.%s: %s", self.queue_name, self.fn.name, exc)
+
+    async def _listen(self, ensured: asyncio.Future[None]) -> None:
+        await ensured
         await self._run()
 
     def _receive(self) -> list[SdkMessage]:

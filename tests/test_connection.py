@@ -11,7 +11,8 @@ from devhost.settings import SettingError, Settings
 from shared.config import SettingsError, load_settings
 from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, overlay, resolve
 
-URIS = {f"AzureWebJobsStorage__{s}ServiceUri": f"https://acct.{s}.core.windows.net/" for s in ("blob", "queue", "table")}
+URIS = {f"AzureWebJobsStorage__{s}ServiceUri": f"https://acct.{s}.core.windows.net/"
+        for s in ("blob", "queue", "table")}
 
 
 def test_connection_string_and_development_storage() -> None:
