@@ -231,8 +231,9 @@ def test_elr_fallbacks_and_codes() -> None:
     assert (item.result, item.result_code, item.result_text) == ("260373001", "260373001", "Detected")  # by name
     [result] = parse(base % (b"U", b"1234567893^SMITH^^^^^^^NPI"))
     assert result.item.ordering_provider_npi == "1234567893"
-    [result] = parse(base % (b"Z", b""))
-    assert codes(result) == [("hl7.bad_code", "PID-8")]
+    [result] = parse(base % (b"Z", b""))  # an unknown sex: null, with a warning (identity does not rest on it)
+    assert result.item is not None and result.item.patient_sex is None
+    assert [(w.code, w.field) for w in result.warnings] == [("hl7.bad_code", "PID-8")]
     [result] = parse((base % (b"F", b"")).replace(b"DOE^JANE", b""))
     assert codes(result) == [("hl7.missing_field", "PID-3")]
 
@@ -244,3 +245,28 @@ def test_ask_at_order_entry_answers_are_not_results() -> None:
     [result] = parse(raw)
     assert result.item.test_code == "94500-6"
     assert [o.test_code for o in result.item.observations] == ["94500-6"]  # OBX-29 QST: an answer, not a result
+
+
+def test_unreadable_birth_date_or_sex_is_a_warning_when_pid3_identifies_the_patient():
+    message = (
+        "MSH|^~\\&|LAB|11D2030855^CLIA|||20260101||ORU^R01|M1|P|2.5.1\r"
+        "PID|1||P1||Doe^Jane||PIDDOB!|X\r"
+        "OBR|1|||94500-6^SARS-CoV-2 RNA^LN|||20260101\r"
+        "OBX|1|CWE|94500-6^SARS-CoV-2 RNA^LN||260373001^Detected^SCT\r"
+    )
+    (result,) = parse(message.encode())
+    assert result.errors == [] and result.item is not None
+    assert result.item.patient_birth_date is None and result.item.patient_sex is None
+    assert [(w.code, w.field) for w in result.warnings] == [("hl7.bad_date", "PID-7"), ("hl7.bad_code", "PID-8")]
+
+
+def test_unreadable_birth_date_is_an_error_when_identity_rests_on_it():
+    message = (
+        "MSH|^~\\&|LAB|11D2030855^CLIA|||20260101||ORU^R01|M1|P|2.5.1\r"
+        "PID|1||||Doe^Jane||PIDDOB!\r"
+        "OBR|1|||94500-6^SARS-CoV-2 RNA^LN|||20260101\r"
+        "OBX|1|CWE|94500-6^SARS-CoV-2 RNA^LN||260373001^Detected^SCT\r"
+    )
+    (result,) = parse(message.encode())
+    assert result.item is None
+    assert ("hl7.bad_date", "PID-7") in [(e.code, e.field) for e in result.errors]

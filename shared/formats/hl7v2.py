@@ -97,7 +97,7 @@ def _item(lines: list[bytes], index: int, report_id: str) -> ItemResult:
                 f"{message.invalid_lines} line(s) without a valid segment id were ignored",
             )
         )
-    item, errors = _normalise(message, index, report_id)
+    item, errors = _normalise(message, index, report_id, result.warnings)
     result.errors.extend(errors)
     result.item = item if not errors else None
     return result
@@ -226,7 +226,9 @@ def unescape(value: str, seps: _Separators) -> str:
     return _escape_pattern(seps.escape).sub(replace, value)
 
 
-def _normalise(message: _Message, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
+def _normalise(
+    message: _Message, index: int, report_id: str, warnings: list[Issue]
+) -> tuple[NormalisedItem | None, list[Issue]]:
     """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the ELR core."""
     errors: list[Issue] = []
     msh = message.segments[0]
@@ -243,12 +245,14 @@ def _normalise(message: _Message, index: int, report_id: str) -> tuple[Normalise
         errors.append(
             _issue(index, "PID-3", "hl7.missing_field", "PID-3 (patient identifier) is empty, and no PID-5 name with PID-7 birth date")
         )
+    # A birth date or sex the service cannot read is only fatal when the patient's identity rests on it: with a
+    # PID-3 identifier it stays null and the sender is warned (de-identified feeds put placeholders there).
     if birth_error is not None:
-        errors.append(birth_error)
+        (warnings if patient_id else errors).append(birth_error)
     sex_value = message.value(pid, 8)
     sex = codes.sex(sex_value) if sex_value else None
     if sex_value and sex is None:
-        errors.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
+        warnings.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
 
     results, obx_error = _results(message, index)
     obx = results[0][0] if results else None
