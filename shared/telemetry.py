@@ -264,6 +264,16 @@ def _mark_error(span: trace.Span, exc: BaseException) -> None:
     span.set_status(StatusCode.ERROR)
 
 
+def _enabled_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[Instruments, dict[str, Any] | None]:
+    """The process's instruments and, when telemetry is on, the call's arguments by name (so the wrapped function
+    may gain parameters); the arguments are bound once, and not at all once telemetry is known to be off."""
+    if _current is not None and not _current.enabled:
+        return _current, None
+    given = signature.bind(*args, **kwargs).arguments
+    instruments = _current or configure(given["settings"])
+    return instruments, (given if instruments.enabled else None)
+
+
 def traced_ingest(handler: F) -> F:
     """The SERVER span of POST /api/reports, continuing the sender's W3C `traceparent` when it sent one."""
 
@@ -271,10 +281,9 @@ def traced_ingest(handler: F) -> F:
 
     @functools.wraps(handler)
     def run(*args: Any, **kwargs: Any) -> Any:
-        instruments = _current or configure(signature.bind(*args, **kwargs).arguments["settings"])
-        if not instruments.enabled:
+        instruments, given = _enabled_call(signature, args, kwargs)
+        if given is None:
             return handler(*args, **kwargs)
-        given = signature.bind(*args, **kwargs).arguments  # by name, so the handler may gain parameters
         req, tracer = given["req"], instruments.tracer
         attributes = {"http.request.method": "POST", "http.route": "/api/reports"}
         with tracer.start_as_current_span(
@@ -332,10 +341,9 @@ def traced_processing(process: F) -> F:
 
     @functools.wraps(process)
     def run(*args: Any, **kwargs: Any) -> Any:
-        instruments = _current or configure(signature.bind(*args, **kwargs).arguments["settings"])
-        if not instruments.enabled:
+        instruments, given = _enabled_call(signature, args, kwargs)
+        if given is None:
             return process(*args, **kwargs)
-        given = signature.bind(*args, **kwargs).arguments  # by name, so `process` may gain parameters
         tracer, dequeue_count = instruments.tracer, given["dequeue_count"]
         fields = _message_fields(given["body"])
         carrier = {TRACEPARENT: fields[TRACEPARENT]} if isinstance(fields.get(TRACEPARENT), str) else {}
