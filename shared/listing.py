@@ -3,7 +3,8 @@
 A page is one query, whatever the history behind it: one PartitionKey (the sender) and a RowKey range in the order
 wanted, from just after the cursor up to `since`. Without filters the order is newest first (by id); with `since`
 or `status` it is most recently changed first (by `updated_at`), the order incremental syncs read. The cursor is
-the last entry's key, opaque to callers and checked against the query it is used with.
+the last entry's key, opaque to callers and checked against the query it is used with. A `received` report is in
+the status index only (see shared/index.py), so only `status=received` lists it.
 """
 
 from __future__ import annotations

@@ -125,7 +125,10 @@ def _list() -> dict[str, Any]:
         "summary": "The caller's reports, newest first, a page at a time",
         "security": [{"bearer": []}],
         "parameters": [
-            {"name": "status", "in": "query", "required": False, "schema": {"enum": [s.value for s in Status]}},
+            {"name": "status", "in": "query", "required": False,
+             "description": "Only reports in this status. A `received` report (the queue was unreachable at "
+                            "intake) is listed only with `status=received` until the reconciler queues it.",
+             "schema": {"enum": [s.value for s in Status]}},
             {"name": "since", "in": "query", "required": False,
              "description": "Only reports updated at or after this ISO 8601 date-time.",
              "schema": {"type": "string", "format": "date-time"}},

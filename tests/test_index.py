@@ -69,6 +69,25 @@ def test_every_write_keeps_the_entries_equal_to_the_row(app: Storage) -> None:
     assert len(entries_of(app, row)) == 3  # the old `updated` and `status` entries are gone
 
 
+def test_a_received_row_is_listed_by_status_only_until_it_is_queued(app: Storage) -> None:
+    """Intake writes the row with its status entry alone (two entity writes, not four), the other entries come
+    with the `queued` change; the reconciler and `?status=received` read that entry."""
+    assert index.STATUS_ONLY == {Status.RECEIVED.value}
+    row = new_row(app, "ix-received")
+    assert_entries_match(app, row)
+    assert list(entries_of(app, row)) == [index.status_key("received", row.entity["updated_at"], row.id)]
+
+    def listed(**params: object) -> list[str]:
+        return [r.id for r in listing.list_reports(app.reports, listing.Query(sender=row.sender, **params)).reports]
+
+    assert listed(status=Status.RECEIVED) == [row.id]
+    assert listed() == [] and listed(since=row.entity["received_at"]) == []
+    row = status.write(app.reports, row, {"status": Status.QUEUED})
+    assert_entries_match(app, row)
+    assert listed() == [row.id] and listed(since=row.entity["received_at"]) == [row.id]
+    assert listed(status=Status.RECEIVED) == [] and listed(status=Status.QUEUED) == [row.id]
+
+
 def test_a_stale_write_changes_neither_row_nor_entries(app: Storage) -> None:
     row = new_row(app, "ix-stale")
     status.write(app.reports, row, {"status": Status.QUEUED})
@@ -172,11 +191,14 @@ def test_index_rebuild_is_resumable_and_idempotent(app: Storage, azurite, monkey
     reindex.rebuild(app, lines.append)
     assert "ix-legacy: done (150 rows read, 150 indexed)" in lines  # resumed after the first page
 
-    page = listing.list_reports(app.reports, listing.Query(sender="ix-legacy", limit=1000))
-    assert [r.id for r in page.reports] == sorted(ids, reverse=True)
+    def listed() -> list[str]:
+        return [r.id for r in listing.list_reports(app.reports, listing.Query(sender="ix-legacy", limit=1000)).reports]
+
+    assert listed() == sorted(ids[1:], reverse=True)  # the `received` one is in the status index only
     assert activity.senders_at(app.activity, ids[0]) >= {"ix-legacy"}
     assert reconcile.reconcile(app, get_settings()) >= 1  # the old `received` one: the rebuild pointed it there
     assert status.read(app.reports, "ix-legacy", ids[0]).status is Status.QUEUED
+    assert listed() == sorted(ids, reverse=True)
 
     again = admin(azurite.connection_string, "index", "rebuild")
     assert "ix-legacy: done in an earlier run" in again.stderr
