@@ -15,7 +15,6 @@ this checkout's Python environment and Azurite. Results: bench/results/compare.j
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
 import json
 import os
@@ -27,19 +26,17 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from bench.load import run_level
-from bench.reports import small_report
+from bench.load import post_factory, run_level
+from bench.reports import HL7, small_report
 from bench.service import CpuMeter, app_env, wait_health
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
 
 RESULTS = REPO_ROOT / "bench" / "results"
 SENDER = "lab-compare"
-HL7 = "application/hl7-v2"
 LEVELS = (1, 8, 32)
 
 
@@ -78,33 +75,11 @@ class Side:
         return int(wait_health(self.intake.url)["queue_depth"])
 
 
-def post_factory(url: str, key: str, counter: itertools.count):
-    """Each load thread posts over its own keep-alive connection (as bench.run does)."""
-    target = urlsplit(url)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": HL7}
-
-    def factory(_index: int):
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-
-        def op(_seq: int) -> str:
-            try:
-                conn.request("POST", "/api/reports", body=small_report(next(counter)), headers=headers)
-                response = conn.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                raise
-            return "ok" if response.status == 202 else f"http_{response.status}"
-
-        return op, conn.close
-
-    return factory
-
-
 def intake_round(side: Side, counter: itertools.count, seconds: float) -> None:
     assert side.intake is not None
     for level in LEVELS:
-        result = run_level(post_factory(side.intake.url, side.key, counter), level, seconds, warmup_s=0.5)
+        factory = post_factory(side.intake.url, side.key, HL7, lambda: small_report(next(counter)))
+        result = run_level(factory, level, seconds, warmup_s=0.5)
         if result.errors:
             raise RuntimeError(f"{side.name}: {result.errors} failed posts at c={level}: {result.error_samples[:2]}")
         side.intake_rates.setdefault(level, []).append(result.rate)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 # An operation returns an outcome label ("ok" counts as success); it may raise, which counts as an error.
 Op = Callable[[int], str]
@@ -185,3 +187,28 @@ def run_count(factory: OpFactory, concurrency: int, count: int, deadline_s: floa
     for t in threads:
         t.join(timeout=max(0.0, end - time.perf_counter()) + 120)
     return tally.result(concurrency, time.perf_counter() - started)
+
+
+def post_factory(url: str, key: str, content_type: str, body: Callable[[], bytes]) -> OpFactory:
+    """Load threads that each POST a report (`body()` makes the next) over their own keep-alive connection, with
+    the stdlib client: the load generator shares the cores with devhost and Azurite, and httpx costs several
+    times more CPU per request."""
+    target = urlsplit(url)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+
+    def factory(_index: int):
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+
+        def op(_seq: int) -> str:
+            try:
+                conn.request("POST", "/api/reports", body=body(), headers=headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()  # reconnects on the next request
+                raise
+            return "ok" if response.status == 202 else f"http_{response.status}"
+
+        return op, conn.close
+
+    return factory

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import itertools
 import json
 import os
@@ -41,13 +40,12 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
 from bench import ceiling as ceil
 from bench.chart import latency_chart
-from bench.load import latency_summary, run_count, run_level
+from bench.load import latency_summary, post_factory, run_count, run_level
 from bench.profiling import Recording, py_spy
 from bench.reports import HL7, big_report, small_report
 from devhost.azurite import REPO_ROOT
@@ -144,27 +142,7 @@ class Bench:
                             limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
 
     def post_factory(self, url: str):
-        """Each worker posts over its own keep-alive connection with the stdlib client: the load generator shares
-        the two cores with devhost and Azurite, and httpx costs several times more CPU per request."""
-        target = urlsplit(url)
-        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": HL7}
-
-        def factory(_index: int):
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-
-            def op(_seq: int) -> str:
-                try:
-                    conn.request("POST", "/api/reports", body=small_report(next(self.counter)), headers=headers)
-                    response = conn.getresponse()
-                    response.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()  # reconnects on the next request
-                    raise
-                return "ok" if response.status == 202 else f"http_{response.status}"
-
-            return op, conn.close
-
-        return factory
+        return post_factory(url, self.key, HL7, lambda: small_report(next(self.counter)))
 
     def measure(self, label: str, pids: dict[str, int], run) -> tuple:
         """Run one load level; if nothing completed for a long stretch (a storage stall: Azurite's queue GC runs
