@@ -99,16 +99,20 @@ def post_many(service: Service, sender: str, count: int, tally: Tally, body: byt
 
 
 def statuses(service: Service, sender: str) -> dict[str, str]:
-    """Every report of `sender` by id, through the list API."""
+    """Every report of `sender` by id, through the list API: the listing, plus `?status=received` for reports not
+    yet queued (those are in the status index only)."""
     found: dict[str, str] = {}
-    cursor = None
     with service.client(sender) as client:
-        while True:
-            page = client.get("/api/reports", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
-            found.update({r["id"]: r["status"] for r in page["reports"]})
-            cursor = page["next_cursor"]
-            if not cursor:
-                return found
+        for only in ({}, {"status": "received"}):
+            cursor = None
+            while True:
+                params = {"limit": 1000, **only, **({"cursor": cursor} if cursor else {})}
+                page = client.get("/api/reports", params=params).json()
+                found.update({r["id"]: r["status"] for r in page["reports"]})
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+    return found
 
 
 def wait_all_terminal(service: Service, sender: str, tally: Tally, timeout: float = 180) -> None:
