@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("NODE_OPTIONS", "--max-old-space-size=16384")  # Azurite holds everything in memory
+
+    def on_term(_sig: int, _frame: object) -> None:  # stopped (SIGTERM) like Ctrl-C: Azurite and proxies stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     results: dict[int, dict] = {}
     with Azurite(silent=True) as azurite:
         blob, queue, table_port = azurite.ports
