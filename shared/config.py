@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared import hostjson
 from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, StorageConnection, resolve
 
 __all__ = ["APP_ROOT", "DEVELOPMENT_STORAGE", "Settings", "SettingsError", "get_settings", "load_settings"]
@@ -31,11 +31,6 @@ SETTING_NAMES = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "applicationinsights_connection_string",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
 }
-
-
-# host.json functionTimeout when it is absent or unbounded (-1): the Premium and Dedicated plans' default. The
-# Consumption plan's own default (5 minutes) is shorter, so this errs on the safe side.
-DEFAULT_FUNCTION_TIMEOUT_SECONDS = 30 * 60.0
 
 
 class SettingsError(RuntimeError):
@@ -61,7 +56,7 @@ class Settings(BaseModel):
     otlp_endpoint: str | None = None
     # The longest any invocation can run (host.json functionTimeout): a request holding an Idempotency-Key claim
     # cannot outlive it, so only then is the claim taken over.
-    function_timeout_seconds: float = Field(default=DEFAULT_FUNCTION_TIMEOUT_SECONDS, gt=0)
+    function_timeout_seconds: float = Field(default=hostjson.DEFAULT_FUNCTION_TIMEOUT, gt=0)
 
     @field_validator("applicationinsights_connection_string")
     @classmethod
@@ -98,39 +93,17 @@ class Settings(BaseModel):
         return value
 
 
-def _host_setting(env: dict[str, str], *path: str) -> object | None:
-    """A host.json value as the host sees it: an AzureFunctionsJobHost__ override, else host.json, else None."""
-    override = "__".join(("azurefunctionsjobhost", *path)).lower()
-    for key, value in env.items():
-        if key.lower() == override:
-            return value
-    try:
-        node: object = json.loads((APP_ROOT / "host.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
+def _host_json(env: dict[str, str]) -> tuple[int | None, float]:
+    """maxDequeueCount and functionTimeout as the host reads them (host.json with AzureFunctionsJobHost__ overrides).
 
-
-def _host_json_max_dequeue_count(env: dict[str, str]) -> int | None:
-    value = _host_setting(env, "extensions", "queues", "maxDequeueCount")
-    return int(value) if value is not None else None  # type: ignore[call-overload]
-
-
-def _timespan_seconds(text: str) -> float | None:
-    """A host.json timespan (`[d.]hh:mm:ss[.fff]`) in seconds; None for -1 (unbounded)."""
-    text = text.strip()
-    if text == "-1":
-        return None
-    days, _, clock = text.partition(".") if "." in text.split(":")[0] else ("", "", text)
-    hours, minutes, seconds = clock.split(":")
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-def _host_json_function_timeout(env: dict[str, str]) -> float | None:
-    value = _host_setting(env, "functionTimeout")
-    return _timespan_seconds(str(value)) if value is not None else None
+    An unbounded functionTimeout (-1) is refused: an Idempotency-Key claim is taken over only once the request
+    holding it can no longer be running, and with no bound that moment never comes."""
+    config = hostjson.load_host_config(APP_ROOT, env)
+    max_dequeue = hostjson.get_ci(config, "extensions", "queues", "maxDequeueCount")
+    timeout = hostjson.function_timeout(config)
+    if timeout is None:
+        raise ValueError("functionTimeout -1 (unbounded) is not supported: set a bound such as 00:10:00")
+    return (int(max_dequeue) if max_dequeue is not None else None), timeout
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -144,12 +117,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     except ConnectionSettingError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
     try:
-        max_dequeue = _host_json_max_dequeue_count(env)
+        max_dequeue, values["function_timeout_seconds"] = _host_json(env)
         if max_dequeue is not None:
             values["max_dequeue_count"] = max_dequeue
-        function_timeout = _host_json_function_timeout(env)
-        if function_timeout is not None:
-            values["function_timeout_seconds"] = function_timeout
         return Settings(**values)
     except ValueError as exc:
         raise SettingsError(_describe(exc)) from None
@@ -157,7 +127,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 def _describe(exc: ValueError) -> str:
     if not isinstance(exc, ValidationError):
-        return f"bad value for maxDequeueCount or functionTimeout (host.json or AzureFunctionsJobHost__): {exc}"
+        return f"bad value in host.json (or an AzureFunctionsJobHost__ override): {exc}"
     by_field = {field: name for name, field in SETTING_NAMES.items()}
     by_field["max_dequeue_count"] = "extensions.queues.maxDequeueCount (host.json)"
     by_field["function_timeout_seconds"] = "functionTimeout (host.json)"

@@ -45,6 +45,20 @@ def test_max_dequeue_count_follows_the_host_override() -> None:
     assert load_settings(env).max_dequeue_count == 3
 
 
+@pytest.mark.parametrize("value, seconds", [("00:10", 600), ("0.00:02:00", 120), ("00:00:30.5", 30.5)])
+def test_function_timeout_is_read_as_the_host_reads_it(value: str, seconds: float) -> None:
+    """The app and devhost read host.json through one module (shared/hostjson.py): every TimeSpan form the host
+    takes is taken, in overrides written with either separator."""
+    for name in ("AzureFunctionsJobHost__functionTimeout", "AzureFunctionsJobHost:functionTimeout"):
+        assert load_settings({"AzureWebJobsStorage": "x", name: value}).function_timeout_seconds == seconds
+
+
+def test_an_unbounded_function_timeout_is_refused_at_start() -> None:
+    """With functionTimeout -1 no moment comes at which an Idempotency-Key claim can safely be taken over."""
+    with pytest.raises(SettingsError, match="functionTimeout"):
+        load_settings({"AzureWebJobsStorage": "x", "AzureFunctionsJobHost__functionTimeout": "-1"})
+
+
 # --- lifecycle ---------------------------------------------------------------------------------------------------
 
 
