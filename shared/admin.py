@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
         print(f"{poison.sweep(storage)} report(s) in the poison queue marked failed")
         return 0
-    except (AdminError, senders.SenderError, SettingsError, poison.UnreadableQueue) as exc:
+    except (AdminError, senders.SenderError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ClientAuthenticationError as exc:

@@ -14,12 +14,13 @@ end), so a pass costs about depth/32 + 2 x depth storage calls, and raises the d
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from azure.core.exceptions import DecodeError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage as StoredMessage
 from pydantic import ValidationError
 
@@ -51,14 +52,12 @@ class Poisoned:
     message: QueueMessage | None
 
 
-class UnreadableQueue(RuntimeError):
-    """A poison message is not base64 (written by something other than the host or this app)."""
-
-
 def _parse(stored: StoredMessage) -> Poisoned:
+    """The work message in a poison message as stored (base64, as the host writes it); None if it is not one, such
+    as a message that was not base64 to begin with, which the host poisons as it is."""
     try:
-        return Poisoned(stored, QueueMessage.model_validate_json(stored.content))
-    except (ValidationError, ValueError):
+        return Poisoned(stored, QueueMessage.model_validate_json(base64.b64decode(stored.content, validate=True)))
+    except (ValidationError, ValueError, TypeError):
         return Poisoned(stored, None)
 
 
@@ -70,10 +69,7 @@ def depth(storage: Storage) -> int:
 def peek(storage: Storage) -> tuple[list[Poisoned], int]:
     """The first poison messages, without changing the queue, and about how many there are in all."""
     total = depth(storage)
-    try:
-        shown = [_parse(m) for m in storage.poison.peek_messages(max_messages=PEEK_LIMIT)]
-    except DecodeError:
-        raise UnreadableQueue("a poison message is not base64; inspect the queue with Storage Explorer") from None
+    shown = [_parse(m) for m in storage.poison.peek_messages(max_messages=PEEK_LIMIT)]
     return shown, max(total, len(shown))
 
 
@@ -82,11 +78,8 @@ def walk(storage: Storage, lease_seconds: int = WALK_LEASE_SECONDS) -> Iterator[
     deletes a message or gives it back with `restore`."""
     seen: set[str] = set()
     while True:
-        try:
-            batch = list(storage.poison.receive_messages(messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT,
-                                                         visibility_timeout=lease_seconds))
-        except DecodeError:
-            raise UnreadableQueue("a poison message is not base64; inspect the queue with Storage Explorer") from None
+        batch = list(storage.poison.receive_messages(messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT,
+                                                     visibility_timeout=lease_seconds))
         fresh = [m for m in batch if m.id not in seen]
         if not fresh:
             return  # empty, or the lease ran out and messages came round again

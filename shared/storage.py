@@ -143,10 +143,11 @@ class Storage:
             tables = TableServiceClient(connection.service_uri("table"), credential=credential, **table_options)
             queues = QueueServiceClient(connection.service_uri("queue"), credential=credential, **queue_options)
 
-        def queue(name: str) -> QueueClient:
+        def queue(name: str, decode: bool = True) -> QueueClient:
             # The Functions host reads base64 by default (host.json messageEncoding), so write base64.
             return queues.get_queue_client(
-                name, message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=BinaryBase64DecodePolicy()
+                name, message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=BinaryBase64DecodePolicy() if decode else None,
             )
 
         return cls(
@@ -157,7 +158,9 @@ class Storage:
             activity=tables.get_table_client(ACTIVITY_TABLE),
             checkpoints=tables.get_table_client(CHECKPOINTS_TABLE),
             queue=queue(QUEUE),
-            poison=queue(POISON_QUEUE),
+            # Read as stored: the host copies a message that is not base64 to the poison queue as it is, and the
+            # SDK's decoding would fail the whole batch on it (shared/poison.py decodes each message itself).
+            poison=queue(POISON_QUEUE, decode=False),
             tables=tables,
         )
 

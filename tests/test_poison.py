@@ -38,10 +38,10 @@ def poison_as_the_host_does(storage: Storage, sender: str, report_id: str) -> No
     storage.poison.send_message(message_for(row).model_dump_json())
 
 
-def clear_poison_of(storage: Storage, report_ids: set[str]) -> None:
+def clear_poison_of(storage: Storage, report_ids: set[str], message_ids: frozenset[str] = frozenset()) -> None:
     """Leave the shared Azurite's poison queue as other tests found it."""
     for item in poison.walk(storage, lease_seconds=30):
-        if item.message is not None and item.message.id in report_ids:
+        if (item.message is not None and item.message.id in report_ids) or item.stored.id in message_ids:
             poison.delete(storage, item.stored)
         else:
             poison.restore(storage, item.stored)
@@ -73,6 +73,25 @@ def test_a_failed_final_write_is_given_up_by_the_timer_then_replayed(
         assert run(app, report_id)["status"] == "processed"
     finally:
         clear_poison_of(app, {report_id})
+
+
+def test_a_message_that_is_not_base64_does_not_stop_the_sweep(
+    app: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host poisons a message that is not base64 as it is; the SDK's decoding would fail every batch holding
+    it, and the reports behind it would never end `failed`."""
+    raw = QueueClient.from_connection_string(config.get_settings().storage.connection_string, "reports-poison")
+    junk = raw.send_message('{"v":1,"id":"not base64"}')
+    report_id = submit(app, CSV, "text/csv")
+    poison_as_the_host_does(app, "unit-proc", report_id)  # pending, its message behind the junk one
+    try:
+        reconcile_timer.main(TimerRequest())
+        assert status.read(app.reports, "unit-proc", report_id).status.value == "failed"
+        assert admin.main(["poison", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert "(unreadable)" in listed and report_id in listed
+    finally:
+        clear_poison_of(app, {report_id}, frozenset({junk.id}))
 
 
 def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(app: Storage) -> None:
