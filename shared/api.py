@@ -25,7 +25,7 @@ JSON = "application/json"
 HL7 = "application/hl7-v2"
 ROUTE_PREFIX = "/api"
 # The only hosts that may go into a Location: a DNS name or IP literal, then an optional port.
-HOST_PORT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$")
+HOST_PORT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>\d{1,5}))?$")
 # A media type (RFC 9110 type/subtype) with parameters in printable ASCII, not parsed further: the value is stored
 # as a blob header and a row property, so anything longer than a real one is refused before it reaches storage
 # (Azure refuses oversized headers; a 16 KB value used to come back as 503 "retry", forever).
@@ -52,14 +52,28 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
     except Problem as problem:
         return problem.response()
     except AzureError as exc:
-        log.warning("storage unavailable during %s %s: %s", req.method, urlsplit(req.url).path, type(exc).__name__)
+        log.warning("storage unavailable during %s %s: %s", req.method, _path(req), type(exc).__name__)
         if is_transient(exc):
             return unavailable(settings.retry_after_seconds if settings else 1).response()
         log.exception("storage error")
     except Exception:
-        log.exception("unhandled error during %s %s", req.method, urlsplit(req.url).path)
+        log.exception("unhandled error during %s %s", req.method, _path(req))
     detail = "The request failed unexpectedly" + (": nothing was stored." if req.method == "POST" else ".")
     return Problem(500, "internal", "Internal Server Error", detail).response()
+
+
+def _own_url(req: func.HttpRequest) -> tuple[str, str, str]:
+    """Scheme, host[:port] and path of the request URL; empty where the URL (built from a Host header the front end
+    let through, such as `[1]`) does not parse."""
+    try:
+        own = urlsplit(req.url)
+        return own.scheme, own.netloc, own.path
+    except ValueError:
+        return "", "", ""
+
+
+def _path(req: func.HttpRequest) -> str:
+    return _own_url(req)[2] or "?"
 
 
 def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings) -> str:
@@ -77,18 +91,19 @@ def base_url(req: func.HttpRequest, settings: Settings) -> str:
     """
     if settings.public_base_url:
         return settings.public_base_url
-    try:
-        own = urlsplit(req.url)
-        own_scheme, own_netloc = own.scheme, own.netloc
-    except ValueError:
-        own_scheme, own_netloc = "http", ""
+    own_scheme, own_netloc, _ = _own_url(req)
     proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
     forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
-    netloc = next((h for h in (forwarded, own_netloc) if HOST_PORT.match(h)), None)
+    netloc = next((h for h in (forwarded, own_netloc) if _valid_host(h)), None)
     if netloc is None:
         return ""
     scheme = proto if proto in ("http", "https") else own_scheme if own_scheme in ("http", "https") else "http"
     return f"{scheme}://{netloc}"
+
+
+def _valid_host(value: str) -> bool:
+    match = HOST_PORT.match(value)
+    return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
 
 
 def status_url(base: str, report_id: str) -> str:
@@ -116,7 +131,7 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
     if _wants_hl7_ack(req, record):
-        ack = hl7_ack.commit_ack(submission.body)
+        ack = _commit_ack(submission.body, record.id)
         if ack is not None:
             return func.HttpResponse(ack, status_code=202, headers=headers, mimetype=HL7)
     body = AcceptedReport(
@@ -124,6 +139,16 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
         size_bytes=record.size_bytes, sha256=record.sha256, received_at=record.received_at, status_url=location,
     )
     return _json(body.model_dump(mode="json"), 202, headers)
+
+
+def _commit_ack(body: bytes, report_id: str) -> bytes | None:
+    """The HL7 commit acknowledgement, or None (JSON instead): the report is stored, so nothing may turn it into an
+    error answer now."""
+    try:
+        return hl7_ack.commit_ack(body)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("report %s: no HL7 acknowledgement (%s); answering JSON", report_id, type(exc).__name__)
+        return None
 
 
 def checked_content_type(value: str | None) -> str | None:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import http_sfv
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # RFC 9530 algorithms worth checking (the others are deprecated there and may be ignored).
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
-UNKNOWN_OUTCOME = ("Storage did not answer; the report may not have been stored. Retry later with the same "
-                   "Idempotency-Key to be sure it is stored once.")
+UNKNOWN_OUTCOME = "Storage did not answer; the report may not have been stored."
+UNKNOWN_OUTCOME_WITH_KEY = (f"{UNKNOWN_OUTCOME} Retry later with the same Idempotency-Key to be sure it is stored "
+                            "once.")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def check(sub: Submission, settings: Settings) -> str:
             "Unsupported Media Type",
             f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.",
         )
-    if sub.content_length is not None and sub.content_length.strip() != str(len(sub.body)):
+    if sub.content_length is not None and not _declares_length(sub.content_length, len(sub.body)):
         raise bad_request("The body is not as long as its Content-Length says; nothing was stored.", "incomplete-body")
     if not sub.body:
         raise bad_request("The report body is empty.", "empty-body")
@@ -72,13 +73,18 @@ def check(sub: Submission, settings: Settings) -> str:
         )
     if sub.idempotency_key is not None and not idempotency.KEY.match(sub.idempotency_key):
         raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters.", "bad-idempotency-key")
-    if sub.content_digest is not None:
-        verify_content_digest(sub.content_digest, sub.body)
     return kind
 
 
-def verify_content_digest(header: str, body: bytes) -> None:
-    """RFC 9530: every sha-256 / sha-512 digest given must match the body; other algorithms are ignored."""
+def _declares_length(header: str, length: int) -> bool:
+    """Content-Length is ASCII digits (RFC 9110: leading zeros allowed); it must equal the body received."""
+    value = header.strip()
+    return value.isascii() and value.isdigit() and int(value) == length
+
+
+def verify_content_digest(header: str, body: bytes, sha256: bytes | None = None) -> None:
+    """RFC 9530: every sha-256 / sha-512 digest given must match the body; other algorithms are ignored.
+    `sha256` is the body's SHA-256 when already computed (intake hashes a body once)."""
     parsed = http_sfv.Dictionary()
     try:
         parsed.parse(header.encode("ascii"))
@@ -91,10 +97,11 @@ def verify_content_digest(header: str, body: bytes) -> None:
             continue
         if not isinstance(item.value, bytes):
             raise bad_request(f"Content-Digest {algorithm} must be a byte sequence, :<base64>:.", "bad-content-digest")
-        if item.value != hash_fn(body).digest():
+        actual = sha256 if algorithm == "sha-256" and sha256 is not None else hash_fn(body).digest()
+        if item.value != actual:
             raise bad_request(
                 f"The body does not match its Content-Digest ({algorithm}); nothing was stored. The body received "
-                f"has {algorithm} :{base64.b64encode(hash_fn(body).digest()).decode()}:.",
+                f"has {algorithm} :{base64.b64encode(actual).decode()}:.",
                 "content-digest-mismatch",
             )
 
@@ -103,7 +110,10 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
     """Store the report and enqueue it. 202 once blob and row are stored; 503 only when nothing is."""
     telemetry.submission(sub.sender, sub.content_type, len(sub.body))
     check(sub, settings)
-    digest = hashlib.sha256(sub.body).hexdigest()
+    sha256 = hashlib.sha256(sub.body).digest()
+    if sub.content_digest is not None:
+        verify_content_digest(sub.content_digest, sub.body, sha256)
+    digest = sha256.hex()
     report_id = str(ULID())
     key = sub.idempotency_key
     if key is not None:
@@ -119,9 +129,12 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
         log.warning("report %s: store failed (%s); reading it back", report_id, type(exc).__name__)
         row = _read_back(storage, settings, sub, report_id)
     record = row.record()
-    if _enqueue(storage, row):
-        record.status = Status.QUEUED.value
-    telemetry.report_accepted(report_id, sub.sender, record.content_type)
+    try:
+        if _enqueue(storage, row):
+            record.status = Status.QUEUED.value
+        telemetry.report_accepted(report_id, sub.sender, record.content_type)
+    except Exception as exc:  # noqa: BLE001 - stored: the answer is 202 whatever fails now, never "not stored"
+        log.warning("report %s stored; a step after storing failed (%s)", report_id, type(exc).__name__)
     log.info("report %s accepted from %s (%d bytes)", report_id, sub.sender, record.size_bytes)
     return Accepted(record, replayed=False)
 
@@ -142,13 +155,17 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     )
     # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
     activity.record(storage.activity, sub.sender, report_id)
-    storage.container.upload_blob(
-        blob,
-        sub.body,
-        overwrite=False,
-        content_settings=ContentSettings(content_type=content_type),
-        metadata={"sha256": digest, "sender": sub.sender},
-    )
+    try:
+        storage.container.upload_blob(
+            blob,
+            sub.body,
+            overwrite=False,
+            content_settings=ContentSettings(content_type=content_type),
+            metadata={"sha256": digest, "sender": sub.sender},
+        )
+    except ResourceExistsError:
+        # The id is this request's own, fresh: the SDK retried an upload that had committed but lost its answer.
+        log.info("report %s: raw blob already stored by an earlier try of this upload", report_id)
     return status.create(storage.reports, status.new_entity(record, blob) | telemetry.context_fields())
 
 
@@ -160,7 +177,8 @@ def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id:
     except AzureError:
         # Outcome unknown: the Idempotency-Key claim stays, so a retry with the key finds this report if it was
         # stored (and takes the claim over only once this request can no longer be running).
-        raise unavailable(settings.retry_after_seconds, UNKNOWN_OUTCOME) from None
+        detail = UNKNOWN_OUTCOME_WITH_KEY if sub.idempotency_key is not None else UNKNOWN_OUTCOME
+        raise unavailable(settings.retry_after_seconds, detail) from None
     if row is not None:
         log.info("report %s was stored after all", report_id)
         return row

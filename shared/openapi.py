@@ -12,13 +12,12 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from shared import idempotency, listing
+from shared.api import HL7, JSON
 from shared.formats import FORMATS
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
 from shared.problems import PROBLEM_JSON, ProblemDetails
 from shared.status import Status
 
-JSON = "application/json"
-HL7 = "application/hl7-v2"
 REF = "#/components/schemas/{model}"
 
 # Reusable responses: name -> (status, description, headers).
@@ -30,8 +29,14 @@ _PROBLEMS: dict[str, tuple[str, str, list[str]]] = {
     "TooLarge": ("413", "The body is over MAX_REPORT_BYTES.", []),
     "UnsupportedMediaType": ("415", "Content-Type is not one of the supported formats, or is malformed.", []),
     "KeyReused": ("422", "The Idempotency-Key was used before with a different body or Content-Type.", []),
-    "Unavailable": ("503", "Storage is unavailable and nothing was stored; retry after Retry-After.", ["Retry-After"]),
+    "Unavailable": ("503", "Storage is unavailable and nothing was stored (or, when the detail says so, storage did "
+                           "not answer and the outcome is unknown); retry after Retry-After.", ["Retry-After"]),
+    "Internal": ("500", "An unexpected failure, as problem+json without internals; for a submission, before anything "
+                        "was stored.", []),
+    "ReadUnavailable": ("503", "Storage is unavailable; retry after Retry-After.", ["Retry-After"]),
 }
+# Problems every authenticated read can answer.
+_READ_PROBLEMS = ("Unauthorized", "ReadUnavailable", "Internal")
 
 _HEADERS: dict[str, dict[str, Any]] = {
     "Location": {"description": "The report's status URL: built from PUBLIC_BASE_URL, else from a valid "
@@ -114,7 +119,8 @@ def _submit() -> dict[str, Any]:
         },
         "responses": {
             "202": accepted,
-            **{code: _ref(name) for name, (code, _, _) in _PROBLEMS.items() if name != "NotFound"},
+            **{code: _ref(name) for name, (code, _, _) in _PROBLEMS.items()
+               if name not in ("NotFound", "ReadUnavailable")},
         },
     }
 
@@ -140,7 +146,7 @@ def _list() -> dict[str, Any]:
              "schema": {"type": "string", "pattern": listing.CURSOR.pattern}},
         ],
         "responses": {"200": _json_response("One page.", "ReportPage"), "400": _ref("BadRequest"),
-                      "401": _ref("Unauthorized")},
+                      **_read_problems()},
     }
 
 
@@ -154,10 +160,14 @@ def _read() -> dict[str, Any]:
             "200": _json_response("Terminal: processed, rejected or failed.", "StatusRecord"),
             "202": _json_response("Not terminal yet: poll again after Retry-After.", "StatusRecord",
                                   ["Retry-After"]),
-            "401": _ref("Unauthorized"),
             "404": _ref("NotFound"),
+            **_read_problems(),
         },
     }
+
+
+def _read_problems() -> dict[str, Any]:
+    return {_PROBLEMS[name][0]: _ref(name) for name in _READ_PROBLEMS}
 
 
 @lru_cache(maxsize=1)

@@ -139,8 +139,9 @@ def test_hostile_host_is_400_at_the_edge(service: Service, value: str) -> None:
     assert answer.startswith(b"HTTP/1.1 400 ") and b"script" not in answer and b"evil" not in answer
 
 
-def test_bad_forwarded_host_falls_back_to_the_request_host(service: Service) -> None:
-    response = service.post("lab-loc", CSV, "text/csv", **{"X-Forwarded-Host": "good.com@evil.com",
+@pytest.mark.parametrize("forwarded", ["good.com@evil.com", "intake.example:99999", "intake.example:0"])
+def test_bad_forwarded_host_falls_back_to_the_request_host(service: Service, forwarded: str) -> None:
+    response = service.post("lab-loc", CSV, "text/csv", **{"X-Forwarded-Host": forwarded,
                                                             "X-Forwarded-Proto": "javascript"})
     assert response.headers["location"].startswith(f"{service.url}/api/reports/")
 

@@ -12,10 +12,15 @@ from datetime import datetime, timedelta, timezone
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.data.tables import TableClient
 
-from shared import config, idempotency, senders, status, work
+from shared import config, hl7_ack, idempotency, senders, status, work
 from shared.clock import to_iso
 from shared.status import Status
 from shared.storage import Storage
@@ -27,11 +32,14 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def sender(app: Storage, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """A sender of this test's own; its reports are removed afterwards, so no reconciler elsewhere finds them."""
+    """A sender of this test's own; its rows, index entries and blobs are removed afterwards, so no reconciler
+    elsewhere finds them."""
     name = "in-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
     yield name, senders.add(app.senders, name)
-    for report_id in stored_ids(app, name):
-        app.reports.delete_entity(name, report_id)
+    for entity in app.reports.query_entities("PartitionKey eq @s", parameters={"s": name}, select=["RowKey"]):
+        app.reports.delete_entity(name, entity["RowKey"])
+    for blob in app.container.list_blob_names(name_starts_with=f"raw/{name}/"):
+        app.container.delete_blob(blob)
 
 
 def post(key: str, body: bytes = CSV, **headers: str) -> func.HttpResponse:
@@ -90,6 +98,7 @@ def test_body_shorter_than_its_content_length_is_never_stored(app: Storage, send
     assert post(key, CSV[:40], **{"content-length": "40, 40"}).status_code == 400
     assert stored_ids(app, name) == []
     assert post(key, CSV, **{"content-length": str(len(CSV))}).status_code == 202
+    assert post(key, CSV, **{"content-length": f"00{len(CSV)}"}).status_code == 202  # RFC 9110: digits, zeros too
 
 
 # --- stored means 202, not stored means 503 ----------------------------------------------------------------------
@@ -111,6 +120,68 @@ def test_queue_send_failure_after_the_store_is_202_received(
     row = status.read(app.reports, name, accepted["id"])
     assert row is not None and row.status is Status.RECEIVED
     assert app.container.download_blob(f"raw/{name}/{accepted['id']}").readall() == CSV
+
+
+def test_a_failure_after_the_store_still_answers_202(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails once blob and row are stored (a bug, an unexpected error), the sender is not told "nothing was
+    stored": it would send the report again."""
+    name, key = sender
+    monkeypatch.setattr(work, "mark_queued", lambda *a: (_ for _ in ()).throw(RuntimeError("unexpected")))
+    response = post(key)
+    assert response.status_code == 202, response.get_body()
+    assert stored_ids(app, name) == [answer(response)["id"]]
+    monkeypatch.setattr(hl7_ack, "commit_ack", lambda *a: (_ for _ in ()).throw(ValueError("unexpected")))
+    hl7 = (EXAMPLES / "report.hl7").read_bytes()
+    acked = post(key, hl7, **{"content-type": "application/hl7-v2", "accept": "application/hl7-v2"})
+    assert acked.status_code == 202 and answer(acked)["id"] in stored_ids(app, name)
+
+
+def test_a_raw_blob_already_stored_by_a_retried_upload_is_stored_once(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK retries an upload whose answer was lost; with overwrite off the retry hears "already exists"."""
+    name, key = sender
+    container_type = type(app.container)
+    upload = container_type.upload_blob
+
+    def upload_then_lose_the_answer(self, *args, **kwargs):
+        upload(self, *args, **kwargs)
+        raise ResourceExistsError("The specified blob already exists.")
+
+    monkeypatch.setattr(container_type, "upload_blob", upload_then_lose_the_answer)
+    response = post(key)
+    assert response.status_code == 202, response.get_body()
+    report_id = answer(response)["id"]
+    assert stored_ids(app, name) == [report_id]
+    assert app.container.download_blob(f"raw/{name}/{report_id}").readall() == CSV
+
+
+def test_a_host_header_that_does_not_parse_still_gets_problem_json(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Host: [1]` passes the front end's check but not urlsplit: the error path must not fail on it."""
+    import ingest_http
+
+    _, key = sender
+    request = func.HttpRequest("POST", "http://[1]/api/reports", body=CSV,
+                               headers={"authorization": f"Bearer {key}", "content-type": "text/csv"})
+    with monkeypatch.context() as patch:
+        patch.setattr(senders, "authenticate", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
+        response = ingest_http.main(request)
+    assert response.status_code == 503 and response.mimetype == PROBLEM
+
+
+def test_an_unknown_outcome_without_a_key_does_not_advise_one(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key = sender
+    monkeypatch.setattr(status, "create", lambda *a: (_ for _ in ()).throw(ServiceResponseError("timed out")))
+    monkeypatch.setattr(status, "read", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
+    response = post(key)
+    assert response.status_code == 503 and "may not have been stored" in answer(response)["detail"]
+    assert "Idempotency-Key" not in answer(response)["detail"]  # none was sent
 
 
 def post_while_create_times_out(monkeypatch: pytest.MonkeyPatch, key: str, idempotency_key: str, commits: bool,
