@@ -39,6 +39,9 @@ class EdgeLimits:
     """The front end's limits; defaults are the Functions host's (Kestrel's) own."""
 
     max_body_bytes: int = 104_857_600  # the host's 100 MB request limit (maxRequestLength)
+    max_header_count: int = 100  # Kestrel MaxRequestHeaderCount (over it: 431)
+    max_headers_bytes: int = 32_768  # Kestrel MaxRequestHeadersTotalSize, name + value + ": " + CRLF (431)
+    max_request_line_bytes: int = 8_192  # Kestrel MaxRequestLineSize: method, target and version (414)
     keep_alive_seconds: float = 130.0  # Kestrel KeepAliveTimeout: idle before (and between) requests
     headers_seconds: float = 30.0  # Kestrel RequestHeadersTimeout: from a request's first byte to its last header
     body_grace_seconds: float = 5.0  # Kestrel MinRequestBodyDataRate: 240 bytes/s on average after a 5 s grace
@@ -46,7 +49,7 @@ class EdgeLimits:
 
     @classmethod
     def from_settings(cls, get: Callable[[str], str | None]) -> "EdgeLimits":
-        """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS override defaults."""
+        """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS shorten defaults."""
         values: dict[str, float] = {}
         for setting, name in (("DEVHOST_KEEP_ALIVE_SECONDS", "keep_alive_seconds"),
                               ("DEVHOST_HEADERS_TIMEOUT_SECONDS", "headers_seconds"),
@@ -57,8 +60,10 @@ class EdgeLimits:
                     values[name] = float(text)
                 except ValueError:
                     raise ValueError(f"{setting} must be a number of seconds, got {text!r}") from None
-                if values[name] <= 0:
-                    raise ValueError(f"{setting} must be more than 0, got {text!r}")
+                if not 0 < values[name] <= getattr(cls, name):
+                    # Shorter only: devhost may be made stricter for tests, never kinder than the real front end.
+                    raise ValueError(f"{setting} must be more than 0 and at most {getattr(cls, name)} (the host's "
+                                     f"own limit), got {text!r}")
         return cls(**values)
 
 
@@ -120,8 +125,9 @@ class EdgeProtocol(HttpToolsProtocol):
             self.timer = None
 
     def _body_due(self) -> float:
-        """Kestrel's minimum data rate: after the grace period, on average `body_min_rate` bytes a second."""
-        return self.started + self.limits.body_grace_seconds + self.body_received / self.limits.body_min_rate
+        """Kestrel's minimum data rate: once the grace period is over, on average `body_min_rate` bytes a second
+        since the body began (the grace is not added on top)."""
+        return self.started + max(self.limits.body_grace_seconds, self.body_received / self.limits.body_min_rate)
 
     def _body_check(self) -> None:
         self.timer = None
@@ -255,13 +261,28 @@ class HttpApp:
 
 
     def _refusal(self, scope: dict[str, Any]) -> int | None:
-        """What the front end answers before routing: 400 for a bad Host, 413 for a declared body over the limit."""
+        """What the front end answers before routing: 414 for a request line over Kestrel's limit, 431 for too
+        many or too large headers, 400 for a missing, repeated or malformed Host, 413 for a declared body over
+        the limit."""
+        limits = self.limits
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
+        if len(scope["method"]) + target + len(" HTTP/1.1") + 1 > limits.max_request_line_bytes:
+            return 414
+        headers = scope["headers"]
+        if len(headers) > limits.max_header_count:
+            return 431
         host = length = None
-        for name, value in scope["headers"]:
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value) + 4
             if name == b"host":
+                if host is not None:
+                    return 400  # Kestrel refuses a request with more than one Host
                 host = value
             elif name == b"content-length":
                 length = value
+        if size > limits.max_headers_bytes:
+            return 431
         if host is None:
             if scope.get("http_version") == "1.1":
                 return 400  # HTTP/1.1 requires Host (RFC 9112 section 3.2), and Kestrel enforces it

@@ -10,6 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 
@@ -50,7 +51,7 @@ class DevHostProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"devhost exited with {self.process.returncode}:\n{self.logs()[-4000:]}")
+                self._fail(f"devhost exited with {self.process.returncode}")
             try:
                 if httpx.get(self.url + READY_PATH, timeout=1.0).status_code == 200:
                     return self
@@ -58,8 +59,14 @@ class DevHostProcess:
                 pass
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"devhost did not answer within {timeout}s:\n{self.logs()[-4000:]}")
+                self._fail(f"devhost did not answer within {timeout}s")
             time.sleep(0.1)
+
+    def _fail(self, what: str) -> NoReturn:
+        """A failed start: its log's tail goes into the error, and the log itself goes (nothing left behind)."""
+        message = f"{what}:\n{self.logs()[-4000:]}"
+        self.close()
+        raise RuntimeError(message)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -29,9 +29,12 @@ def host(azurite) -> Iterator[DevHostProcess]:
            "DEVHOST_HEADERS_TIMEOUT_SECONDS": str(SHORT), "DEVHOST_BODY_GRACE_SECONDS": str(SHORT)}
     process = DevHostProcess(app_dir=BASIC, env=env)
     process.start()
-    yield process
-    assert process.stop() == 0
-    process.close()
+    try:
+        yield process
+        assert process.stop() == 0
+    finally:
+        process.kill()
+        process.close()
 
 
 def connect(host: DevHostProcess) -> socket.socket:
@@ -157,6 +160,32 @@ def test_listens_on_loopback_only_by_default(host: DevHostProcess) -> None:
 def test_bad_timeout_setting_stops_the_host(start_devhost, storage) -> None:
     with pytest.raises(RuntimeError, match="DEVHOST_HEADERS_TIMEOUT_SECONDS must be a number"):
         start_devhost(BASIC, env={"AzureWebJobsStorage": storage, "DEVHOST_HEADERS_TIMEOUT_SECONDS": "soon"})
+
+
+def test_timeouts_can_be_shortened_never_lengthened() -> None:
+    """The settings exist so tests can run the timeouts in seconds; a longer one would be kinder than Kestrel."""
+    settings = {"DEVHOST_HEADERS_TIMEOUT_SECONDS": "3600"}
+    with pytest.raises(ValueError, match="at most 30"):
+        EdgeLimits.from_settings(settings.get)
+    assert EdgeLimits.from_settings({"DEVHOST_HEADERS_TIMEOUT_SECONDS": "2"}.get).headers_seconds == 2
+
+
+@pytest.mark.parametrize("request_head, status", [
+    (b"POST /api/echo/x?" + b"q" * 8200 + b" HTTP/1.1\r\nHost: localhost\r\n", b"414"),
+    (b"POST /api/echo/x HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"v" * 33_000 + b"\r\n", b"431"),
+    (b"POST /api/echo/x HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)),
+     b"431"),
+    (b"POST /api/echo/x HTTP/1.1\r\nHost: localhost\r\nHost: elsewhere\r\n", b"400"),
+])
+def test_kestrel_request_limits(host: DevHostProcess, request_head: bytes, status: bytes) -> None:
+    """Kestrel's limits on the request line (8 KB), headers (100, 32 KB in all) and Host (one): a request the
+    real front end refuses never reaches a function here either."""
+    before = invocations(host)
+    with connect(host) as sock:
+        sock.sendall(request_head + b"Content-Length: 2\r\n\r\nhi")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ")
+    assert invocations(host) == before
 
 
 # --- the admin API answers this machine only ---------------------------------------------------------------------

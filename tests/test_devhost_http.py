@@ -27,9 +27,12 @@ def basic(azurite) -> Iterator[DevHostProcess]:
         "AzureWebJobs_disabled_underscore_Disabled": "1",
     })
     host.start()
-    yield host
-    assert host.stop() == 0
-    host.close()
+    try:
+        yield host
+        assert host.stop() == 0
+    finally:
+        host.kill()
+        host.close()
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,17 @@ def test_bad_worker_process_count_fails_at_start(start_devhost, storage):
         start_devhost(APPS / "basic", env={"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "99"})
 
 
+def test_a_host_that_fails_to_start_leaves_no_log_behind(storage):
+    """The error carries the log's tail, so the log itself goes."""
+    import pytest
+
+    host = DevHostProcess(APPS / "basic", env={"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "99"})
+    with pytest.raises(RuntimeError, match="FUNCTIONS_WORKER_PROCESS_COUNT") as failed:
+        host.start()
+    assert "devhost exited" in str(failed.value)
+    assert host.log_path is None
+
+
 def test_a_stopped_host_and_azurite_leave_no_log_behind(storage):
     """Tests leave nothing in the temp folder: each process's own log goes when it is closed."""
     with DevHostProcess(APPS / "basic", env={"AzureWebJobsStorage": storage}) as host:
