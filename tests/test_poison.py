@@ -209,7 +209,8 @@ def test_poison_list_peeks_and_replay_all_clears_finished_reports(
     assert "about 40 in the queue" in listed.stderr
     assert all(m.dequeue_count == 0 for m in poisoned.peek_messages(max_messages=32)), "peek only"
 
-    held = list(poisoned.receive_messages(max_messages=10, visibility_timeout=3))  # a sweep holds some right now
+    # A sweep holds some right now, for longer than the CLI takes to start: replay --all must wait for them.
+    held = list(poisoned.receive_messages(max_messages=10, visibility_timeout=12))
     assert len(held) == 10
     cleared = admin_cli(service.conn, "poison", "replay", "--all")
     assert cleared.stdout.count(f"cleared {report_id}") == 40 and "already processed" in cleared.stdout
