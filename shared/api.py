@@ -15,7 +15,7 @@ from shared import hl7_ack, intake, listing, senders, status, telemetry
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings, get_settings
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
-from shared.problems import Problem, bad_request, not_found, unauthorized, unavailable
+from shared.problems import Problem, bad_request, not_found, unauthorized, unavailable, unsupported_media_type
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, get_storage, is_transient
 
@@ -155,10 +155,8 @@ def checked_content_type(value: str | None) -> str | None:
     """The Content-Type header if it is a well-formed media type of sane length; else 415 before anything is stored."""
     if value is None or (len(value) <= MAX_CONTENT_TYPE and CONTENT_TYPE.match(value)):
         return value
-    raise Problem(
-        415, "unsupported-media-type", "Unsupported Media Type",
-        f"Content-Type must be a well-formed media type of at most {MAX_CONTENT_TYPE} ASCII characters.",
-    )
+    raise unsupported_media_type(
+        f"Content-Type must be a well-formed media type of at most {MAX_CONTENT_TYPE} ASCII characters.")
 
 
 def _wants_hl7_ack(req: func.HttpRequest, record: StatusRecord) -> bool:

@@ -21,7 +21,7 @@ from shared.clock import now_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
 from shared.models import StatusRecord
-from shared.problems import Problem, bad_request, unavailable
+from shared.problems import Problem, bad_request, unavailable, unsupported_media_type
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 
@@ -54,12 +54,7 @@ def check(sub: Submission, settings: Settings) -> str:
     """The cheap checks; returns the media type. Never parses the report."""
     kind = media_type(sub.content_type or "")
     if kind not in FORMATS:
-        raise Problem(
-            415,
-            "unsupported-media-type",
-            "Unsupported Media Type",
-            f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.",
-        )
+        raise unsupported_media_type(f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.")
     if sub.content_length is not None and not _declares_length(sub.content_length, len(sub.body)):
         raise bad_request("The body is not as long as its Content-Length says; nothing was stored.", "incomplete-body")
     if not sub.body:

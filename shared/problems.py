@@ -54,3 +54,7 @@ def bad_request(detail: str, slug: str = "bad-request") -> Problem:
 
 def unavailable(retry_after: int, detail: str = "Storage is unavailable; nothing was stored. Retry later.") -> Problem:
     return Problem(503, "storage-unavailable", "Service Unavailable", detail, {"Retry-After": str(retry_after)})
+
+
+def unsupported_media_type(detail: str) -> Problem:
+    return Problem(415, "unsupported-media-type", "Unsupported Media Type", detail)
