@@ -67,6 +67,7 @@ def claim(
               "content_type": fingerprint.content_type, "created_at": now_iso()}
     deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
     free = True
+    pause = 0.05  # doubles up to 0.5 s: a duplicate waiting the whole while makes a few dozen reads, not hundreds
     while True:
         if free and _create(storage, settings, entity):
             return report_id
@@ -84,7 +85,8 @@ def claim(
                 "A request with this Idempotency-Key is still being stored; retry shortly.",
                 {"Retry-After": str(settings.retry_after_seconds)},
             )
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _create(storage: Storage, settings: Settings, entity: dict) -> bool:
