@@ -147,6 +147,19 @@ def test_missing_message_type_and_obx3() -> None:
     assert ("hl7.missing_field", "OBX-3") in codes(result)
 
 
+def test_collection_time_of_year_precision_is_passed_over_never_made_a_date() -> None:
+    raw = (
+        b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5.1\rPID|1||9\r"
+        b"OBR|1||1|x|||202403011230\rOBX|1|NM|2345-7^Glucose^LN||88|mg/dL\rSPM|1|||119297000|||||||||||||0000\r"
+    )
+    [result] = parse(raw)  # SPM-17 `0000`: the ELR fallback OBR-7 gives the time
+    assert result.errors == result.warnings == [] and result.item.specimen_collected_at == "2024-03-01T12:30:00"
+    [result] = parse(raw.replace(b"202403011230", b"202403"))
+    assert result.errors == [] and result.item is not None and result.item.specimen_collected_at is None
+    assert [(w.code, w.field) for w in result.warnings] == [("hl7.imprecise_date", "SPM-17")]
+    assert "0000" not in result.warnings[0].message
+
+
 def test_first_valid_obx_is_used_and_bad_obr_date() -> None:
     raw = (
         b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5.1\rPID|1||9\r"

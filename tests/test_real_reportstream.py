@@ -35,14 +35,17 @@ def test_valid_hl7_every_message_accepted(path: Path) -> None:
 
 
 # De-identified: PID-7 holds the placeholder `PIDDOB!`. The patient is identified by PID-3, so the birth date is
-# left null with a warning rather than rejecting a message ReportStream passed through.
-HL7_WARNINGS = {"ORU_deidentified.hl7": [(0, "hl7.bad_date", "PID-7")]}
+# left null with a warning rather than rejecting a message ReportStream passed through. The ELIMS minimum message
+# blanks its dates to `0000` (a DTM of year precision): collection time null, with a warning.
+HL7_WARNINGS = {
+    "ORU_deidentified.hl7": [(0, "hl7.bad_date", "PID-7")],
+    "elims_2_40_05059364_34872_MIN.hl7": [(0, "hl7.imprecise_date", "SPM-17")],
+}
 
 
 INVALID_HL7 = {
     "sample_orm_20230809-001.hl7": [(0, "hl7.not_a_result", "MSH-9")],  # ORM^O01: an order
     "sample_oml_20240319-001.hl7": [(0, "hl7.not_a_result", "MSH-9")],  # OML^O21: an order
-    "elims_2_40_05059364_34872_MIN.hl7": [(0, "hl7.bad_date", "SPM-17")],  # SPM-17 is `0000`
     "output.hl7": [(0, "hl7.missing_field", "PID-3")],  # `PID|1`: nobody identified
 }
 

@@ -259,9 +259,11 @@ def _normalise(
     if obx_error is not None:
         errors.append(obx_error)
 
-    collected, date_error = _collected_at(message, obx, index)
+    collected, date_error, date_warning = _collected_at(message, obx, index)
     if date_error is not None:
         errors.append(date_error)
+    if date_warning is not None:
+        warnings.append(date_warning)
 
     if errors or obx is None:
         return None, errors
@@ -416,19 +418,31 @@ def _number(text: str) -> str:
     return str(number) if number.is_finite() and "e" not in text.lower() else text
 
 
-def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None]:
-    """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks) as ISO 8601; null when none is given."""
+def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None, Issue | None]:
+    """SPM-17.1, else OBR-7, else OBX-14 (the ELR guide's fallbacks) as ISO 8601, with an error and a warning.
+
+    Null when none is given. A legal DTM of year or month precision only (`0000` is how de-identified feeds blank
+    these) is not a date/time: the next fallback is tried, and when none has one the value is null with a warning,
+    never a date made up from the year."""
+    imprecise: str | None = None
     for field, segments, number in (("SPM-17", message.all("SPM"), 17), ("OBR-7", message.all("OBR"), 7),
                                     ("OBX-14", (obx,), 14)):
         for segment in segments:
             value = message.value(segment, number)
-            if value:
-                converted = iso_from_hl7(value)
-                if converted is None:
-                    return None, _issue(index, field,
-                                        "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])")
-                return converted, None
-    return None, None
+            if not value:
+                continue
+            if value.isdigit() and len(value) in (4, 6):
+                imprecise = imprecise or field
+                break
+            converted = iso_from_hl7(value)
+            if converted is None:
+                return None, _issue(index, field,
+                                    "hl7.bad_date", f"{field} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"), None
+            return converted, None, None
+    if imprecise is not None:
+        return None, None, _issue(index, imprecise, "hl7.imprecise_date",
+                                  f"{imprecise} gives only a year or month, not a date: specimen_collected_at is null")
+    return None, None, None
 
 
 def _specimen_type_code(message: _Message) -> str | None:
