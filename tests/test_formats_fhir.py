@@ -47,23 +47,25 @@ def test_quantity_keeps_precision_and_falls_back() -> None:
 def test_model_validation_errors_name_the_element() -> None:
     [result] = bundle((SAMPLES / "invalid_model.json").read_bytes())
     assert result.item is None
-    assert codes(result) == [
-        ("fhir.invalid", "entry[0].resource.birthDate"),  # the Patient is read: its birthDate must be right
-        ("fhir.missing_field", "Observation.code.coding[0].code"),
-    ]
+    assert codes(result) == [("fhir.missing_field", "Observation.code.coding[0].code")]
     # An Observation without a code is no result, so the service does not read it: its model problem is a warning.
-    assert [(i.code, i.field) for i in result.warnings] == [("fhir.nonconformant", "entry[1].resource.code")]
+    # The birth date is read, but the identifier identifies the patient: also a warning (the date stays null).
+    assert [(i.code, i.field) for i in result.warnings] == [
+        ("fhir.nonconformant", "entry[0].resource.birthDate"), ("fhir.nonconformant", "entry[1].resource.code")]
     assert all("31/12/1990" not in issue.message for issue in result.errors)
 
 
 def test_ndjson_batch_with_broken_lines() -> None:
     results = ndjson((SAMPLES / "buckeye_batch.ndjson").read_bytes())
     assert [r.index for r in results] == list(range(7))  # the blank line is not an item
-    assert [r.item is not None for r in results] == [True, False, False, False, False, False, True]
+    assert [r.item is not None for r in results] == [True, False, False, True, False, False, True]
     assert codes(results[1]) == [("fhir.invalid_json", None)]
     assert "line 3" in results[1].errors[0].message  # physical line, blank line counted
     assert codes(results[2]) == [("fhir.not_bundle", "resourceType")]
-    assert codes(results[3]) == [("fhir.bad_date", "Specimen.collection.collectedDateTime")]
+    # `2024-03`: a month, not a date, and nothing else gives one: null with a warning.
+    assert [(w.code, w.field) for w in results[3].warnings] == [
+        ("fhir.imprecise_date", "Specimen.collection.collectedDateTime")]
+    assert results[3].item.specimen_collected_at is None
     assert codes(results[4]) == [("fhir.missing_resource", "Patient")]
     assert codes(results[5]) == [("fhir.missing_field", "Patient.identifier[0].value")]
     assert results[6].item.message_id == "bk-7"
@@ -139,8 +141,37 @@ def test_problems_where_the_service_does_not_read_are_warnings() -> None:
     assert all(w.code == "fhir.nonconformant" for w in result.warnings)
     assert any(f.startswith("entry[2].resource.telecom") for f in fields)
     # The same kind of problem in an element the service reads rejects the item.
-    [result] = bundle(_doc(PATIENT | {"gender": "femme"}, observation))
-    assert codes(result) == [("fhir.bad_code", "Patient.gender")]
+    [result] = bundle(_doc(PATIENT | {"identifier": [{"value": "Z9", "period": {"start": "yesterday"}}]}, observation))
+    assert codes(result) == [("fhir.invalid", "entry[0].resource.identifier[0].period.start")]
+
+
+def test_unreadable_sex_or_birth_date_only_rejects_when_identity_rests_on_it() -> None:
+    # As HL7's PID-7 and PID-8: with an identifier the value is left null and the sender warned.
+    observation = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "2345-7"}]},
+                   "valueString": "5"}
+    [result] = bundle(_doc(PATIENT | {"gender": "femme", "birthDate": "31/12/1990"}, observation))
+    assert result.errors == [] and result.item is not None
+    assert (result.item.patient_sex, result.item.patient_birth_date) == (None, None)
+    assert {(w.code, w.field) for w in result.warnings} == {
+        ("fhir.bad_code", "Patient.gender"), ("fhir.nonconformant", "entry[0].resource.birthDate")}
+    assert all("femme" not in w.message and "31/12" not in w.message for w in result.warnings)
+    # Without an identifier the name and birth date are the identity: an unreadable birth date rejects the item.
+    nameless_id = {"resourceType": "Patient", "name": [{"family": "Doe"}], "birthDate": "31/12/1990"}
+    [result] = bundle(_doc(nameless_id, observation))
+    assert ("fhir.invalid", "entry[0].resource.birthDate") in codes(result) and result.item is None
+
+
+def test_collection_time_of_year_precision_is_passed_over_never_made_a_date() -> None:
+    specimen = {"resourceType": "Specimen", "id": "s1", "collection": {"collectedDateTime": "2024"}}
+    observation = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "2345-7"}]},
+                   "valueString": "5", "specimen": {"reference": "Specimen/s1"}, "effectiveDateTime": "2024-03-01T12:30:00Z"}
+    [result] = bundle(_doc(PATIENT, specimen, observation))  # the Observation's time is the next fallback
+    assert result.warnings == [] and result.item.specimen_collected_at == "2024-03-01T12:30:00+00:00"
+    [result] = bundle(_doc(PATIENT, specimen, observation | {"effectiveDateTime": "2024-03"}))
+    assert result.errors == [] and result.item is not None and result.item.specimen_collected_at is None
+    assert [(w.code, w.field) for w in result.warnings] == [("fhir.imprecise_date", "Specimen.collection.collectedDateTime")]
+    [result] = bundle(_doc(PATIENT, specimen | {"collection": {"collectedDateTime": "03/01/2024"}}, observation))
+    assert ("fhir.bad_date", "Specimen.collection.collectedDateTime") in codes(result) and result.item is None
 
 
 def test_entry_cap_is_an_item_error() -> None:

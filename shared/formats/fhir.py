@@ -88,11 +88,12 @@ def _item(data: bytes, index: int, report_id: str, where: str) -> ItemResult:
     except _Refused as exc:
         result.errors.append(_issue(index, exc.field, exc.code, str(exc)))
         return result
-    item, errors, used = normalise(bundle.head, [r for _, _, r in bundle.resources],
+    item, errors, read = normalise(bundle.head, [r for _, _, r in bundle.resources],
                                    {url: r for _, url, r in bundle.resources if url}, index, report_id)
-    strict = [p for p in bundle.problems if p[3] in used]
+    strict = [p for p in bundle.problems if p[3] in read.used and (p[3], _element(p[1])) not in read.lenient]
     result.errors.extend(_listed(strict, index, "fhir.invalid") + errors)
-    result.warnings.extend(_listed([p for p in bundle.problems if p[3] not in used], index, "fhir.nonconformant"))
+    result.warnings.extend(_listed([p for p in bundle.problems if p not in strict], index, "fhir.nonconformant"))
+    result.warnings.extend(read.warnings)
     result.item = None if result.errors else item
     return result
 
@@ -243,7 +244,7 @@ def _path(loc: tuple[Any, ...]) -> str:
 def _is_read(resource: dict[str, Any], path: str) -> bool:
     """Whether a problem at `path` lies in an element the ELR core reads (for its extensions: only ones it reads)."""
     kind = resource.get("resourceType")
-    name = re.split(r"[.\[]", path, maxsplit=1)[0]
+    name = _element(path)
     if name not in READ_ELEMENTS.get(kind, ()) or _NESTED_EXTENSION.search(path):
         return False
     if name == "extension":
@@ -254,6 +255,11 @@ def _is_read(resource: dict[str, Any], path: str) -> bool:
         extension = extensions[int(match.group(1))]
         return isinstance(extension, dict) and extension.get("url") in READ_EXTENSIONS
     return True
+
+
+def _element(path: str) -> str:
+    """'birthDate' of 'birthDate', 'code' of 'code.coding[0].system'."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def _listed(problems: list[tuple[int, str, str, int | None]], index: int, code: str) -> list[Issue]:

@@ -15,6 +15,7 @@ from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
 _LOINC = "http://loinc.org"
+_YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-[0-9]{2})?")
 _NPI_MARKS = frozenset({"http://hl7.org/fhir/sid/us-npi", "NPI", "2.16.840.1.113883.4.6", "urn:oid:2.16.840.1.113883.4.6"})
 _CLIA_MARKS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia", "CLIA"})
 _RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
@@ -45,6 +46,9 @@ class _Resources:
     def __init__(self, resources: list[dict[str, Any]], by_full_url: dict[str, dict[str, Any]]) -> None:
         self.all = resources
         self.used: set[int] = set()  # id() of each resource the core read from: its model problems are errors
+        # (id(), element) whose model problems stay warnings although read: the value is left null instead.
+        self.lenient: set[tuple[int, str]] = set()
+        self.warnings: list[Issue] = []
         self._by_ref = dict(by_full_url)
         for resource in resources:
             kind, rid = _text(resource.get("resourceType")), _text(resource.get("id"))
@@ -95,14 +99,15 @@ def normalise(
     by_full_url: dict[str, dict[str, Any]],
     index: int,
     report_id: str,
-) -> tuple[NormalisedItem | None, list[Issue], set[int]]:
+) -> tuple[NormalisedItem | None, list[Issue], _Resources]:
     """The item's ELR core from the Bundle's top-level values and the resources of the types in READ_ELEMENTS.
 
-    Also returns the id() of every resource read, so the caller can hold model problems in them to be errors.
+    Also returns what was read (`used`: the id() of every resource read, so the caller can hold model problems in
+    them to be errors, except the `lenient` elements) and the item's own `warnings`.
     """
     resources = _Resources(resources_read, by_full_url)
     item, errors = _core(head, resources, index, report_id)
-    return item, errors, resources.used
+    return item, errors, resources
 
 
 def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
@@ -125,14 +130,21 @@ def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: st
     if not patient_id and not (birth_date and (_text(_get(name, "family")) or _text(_get(name, "text")))):
         field = "Patient.identifier[0].value"
         errors.append(_issue(index, field, "fhir.missing_field", f"{field} is empty, and no Patient.name with birthDate"))
+    # As for HL7's PID-7 and PID-8: a birth date or sex the service cannot read only rejects the item when the
+    # patient's identity rests on it; otherwise it stays null and the sender is warned.
+    if patient_id:
+        resources.lenient.add((id(patient), "birthDate"))
     gender = _text(patient.get("gender"))
     if gender and codes.sex(gender) is None:
-        errors.append(_issue(index, "Patient.gender", "fhir.bad_code", "Patient.gender is not male, female, other or unknown"))
+        resources.warnings.append(
+            _issue(index, "Patient.gender", "fhir.bad_code", "Patient.gender is not male, female, other or unknown"))
     specimens = _specimens(resources, observation)
     reports = [report for report in resources.of_type("DiagnosticReport") if resources.use(report) is not None]
-    collected, error = _collected_at(specimens, reports, observation, index)
+    collected, error, warning = _collected_at(specimens, reports, observation, index)
     if error is not None:
         errors.append(error)
+    if warning is not None:
+        resources.warnings.append(warning)
     if errors:
         return None, errors
 
@@ -324,9 +336,12 @@ def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[
 
 def _collected_at(
     specimens: list[dict[str, Any]], reports: list[dict[str, Any]], observation: dict[str, Any], index: int
-) -> tuple[str | None, Issue | None]:
+) -> tuple[str | None, Issue | None, Issue | None]:
     """The first Specimen.collection.collected[x], else DiagnosticReport.effective[x], else Observation.effective[x]
-    (HL7's SPM-17, OBR-7, OBX-14); null when none is given."""
+    (HL7's SPM-17, OBR-7, OBX-14), with an error and a warning; null when none is given.
+
+    A year or year-month (legal FHIR, and how de-identified feeds blank a date) is passed over for the next one, as
+    in HL7; when none gives a day the value is null with a warning, never a date made up from the year."""
     candidates = [
         (field, _get(specimen, "collection", *path))
         for specimen in specimens
@@ -340,15 +355,22 @@ def _collected_at(
         ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
         ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),
     ]
+    imprecise: str | None = None
     for field, value in candidates:
         text = _text(value)
         if not text:
             continue
+        if _YEAR_OR_MONTH.fullmatch(text):
+            imprecise = imprecise or field
+            continue
         converted = iso_from_text(text)
         if converted is None:
-            return None, _issue(index, field, "fhir.bad_date", f"{field} is not a full date or date-time")
-        return converted, None
-    return None, None
+            return None, _issue(index, field, "fhir.bad_date", f"{field} is not a full date or date-time"), None
+        return converted, None, None
+    if imprecise is not None:
+        return None, None, _issue(index, imprecise, "fhir.imprecise_date",
+                                  f"{imprecise} gives only a year or month, not a date: specimen_collected_at is null")
+    return None, None, None
 
 
 def _get(node: Any, *path: str | int) -> Any:
