@@ -46,14 +46,19 @@ class EdgeLimits:
     headers_seconds: float = 30.0  # Kestrel RequestHeadersTimeout: from a request's first byte to its last header
     body_grace_seconds: float = 5.0  # Kestrel MinRequestBodyDataRate: 240 bytes/s on average after a 5 s grace
     body_min_rate: float = 240.0
+    # Azure's front end answers 502 when an HTTP function has not responded within 230 s, whatever functionTimeout
+    # says; the invocation itself runs on to its end.
+    response_seconds: float = 230.0
 
     @classmethod
     def from_settings(cls, get: Callable[[str], str | None]) -> "EdgeLimits":
-        """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS shorten defaults."""
+        """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS and
+        DEVHOST_RESPONSE_TIMEOUT_SECONDS shorten defaults."""
         values: dict[str, float] = {}
         for setting, name in (("DEVHOST_KEEP_ALIVE_SECONDS", "keep_alive_seconds"),
                               ("DEVHOST_HEADERS_TIMEOUT_SECONDS", "headers_seconds"),
-                              ("DEVHOST_BODY_GRACE_SECONDS", "body_grace_seconds")):
+                              ("DEVHOST_BODY_GRACE_SECONDS", "body_grace_seconds"),
+                              ("DEVHOST_RESPONSE_TIMEOUT_SECONDS", "response_seconds")):
             text = get(setting)
             if text:
                 try:
@@ -211,6 +216,7 @@ class HttpApp:
         # Non-HTTP functions that `POST /admin/functions/{name}` may run, by lower-cased name.
         self.manual = {name.lower(): run for name, run in (manual or {}).items()}
         self._manual_tasks: set[asyncio.Task[Any]] = set()
+        self._late: set[asyncio.Task[Any]] = set()  # invocations still running after their 502
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -243,7 +249,16 @@ class HttpApp:
             log.exception("Cannot build the HttpRequest for 'Functions.%s'", fn.name)
             await _respond(send, 400, [], b"")
             return
-        outcome = await self.dispatcher.invoke(fn, {trigger_name: request}, HOST_API_REASON)
+        invocation = asyncio.ensure_future(self.dispatcher.invoke(fn, {trigger_name: request}, HOST_API_REASON))
+        done, _ = await asyncio.wait((invocation,), timeout=self.limits.response_seconds)
+        if not done:
+            log.warning("Request %s %s: 'Functions.%s' did not respond within %g s: 502 (the invocation runs on)",
+                        method, path, fn.name, self.limits.response_seconds)
+            self._late.add(invocation)
+            invocation.add_done_callback(self._late.discard)
+            await _respond(send, 502, CLOSE, b"")
+            return
+        outcome = invocation.result()
         if not outcome.succeeded:
             # The host never puts the exception in the response; it is in the log.
             await _respond(send, 500, [], b"")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
+from azure.storage.queue import QueueMessage as StoredMessage
 
 from shared import activity, index, poison, reconcile, reindex, senders, status, work
 from shared.config import APP_ROOT, SettingsError, get_settings
@@ -130,23 +131,29 @@ def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
             poison.restore(storage, stored)
         return 0
     counts = {"replayed": 0, "cleared": 0, "skipped": 0}
-    skipped: set[str] = set()
+    # Skipped messages stay hidden (leased) until the end: given back at once, they would come round again in the
+    # same walk, and a batch of nothing but them would end the walk before the messages behind them.
+    skipped: dict[str, StoredMessage] = {}
     # Messages another reader holds (the timer's sweep, another operator) are invisible to this walk: walk again
     # until only the skipped ones are left, for as long as such a reader keeps them hidden.
     deadline = time.monotonic() + poison.WALK_LEASE_SECONDS + 30
-    while True:
-        for item in poison.walk(storage, lease_seconds=300):
-            if item.stored.id in skipped:
-                poison.restore(storage, item.stored)
-                continue
-            outcome = _replay_poisoned(storage, item)
-            counts[outcome] += 1
-            if outcome == "skipped":
-                skipped.add(item.stored.id)
-        hidden = poison.depth(storage) - len(skipped)
-        if hidden <= 0 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    try:
+        while True:
+            for item in poison.walk(storage, lease_seconds=300):
+                if item.stored.id in skipped:  # its lease ran out: hold it again, under the new pop receipt
+                    skipped[item.stored.id] = item.stored
+                    continue
+                outcome = _replay_poisoned(storage, item)
+                counts[outcome] += 1
+                if outcome == "skipped":
+                    skipped[item.stored.id] = item.stored
+            hidden = poison.depth(storage) - len(skipped)
+            if hidden <= 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    finally:
+        for stored in skipped.values():
+            poison.restore(storage, stored)
     print(", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
     if hidden > 0:
         print(f"about {hidden} poison message(s) stayed hidden (another reader holds them); run again", file=sys.stderr)
@@ -154,11 +161,11 @@ def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
 
 
 def _replay_poisoned(storage: Storage, item: poison.Poisoned) -> str:
-    """Replay one poison message's report, or clear the message if its report already finished."""
+    """Replay one poison message's report, or clear the message if its report already finished; a message skipped
+    is left to the caller to give back."""
     message = item.message
     if message is None:
         print(f"skipped unreadable poison message {item.stored.id}", file=sys.stderr)
-        poison.restore(storage, item.stored)
         return "skipped"
     try:
         row = _find_row(storage, message.id, message.sender)
@@ -169,7 +176,6 @@ def _replay_poisoned(storage: Storage, item: poison.Poisoned) -> str:
         replay_report(storage, row)
     except AdminError as exc:
         print(f"skipped {message.id}: {exc}", file=sys.stderr)
-        poison.restore(storage, item.stored)
         return "skipped"
     poison.delete(storage, item.stored)
     print(f"replayed {message.id} ({message.sender})")

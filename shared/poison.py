@@ -81,6 +81,9 @@ def walk(storage: Storage, lease_seconds: int = WALK_LEASE_SECONDS) -> Iterator[
         batch = list(storage.poison.receive_messages(messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT,
                                                      visibility_timeout=lease_seconds))
         fresh = [m for m in batch if m.id not in seen]
+        for again in batch:
+            if again.id in seen:
+                restore(storage, again)  # came round once its lease ran out: this receive must not hide it on
         if not fresh:
             return  # empty, or the lease ran out and messages came round again
         for stored in fresh:

@@ -194,6 +194,11 @@ def test_kestrel_request_limits(host: DevHostProcess, request_head: bytes, statu
 def call_app(app: HttpApp, method: str, path: str, client: str = "127.0.0.1",
              chunks: tuple[bytes, ...] = (b"{}",), headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
     """One request through the ASGI app exactly as uvicorn hands it over, from the given client address."""
+    return asyncio.run(call_app_async(app, method, path, client, chunks, headers))
+
+
+async def call_app_async(app: HttpApp, method: str, path: str, client: str = "127.0.0.1",
+                         chunks: tuple[bytes, ...] = (b"{}",), headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
              "headers": [(b"host", b"localhost"), *headers], "client": (client, 50000),
              "server": ("127.0.0.1", 7071), "http_version": "1.1", "scheme": "http"}
@@ -207,7 +212,7 @@ def call_app(app: HttpApp, method: str, path: str, client: str = "127.0.0.1",
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return sent[0]["status"]
 
 
@@ -219,6 +224,36 @@ def test_admin_api_answers_loopback_clients_only(client: str, expected: int) -> 
     app = HttpApp(Router(), Dispatcher(None), lambda: "Running", {"tick": run_now}, EdgeLimits())
     assert call_app(app, "POST", "/admin/functions/tick", client) == expected
     assert call_app(app, "GET", "/admin/host/status", client) == (403 if expected == 403 else 200)
+
+
+def test_a_function_slower_than_the_front_end_gets_502_and_runs_on() -> None:
+    """Azure's front end gives up on an HTTP function after 230 s (here 0.2 s): 502, and the invocation finishes."""
+    finished: list[str] = []
+
+    class Slow:
+        async def invoke(self, fn, args, reason):  # noqa: ANN001, ANN202 - stands in for Dispatcher.invoke
+            await asyncio.sleep(0.5)
+            finished.append(fn.name)
+            return SimpleNamespace(succeeded=True, value=None, outputs={})
+
+    router = Router()
+    router.add(Route("api/echo/{name}", frozenset({"POST"}), SimpleNamespace(
+        name="echo", info=SimpleNamespace(trigger={"name": "req"}, bindings=[]))))
+    app = HttpApp(router, Slow(), lambda: "Running", {}, EdgeLimits(response_seconds=0.2))  # type: ignore[arg-type]
+
+    async def request_then_wait() -> int:
+        status = await call_app_async(app, "POST", "/api/echo/x")
+        assert finished == []  # answered before the function ended
+        deadline = time.monotonic() + 5
+        while not finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return status
+
+    assert asyncio.run(request_then_wait()) == 502
+    assert finished == ["echo"]
+    assert EdgeLimits.from_settings({}.get).response_seconds == 230
+    with pytest.raises(ValueError, match="DEVHOST_RESPONSE_TIMEOUT_SECONDS"):
+        EdgeLimits.from_settings({"DEVHOST_RESPONSE_TIMEOUT_SECONDS": "600"}.get)
 
 
 def test_chunked_body_over_the_limit_is_413_as_it_passes_it() -> None:

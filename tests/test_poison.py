@@ -94,6 +94,29 @@ def test_a_message_that_is_not_base64_does_not_stop_the_sweep(
         clear_poison_of(app, {report_id}, frozenset({junk.id}))
 
 
+def test_replay_all_reaches_messages_behind_more_than_a_batch_of_skipped_ones(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped messages given back at once came round again in the same walk: a batch of nothing but them ended
+    it, so the message behind them was never replayed (and the command waited out its deadline)."""
+    monkeypatch.setattr(poison, "WALK_LEASE_SECONDS", 5)  # the deadline, should the walk stop short
+    raw = QueueClient.from_connection_string(config.get_settings().storage.connection_string, "reports-poison")
+    junk = frozenset(raw.send_message(f'{{"unreadable": {n}}}').id for n in range(2 * poison.PEEK_LIMIT + 1))
+    report_id = submit(app, CSV, "text/csv")
+    poison_as_the_host_does(app, "unit-proc", report_id)  # behind every unreadable one
+    assert poison.give_up(app, message_for(status.read(app.reports, "unit-proc", report_id)), None)
+    try:
+        assert admin.main(["poison", "replay", "--all"]) == 1  # skipped ones are reported
+        assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
+        walked = list(poison.walk(app, 5))  # every visible message: the skipped ones were given back
+        for item in walked:
+            poison.restore(app, item.stored)
+        assert junk <= {item.stored.id for item in walked}
+        assert report_id not in {item.message.id for item in walked if item.message is not None}
+    finally:
+        clear_poison_of(app, {report_id}, junk)
+
+
 def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(app: Storage) -> None:
     report_id = submit(app, CSV, "text/csv")
     row = status.read(app.reports, "unit-proc", report_id)
