@@ -8,8 +8,9 @@ report named by a poison message that is still pending becomes `failed`, with an
 Why a sweep and not a queue trigger on `reports-poison` (the Functions idiom): a trigger deletes each message
 once it has run, and the poison queue is what operators list, replay from and alert on (`poison_depth`). The
 sweep leaves the queue as it is. It receives every poison message (hidden while it looks, shown again at the
-end), so a pass costs about depth/32 + 2 x depth storage calls, and raises the dequeue count of poison messages
-(nothing reads that count). The queue is meant to stay near empty: operators replay or clear it.
+end), so a pass costs about depth/32 + depth storage calls, plus a row read for each message it has not settled
+before, and raises the dequeue count of poison messages (nothing reads that count). The queue is meant to stay
+near empty: operators replay or clear it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ GIVEN_UP = "GivenUp"
 # work): the poison message no longer speaks for it. Both times come from the storage service, but a queue
 # message's insertion time has whole seconds only.
 STALE_AFTER = timedelta(seconds=5)
+# Poison messages a sweep of this process has already settled (their report was given up, or had finished or been
+# changed since): a later pass does not read their rows again. Safe because a settled message stays settled: a
+# report can only leave a terminal state by a replay, which writes the row after the message was poisoned (so
+# `_changed_since` holds) and deletes the message. Bounded; forgetting only costs a row read.
+_settled: set[str] = set()
+SETTLED_LIMIT = 100_000
 
 
 @dataclass
@@ -151,9 +158,14 @@ def sweep(storage: Storage) -> int:
     try:
         for poisoned in walk(storage, lease):
             walked.append(poisoned)
-            if poisoned.message is not None and give_up(storage, poisoned.message, poisoned.stored.inserted_on):
+            if poisoned.message is None or poisoned.stored.id in _settled:
+                continue
+            if give_up(storage, poisoned.message, poisoned.stored.inserted_on):
                 given_up += 1
                 log.warning("report %s given up: its message is in the poison queue", poisoned.message.id)
+            if len(_settled) >= SETTLED_LIMIT:
+                _settled.clear()
+            _settled.add(poisoned.stored.id)
     finally:
         for poisoned in walked:
             restore(storage, poisoned.stored)

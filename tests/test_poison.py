@@ -117,6 +117,23 @@ def test_replay_all_reaches_messages_behind_more_than_a_batch_of_skipped_ones(
         clear_poison_of(app, {report_id}, junk)
 
 
+def test_a_sweep_reads_the_row_of_a_settled_message_once(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that finished keeps its poison message until an operator clears it: later passes skip its row."""
+    report_id = submit(app, CSV, "text/csv")
+    run(app, report_id)  # processed
+    poison_as_the_host_does(app, "unit-proc", report_id)
+    reads: list[str] = []
+    real_read = status.read
+    monkeypatch.setattr(status, "read", lambda table, sender, rid: reads.append(rid) or real_read(table, sender, rid))
+    try:
+        assert poison.sweep(app) == 0
+        assert reads.count(report_id) == 1
+        assert poison.sweep(app) == 0
+        assert reads.count(report_id) == 1, "settled on the first pass"
+    finally:
+        clear_poison_of(app, {report_id})
+
+
 def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(app: Storage) -> None:
     report_id = submit(app, CSV, "text/csv")
     row = status.read(app.reports, "unit-proc", report_id)
