@@ -16,7 +16,7 @@ from devhost.functions import Dispatcher
 from devhost.http import EdgeLimits, HttpApp
 from devhost.process import DevHostProcess
 from devhost.routing import Route, Router
-from tests.apps.support import APPS, wait_until
+from tests.apps.support import APPS, serving, wait_until
 
 BASIC = APPS / "basic"
 SHORT = 1.0  # seconds; every timeout of this module's host
@@ -27,14 +27,7 @@ def host(azurite) -> Iterator[DevHostProcess]:
     """The basic app with every connection timeout at one second."""
     env = {"AzureWebJobsStorage": azurite.connection_string, "DEVHOST_KEEP_ALIVE_SECONDS": str(SHORT),
            "DEVHOST_HEADERS_TIMEOUT_SECONDS": str(SHORT), "DEVHOST_BODY_GRACE_SECONDS": str(SHORT)}
-    process = DevHostProcess(app_dir=BASIC, env=env)
-    process.start()
-    try:
-        yield process
-        assert process.stop() == 0
-    finally:
-        process.kill()
-        process.close()
+    yield from serving(BASIC, env)
 
 
 def connect(host: DevHostProcess) -> socket.socket:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devhost.process import DevHostProcess
-from tests.apps.support import APPS
+from tests.apps.support import APPS, serving
 
 BASIC = APPS / "basic"
 
@@ -21,18 +21,11 @@ BASIC = APPS / "basic"
 @pytest.fixture(scope="module")
 def basic(azurite) -> Iterator[DevHostProcess]:
     """One devhost serving the basic app for the read-only HTTP checks of this module."""
-    host = DevHostProcess(app_dir=BASIC, env={
+    yield from serving(BASIC, {
         "AzureWebJobsStorage": azurite.connection_string,
         "AzureWebJobs.disabled_dot.Disabled": "true",
         "AzureWebJobs_disabled_underscore_Disabled": "1",
     })
-    host.start()
-    try:
-        yield host
-        assert host.stop() == 0
-    finally:
-        host.kill()
-        host.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from azure.storage.queue import QueueClient
+
+from devhost.process import DevHostProcess
 
 APPS = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -17,6 +19,19 @@ T = TypeVar("T")
 def unique(prefix: str) -> str:
     """A queue name no other test uses (lower case, hyphens, ≤ 63 chars)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def serving(app_dir: Path, env: dict[str, str]) -> Iterator[DevHostProcess]:
+    """A module fixture's devhost: started, yielded, then stopped with a clean exit (0); never left running, and
+    its log removed."""
+    host = DevHostProcess(app_dir=app_dir, env=env)
+    host.start()
+    try:
+        yield host
+        assert host.stop() == 0
+    finally:
+        host.kill()
+        host.close()
 
 
 def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
