@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.formats import ContentError, parse_report  # noqa: E402
+from tests.json_values import json_values  # noqa: E402
 
 # (source, format, repository key, path patterns). ReportStream's mapping inventory is field-by-field translation
 # fixtures (a segment or two each, often no result), kept as its own row so it does not blur the report figures.
@@ -72,16 +73,10 @@ def _as_sent(path: str, raw: bytes) -> tuple[bytes, str] | None:
         return raw, "text/csv"
     # JSON files hold one Bundle, or several one after another, pretty-printed (SimpleReport's NDJSON fixtures)
     # or one per line (ReportStream's): sent as NDJSON, one Bundle per line, as SimpleReport sends them.
-    text, decoder, at, docs = raw.decode("utf-8-sig"), json.JSONDecoder(), 0, []
-    while at < len(text):
-        if text[at].isspace():
-            at += 1
-            continue
-        try:
-            doc, at = decoder.raw_decode(text, at)
-        except ValueError:
-            return None
-        docs.append(doc)
+    try:
+        docs = json_values(raw.decode("utf-8-sig"))
+    except ValueError:
+        return None
     bundles = [d for d in docs if isinstance(d, dict) and d.get("resourceType") == "Bundle"]
     if not bundles:
         return None  # single resources (a Patient, an Observation) are fixtures, not reports

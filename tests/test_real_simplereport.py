@@ -10,6 +10,7 @@ import pytest
 
 from shared.formats import ItemResult, parse_report
 from shared.models import NormalisedItem
+from tests.json_values import json_values
 
 SAMPLES = Path(__file__).parent / "samples" / "real" / "simplereport-csv"
 VALID = sorted(p.name for p in SAMPLES.glob("*.csv") if "invalid" not in p.name)
@@ -132,14 +133,7 @@ def test_zone_words_and_default_collection_date() -> None:
 
 def fhir_bundles(name: str) -> bytes:
     """The bundles of a SimpleReport FHIR file as NDJSON (some of its files are pretty-printed, one after another)."""
-    text, decoder, lines, at = (SAMPLES / name).read_text(), json.JSONDecoder(), [], 0
-    while at < len(text):
-        if text[at].isspace():
-            at += 1
-            continue
-        bundle, at = decoder.raw_decode(text, at)
-        lines.append(json.dumps(bundle))
-    return "\n".join(lines).encode()
+    return "\n".join(json.dumps(bundle) for bundle in json_values((SAMPLES / name).read_text())).encode()
 
 
 def pair(csv_name: str, fhir_name: str) -> list[tuple[NormalisedItem, NormalisedItem]]:

@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 
 from shared.formats import ItemResult, parse_report
+from tests.json_values import json_values
 
 REAL = Path(__file__).parent / "samples" / "real" / "simplereport-fhir"
 
 
 def wire_ndjson(path: Path) -> bytes:
     """SimpleReport stores its NDJSON fixtures pretty-printed, one bundle after another; it sends one per line."""
-    text, decoder, at, lines = path.read_text(), json.JSONDecoder(), 0, []
-    while at < len(text):
-        if text[at].isspace():
-            at += 1
-            continue
-        bundle, at = decoder.raw_decode(text, at)
-        lines.append(json.dumps(bundle, separators=(",", ":")))
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n".join(json.dumps(b, separators=(",", ":")) for b in json_values(path.read_text())) + "\n").encode()
 
 
 def parse(path: Path) -> list[ItemResult]:
