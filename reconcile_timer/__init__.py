@@ -1,15 +1,12 @@
-"""Timer: re-enqueue reports stored but never enqueued, and mark `failed` the reports the host gave up on."""
+"""Timer: re-enqueue reports stored but never enqueued, mark `failed` the reports the host gave up on, and drop
+used token ids that have expired."""
 
 import azure.functions as func
 
-from shared import poison, reconcile
+from shared import housekeeping
 from shared.config import get_settings
 from shared.storage import get_storage
 
 
 def main(timer: func.TimerRequest) -> None:
-    storage = get_storage()
-    try:
-        reconcile.reconcile(storage, get_settings())
-    finally:  # one failing must not stop the other; the failure still fails the run
-        poison.sweep(storage)
+    housekeeping.run(get_storage(), get_settings())

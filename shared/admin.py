@@ -1,4 +1,4 @@
-"""Operators' CLI: `python -m shared.admin senders ...|poison ...|reconcile|index rebuild`.
+"""Operators' CLI: `python -m shared.admin senders ...|keys ...|poison ...|reconcile|index rebuild`.
 
 Reads AzureWebJobsStorage (a connection string, or the identity-based AzureWebJobsStorage__* settings) from the
 environment, else from local.settings.json, like the local host does.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 from azure.storage.queue import QueueMessage as StoredMessage
 
-from shared import activity, index, poison, reconcile, reindex, senders, status, work
+from shared import activity, index, keys, poison, reconcile, reindex, senders, status, work
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
 from shared.models import Delivery
@@ -51,7 +52,9 @@ def cmd_senders(args: argparse.Namespace, storage: Storage) -> None:
     if args.action == "add":
         print(json.dumps({"sender": args.name, "key": senders.add(table, args.name)}))
     elif args.action == "rotate":
-        print(json.dumps({"sender": args.name, "key": senders.rotate(table, args.name)}))
+        grace = parse_duration(args.grace)
+        key = senders.rotate(table, args.name, grace_seconds=grace)
+        print(json.dumps({"sender": args.name, "key": key, "old_keys_work_for_seconds": int(grace)}))
     elif args.action in ("disable", "enable"):
         senders.set_enabled(table, args.name, args.action == "enable")
         print(json.dumps({"sender": args.name, "enabled": args.action == "enable"}))
@@ -59,6 +62,44 @@ def cmd_senders(args: argparse.Namespace, storage: Storage) -> None:
         for sender in senders.list_senders(table):
             print(json.dumps({"sender": sender.name, "enabled": sender.enabled, "active_keys": sender.keys,
                               "created_at": sender.created_at}))
+
+
+DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | None) -> float:
+    """`90s`, `30m`, `24h`, `7d` (or `0`) as seconds."""
+    if not text or text == "0":
+        return 0
+    match = DURATION.match(text.strip())
+    if match is None:
+        raise AdminError(f"invalid duration {text!r}: use a number and s, m, h or d, e.g. 24h")
+    return int(match[1]) * UNIT_SECONDS[match[2]]
+
+
+# --- public keys (ReportStream's token authentication) -----------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace, storage: Storage) -> None:
+    table = storage.keys
+    if args.action == "add":
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise AdminError(f"cannot read {args.file}: {exc.strerror}") from None
+        print(json.dumps(_describe_key(keys.add(table, args.scope, args.kid, data))))
+    elif args.action == "remove":
+        keys.remove(table, args.scope, args.kid)
+        print(json.dumps({"scope": keys.parse_scope(args.scope).text, "kid": args.kid, "removed": True}))
+    else:
+        for key in keys.list_keys(table, args.scope):
+            print(json.dumps(_describe_key(key)))
+
+
+def _describe_key(key: keys.PublicKey) -> dict:
+    return {"scope": key.scope, "kid": key.kid, "kty": key.kty, "algorithms": list(key.algorithms),
+            "thumbprint": keys.thumbprint(key), "created_at": key.created_at}
 
 
 # --- poison ------------------------------------------------------------------------------------------------------
@@ -203,11 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = groups.add_parser("senders", help="register senders and manage their API keys")
     s_actions = s.add_subparsers(dest="action", required=True)
-    for action, text in (("add", "register a sender; prints its first key"),
-                         ("rotate", "issue a new key and revoke the old ones"),
-                         ("disable", "refuse the sender's keys"), ("enable", "accept the sender's keys again")):
-        s_actions.add_parser(action, help=text).add_argument("name")
+    for action, text in (("add", "register a sender (name or org.name); prints its first key"),
+                         ("rotate", "issue a new key; the old ones stop working at once, or after --grace"),
+                         ("disable", "refuse the sender's keys and tokens"),
+                         ("enable", "accept the sender's keys again")):
+        action_parser = s_actions.add_parser(action, help=text)
+        action_parser.add_argument("name")
+        if action == "rotate":
+            action_parser.add_argument("--grace", default="0",
+                                       help="how long the old keys keep working, e.g. 24h (default: not at all)")
     s_actions.add_parser("list", help="one JSON line per sender")
+
+    k = groups.add_parser("keys", help="senders' public keys for ReportStream-style token authentication")
+    k_actions = k.add_subparsers(dest="action", required=True)
+    k_add = k_actions.add_parser("add", help="register a public key (PEM, JWK or one-key JWKS) for a scope")
+    k_add.add_argument("scope", help="org.sender.report (one sender) or org.*.report (every sender of org)")
+    k_add.add_argument("--kid", required=True, help="the key id the sender puts in its JWT header")
+    k_add.add_argument("file", help="the public key file")
+    k_list = k_actions.add_parser("list", help="one JSON line per key")
+    k_list.add_argument("scope", nargs="?", help="only this scope's keys")
+    k_remove = k_actions.add_parser("remove", help="remove a key; its tokens stop within AUTH_CACHE_SECONDS")
+    k_remove.add_argument("scope")
+    k_remove.add_argument("--kid", required=True)
 
     p = groups.add_parser("poison", help="inspect and replay the poison queue")
     p_actions = p.add_subparsers(dest="action", required=True)
@@ -237,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.group == "senders":
             cmd_senders(args, storage)
             return 0
+        if args.group == "keys":
+            cmd_keys(args, storage)
+            return 0
         if args.group == "poison":
             return cmd_poison_list(storage) if args.action == "list" else cmd_poison_replay(args, storage)
         if args.group == "index":
@@ -244,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
         print(f"{poison.sweep(storage)} report(s) in the poison queue marked failed")
         return 0
-    except (AdminError, senders.SenderError, SettingsError) as exc:
+    except (AdminError, senders.SenderError, keys.KeyRegistryError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ClientAuthenticationError as exc:

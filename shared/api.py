@@ -11,11 +11,20 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from shared import hl7_ack, intake, listing, senders, status, telemetry
-from shared.clock import parse_iso, to_iso
+from shared import auth, hl7_ack, intake, listing, lookup, processing, reportstream, telemetry, tokens
+from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
-from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
-from shared.problems import Problem, bad_request, not_found, unauthorized, unavailable, unsupported_media_type
+from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
+from shared.problems import (
+    Problem,
+    bad_request,
+    not_found,
+    too_large,
+    unauthorized,
+    unavailable,
+    unsupported_media_type,
+)
+from shared.formats import FORMATS, media_type
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, get_storage, is_transient
 
@@ -51,6 +60,10 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         return handler(req, get_storage(), settings)
     except Problem as problem:
         return problem.response()
+    except auth.AuthError as refused:
+        return unauthorized(str(refused)).response()
+    except tokens.TokenError as refused:
+        return _oauth_error(refused)
     except AzureError as exc:
         log.warning("storage unavailable during %s %s: %s", req.method, _path(req), type(exc).__name__)
         if is_transient(exc):
@@ -76,11 +89,10 @@ def _path(req: func.HttpRequest) -> str:
     return _own_url(req)[2] or "?"
 
 
-def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings) -> str:
-    sender = senders.authenticate(storage.senders, req.headers.get("authorization"), settings.auth_cache_seconds)
-    if sender is None:
-        raise unauthorized()
-    return sender
+def authenticate(req: func.HttpRequest, storage: Storage, settings: Settings, sending: bool = True) -> auth.Principal:
+    """The caller, from an API key or an access token (Bearer or bare), and the `client` header or parameter."""
+    client = req.headers.get("client") or req.params.get("client")
+    return auth.authenticate(storage, req.headers.get("authorization"), client, settings.auth_cache_seconds, sending)
 
 
 def base_url(req: func.HttpRequest, settings: Settings) -> str:
@@ -113,17 +125,21 @@ def status_url(base: str, report_id: str) -> str:
 # --- POST /api/reports ---------------------------------------------------------------------------------------
 
 
-@telemetry.traced_ingest
-def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
-    sender = authenticate(req, storage, settings)
-    submission = intake.Submission(
+def _submission(req: func.HttpRequest, sender: str, external_name: str | None = None) -> intake.Submission:
+    return intake.Submission(
         sender=sender,
         body=req.get_body() or b"",
         content_type=checked_content_type(req.headers.get("content-type")),
         idempotency_key=req.headers.get("idempotency-key"),
         content_digest=req.headers.get("content-digest"),
         content_length=req.headers.get("content-length"),
+        external_name=external_name,
     )
+
+
+@telemetry.traced_ingest
+def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    submission = _submission(req, authenticate(req, storage, settings).require_sender())
     accepted = intake.accept(storage, settings, submission)
     record = accepted.record
     location = status_url(base_url(req, settings), record.id)
@@ -168,12 +184,12 @@ def _wants_hl7_ack(req: func.HttpRequest, record: StatusRecord) -> bool:
 
 
 def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
-    sender = authenticate(req, storage, settings)
+    principal = authenticate(req, storage, settings, sending=False)
     report_id = req.route_params.get("id")
     if not report_id:
-        return _list(req, storage, sender)
+        return _list(req, storage, principal.require_sender())
     # Unknown, malformed and other senders' ids get the same answer, so existence does not leak.
-    row = status.read(storage.reports, sender, report_id) if listing.REPORT_ID.match(report_id) else None
+    row = lookup.find_report(storage, principal, report_id)
     if row is None:
         raise not_found()
     record = row.record()
@@ -210,6 +226,87 @@ def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Qu
     if cursor is not None and not listing.CURSOR.match(cursor):
         raise bad_request("cursor is not one this API returned.", "bad-query")
     return listing.Query(sender=sender, status=wanted, since=since, limit=int(limit_text), cursor=cursor)
+
+
+# --- ReportStream's sender API: POST /api/token, POST /api/waters, GET .../history, POST /api/validate -------------
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _oauth_error(refused: tokens.TokenError) -> func.HttpResponse:
+    """RFC 6749 section 5.2: the token endpoint's errors are OAuth JSON, not problem+json."""
+    return _json({"error": refused.error, "error_description": refused.description}, refused.status, dict(NO_STORE))
+
+
+def token(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    fields = tokens.parse_form(req.get_body() or b"", dict(req.params))
+    grant = tokens.issue(storage.keys, storage.tokenids, fields, _audiences(req, settings))
+    return _json({"access_token": grant.access_token, "token_type": "bearer", "expires_in": grant.expires_in,
+                  "scope": grant.scope, "sub": grant.scope, "expires_at_seconds": grant.expires_at}, 200,
+                 dict(NO_STORE))
+
+
+def _audiences(req: func.HttpRequest, settings: Settings) -> list[str]:
+    """What an assertion's `aud` may be: this service's token URL or base URL (with or without a trailing slash),
+    or its bare host name, which ReportStream's own example used."""
+    base = base_url(req, settings)
+    if not base:
+        return []
+    host = urlsplit(base).netloc
+    return [f"{base}{ROUTE_PREFIX}/token", base, f"{base}/", f"{base}{ROUTE_PREFIX}", host]
+
+
+def history_url(base: str, report_id: str) -> str:
+    return f"{base}{ROUTE_PREFIX}/waters/report/{reportstream.to_uuid(report_id)}/history"
+
+
+@telemetry.traced_ingest
+def waters(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    """ReportStream's submission: the intake of POST /api/reports, answered 201 with the submission history."""
+    sender = authenticate(req, storage, settings).require_sender()
+    external_name = req.headers.get("payloadname") or req.params.get("payloadName") or req.params.get("payloadname")
+    accepted = intake.accept(storage, settings, _submission(req, sender, external_name))
+    record = accepted.record
+    headers = {"Location": history_url(base_url(req, settings), record.id)}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(reportstream.history(record, 201).model_dump(mode="json"), 201, headers)
+
+
+def history(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    principal = authenticate(req, storage, settings, sending=False)
+    row = lookup.find_report(storage, principal, req.route_params.get("id") or "")
+    if row is None:
+        raise not_found()
+    return _json(reportstream.history(row.record()).model_dump(mode="json"), 200)
+
+
+def validate(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
+    """A dry run: processing's own parsing and validation, synchronously, with nothing stored or logged."""
+    principal = authenticate(req, storage, settings, sending=False)
+    content_type = checked_content_type(req.headers.get("content-type")) or ""
+    kind = media_type(content_type)
+    if kind not in FORMATS:
+        raise unsupported_media_type(f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.")
+    body = req.get_body() or b""
+    if not body:
+        raise bad_request("The report body is empty.", "empty-body")
+    if len(body) > settings.validate_max_bytes:
+        raise too_large(len(body), settings.validate_max_bytes, "VALIDATE_MAX_BYTES")
+    try:
+        parsed = processing.parse_items(body, content_type, "validation", processing.Discard())
+    except Exception as exc:  # noqa: BLE001 - whatever a parser raises follows from these bytes: the report's fault
+        log.warning("validation: the parser failed with %s", type(exc).__name__)
+        unreadable = Issue(scope="report", code="report.unreadable",
+                           message=f"The report could not be read ({type(exc).__name__}).")
+        result = reportstream.validation(principal.sender, content_type, now_iso(), 0, [unreadable], [])
+        return _json(result.model_dump(mode="json"), 200)
+    result = reportstream.validation(
+        principal.sender, content_type, now_iso(), parsed.counts.total,
+        [Issue.model_validate(i) for i in parsed.errors.listed()],
+        [Issue.model_validate(i) for i in parsed.warnings.listed()],
+    )
+    return _json(result.model_dump(mode="json"), 200)
 
 
 # --- GET /api/openapi.json ---------------------------------------------------------------------------------------

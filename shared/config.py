@@ -28,6 +28,7 @@ SETTING_NAMES = {
     "RECONCILE_AFTER_SECONDS": "reconcile_after_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "AUTH_CACHE_SECONDS": "auth_cache_seconds",
+    "VALIDATE_MAX_BYTES": "validate_max_bytes",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "applicationinsights_connection_string",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
 }
@@ -50,6 +51,8 @@ class Settings(BaseModel):
     retry_after_seconds: int = Field(default=1, ge=1)
     # How long an accepted API key is trusted without a table read; a revoked key works at most this much longer.
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # POST /api/validate parses synchronously in the request, so it takes less than intake does.
+    validate_max_bytes: int = Field(default=10_000_000, gt=0)
     max_dequeue_count: int = Field(default=5, ge=1)
     # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
     applicationinsights_connection_string: str | None = None

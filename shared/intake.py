@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 
 import http_sfv
@@ -21,7 +22,7 @@ from shared.clock import now_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
 from shared.models import StatusRecord
-from shared.problems import Problem, bad_request, unavailable, unsupported_media_type
+from shared.problems import bad_request, too_large, unavailable, unsupported_media_type
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # RFC 9530 algorithms worth checking (the others are deprecated there and may be ignored).
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+MAX_EXTERNAL_NAME = 255
+EXTERNAL_NAME = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_EXTERNAL_NAME}}}$")
 UNKNOWN_OUTCOME = "Storage did not answer; the report may not have been stored."
 UNKNOWN_OUTCOME_WITH_KEY = (f"{UNKNOWN_OUTCOME} Retry later with the same Idempotency-Key to be sure it is stored "
                             "once.")
@@ -42,6 +45,7 @@ class Submission:
     idempotency_key: str | None = None
     content_digest: str | None = None  # the Content-Digest header (RFC 9530), when sent
     content_length: str | None = None  # the Content-Length header, when sent
+    external_name: str | None = None  # the sender's own name for the file (ReportStream's payloadName)
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,9 @@ def check(sub: Submission, settings: Settings) -> str:
     if not sub.body:
         raise bad_request("The report body is empty.", "empty-body")
     if len(sub.body) > settings.max_report_bytes:
-        raise Problem(
-            413,
-            "too-large",
-            "Content Too Large",
-            f"The report is {len(sub.body)} bytes; the limit is {settings.max_report_bytes}.",
-        )
+        raise too_large(len(sub.body), settings.max_report_bytes, "MAX_REPORT_BYTES")
+    if sub.external_name is not None and not EXTERNAL_NAME.match(sub.external_name):
+        raise bad_request(f"payloadName must be 1-{MAX_EXTERNAL_NAME} printable characters.", "bad-payload-name")
     if sub.idempotency_key is not None and not idempotency.KEY.match(sub.idempotency_key):
         raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters.", "bad-idempotency-key")
     return kind
@@ -147,6 +148,7 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
         sha256=digest,
         received_at=now,
         updated_at=now,
+        external_name=sub.external_name,
     )
     # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
     activity.record(storage.activity, sub.sender, report_id)

@@ -74,6 +74,7 @@ class StatusRecord(BaseModel):
     warnings: list[Issue] = Field(default_factory=list)
     exceptions: list[ExceptionEntry] = Field(default_factory=list)
     delivery: Delivery | None = None
+    external_name: str | None = None  # the sender's name for the file (ReportStream's payloadName)
 
 
 class AcceptedReport(BaseModel):

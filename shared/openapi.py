@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from shared import idempotency, listing
+from shared import idempotency, intake, listing, tokens
 from shared.api import HL7, JSON
 from shared.formats import FORMATS
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
+from shared.reportstream import SubmissionHistory
 from shared.problems import PROBLEM_JSON, ProblemDetails
 from shared.status import Status
 
@@ -46,6 +47,10 @@ _HEADERS: dict[str, dict[str, Any]] = {
                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
     "WWW-Authenticate": {"description": "The scheme to authenticate with.", "required": True,
                          "schema": {"type": "string", "pattern": "^Bearer"}},
+    "HistoryLocation": {"description": "The submission's history URL (GET /api/waters/report/{id}/history).",
+                        "required": True, "schema": {"type": "string", "format": "uri-reference"}},
+    "Cache-Control": {"description": "Tokens and token errors are never cached.", "required": True,
+                      "schema": {"type": "string", "enum": ["no-store"]}},
     "Idempotent-Replayed": {"description": "Present (true) when this answer replays an earlier request's.",
                             "schema": {"type": "string", "enum": ["true"]}},
 }
@@ -53,7 +58,8 @@ _HEADERS: dict[str, dict[str, Any]] = {
 
 def _schemas() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(m, "serialization") for m in (StatusRecord, AcceptedReport, ReportPage, Health, ProblemDetails)],
+        [(m, "serialization") for m in (StatusRecord, AcceptedReport, ReportPage, Health, ProblemDetails,
+                                         SubmissionHistory)],
         ref_template=REF,
     )
     schemas = defs["$defs"]
@@ -64,6 +70,18 @@ def _schemas() -> dict[str, Any]:
     for name in ("StatusRecord", "AcceptedReport"):
         schemas[name]["properties"]["status"]["enum"] = statuses
     return schemas
+
+
+_OAUTH_SCHEMAS: dict[str, Any] = {
+    "TokenResponse": {"type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
+                      "properties": {"access_token": {"type": "string"}, "token_type": {"enum": ["bearer"]},
+                                     "expires_in": {"type": "integer"}, "scope": {"type": "string"},
+                                     "sub": {"type": "string"}, "expires_at_seconds": {"type": "integer"}}},
+    "OAuthError": {"type": "object", "required": ["error", "error_description"],
+                   "properties": {"error": {"enum": ["invalid_request", "invalid_client", "invalid_scope",
+                                                     "unsupported_grant_type"]},
+                                  "error_description": {"type": "string"}}},
+}
 
 
 def _problem_response(description: str, headers: list[str]) -> dict[str, Any]:
@@ -96,9 +114,10 @@ def _submit() -> dict[str, Any]:
     accepted = _json_response("Stored: processing follows. `status` is `queued`, or `received` when the queue "
                               "message could not be sent yet (the reconciler sends it).", "AcceptedReport",
                               ["Location", "Retry-After", "Idempotent-Replayed"])
-    accepted["content"][HL7] = {"schema": {"type": "string"},
-                                "description": "With `Accept: application/hl7-v2` on an HL7 v2 report: the "
-                                               "commit acknowledgement (MSA|CA)."}
+    # A Media Type Object has no `description` (OpenAPI 3.1): the schema carries it.
+    accepted["content"][HL7] = {"schema": {"type": "string",
+                                           "description": "With `Accept: application/hl7-v2` on an HL7 v2 report: "
+                                                          "the commit acknowledgement (MSA|CA)."}}
     return {
         "operationId": "submitReport",
         "summary": "Submit a report (stored durably, processed later)",
@@ -166,6 +185,93 @@ def _read() -> dict[str, Any]:
     }
 
 
+def _client_header() -> dict[str, Any]:
+    return _header("client", "The sender to act as (`org.sender`): required with an organisation-wide token, "
+                             "optional with an API key or a one-sender token (must then name that sender).",
+                   {"type": "string", "maxLength": 200})
+
+
+def _token() -> dict[str, Any]:
+    fields = {
+        "scope": {"type": "string", "description": "`org.sender.report` or `org.*.report`."},
+        "grant_type": {"type": "string", "enum": [tokens.GRANT_TYPE]},
+        "client_assertion_type": {"type": "string", "enum": [tokens.ASSERTION_TYPE]},
+        "client_assertion": {"type": "string", "description": "The sender's JWT (RS256, RS384 or ES384)."},
+    }
+    oauth_error = {"content": {JSON: {"schema": {"$ref": REF.format(model="OAuthError")}}},
+                   "headers": {"Cache-Control": {"$ref": "#/components/headers/Cache-Control"}}}
+    return {
+        "operationId": "token",
+        "summary": "Trade a signed JWT assertion for an access token (SMART Backend Services, as ReportStream)",
+        "description": "The form may come URL-encoded or, as SimpleReport sends it, as plain `name=value` pairs "
+                       "joined by `&`.",
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "properties": fields}}}},
+        "responses": {
+            "200": {"description": "The access token (valid for `expires_in` seconds).",
+                    "content": {JSON: {"schema": {"$ref": REF.format(model="TokenResponse")}}},
+                    "headers": {"Cache-Control": {"$ref": "#/components/headers/Cache-Control"}}},
+            "400": {"description": "A malformed request (RFC 6749 section 5.2).", **oauth_error},
+            "401": {"description": "The assertion is refused: invalid_client.", **oauth_error},
+            "500": _ref("Internal"),
+            "503": _ref("ReadUnavailable"),
+        },
+    }
+
+
+def _waters() -> dict[str, Any]:
+    submit = _submit()
+    created = _json_response("Stored: processing follows (`overallStatus` `Received`).", "SubmissionHistory",
+                             ["Idempotent-Replayed"])
+    created["headers"]["Location"] = {"$ref": "#/components/headers/HistoryLocation"}
+    return {
+        "operationId": "submitWaters",
+        "summary": "Submit a report as to ReportStream's /api/waters: the same intake, answered 201",
+        "description": "Stored and processed exactly as POST /api/reports. `processing`, `x-functions-key` and "
+                       "`x-api-version` are accepted and ignored.",
+        "security": [{"bearer": []}],
+        "parameters": [
+            *submit["parameters"], _client_header(),
+            _header("payloadName", "The sender's name for the file, kept as `externalName`.",
+                    {"type": "string", "pattern": intake.EXTERNAL_NAME.pattern}),
+        ],
+        "requestBody": submit["requestBody"],
+        "responses": {
+            "201": created,
+            **{code: value for code, value in submit["responses"].items() if code != "202"},
+        },
+    }
+
+
+def _history() -> dict[str, Any]:
+    return {
+        "operationId": "submissionHistory",
+        "summary": "ReportStream's submission history of one report",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "description": "The report id, as a UUID or a ULID.", "schema": {"type": "string"}},
+                       _client_header()],
+        "responses": {"200": _json_response("The submission history.", "SubmissionHistory"),
+                      "404": _ref("NotFound"), **_read_problems()},
+    }
+
+
+def _validate() -> dict[str, Any]:
+    return {
+        "operationId": "validate",
+        "summary": "Check a report without sending it: processing's parsing and validation, nothing stored",
+        "security": [{"bearer": []}],
+        "parameters": [_client_header()],
+        "requestBody": {"required": True, "description": "The report; at most VALIDATE_MAX_BYTES.",
+                        "content": {media: {"schema": {"type": "string"}} for media in FORMATS}},
+        "responses": {
+            "200": _json_response("`overallStatus` `Valid`, or `Error` with the errors found.", "SubmissionHistory"),
+            "400": _ref("BadRequest"), "413": _ref("TooLarge"), "415": _ref("UnsupportedMediaType"),
+            **_read_problems(),
+        },
+    }
+
+
 def _read_problems() -> dict[str, Any]:
     return {_PROBLEMS[name][0]: _ref(name) for name in _READ_PROBLEMS}
 
@@ -184,6 +290,10 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/reports": {"post": _submit(), "get": _list()},
             "/api/reports/{id}": {"get": _read()},
+            "/api/token": {"post": _token()},
+            "/api/waters": {"post": _waters()},
+            "/api/waters/report/{id}/history": {"get": _history()},
+            "/api/validate": {"post": _validate()},
             "/api/health": {"get": {
                 "operationId": "health",
                 "summary": "Whether storage answers, and the queue depths (anonymous)",
@@ -198,8 +308,10 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "A sender API key from `shared.admin senders add`."}},
-            "schemas": _schemas(),
+                                           "description": "A sender API key from `shared.admin senders add`, or an "
+                                                          "access token from POST /api/token (also accepted bare: "
+                                                          "`Authorization: <token>`)."}},
+            "schemas": {**_schemas(), **_OAUTH_SCHEMAS},
             "headers": _HEADERS,
             "responses": {name: _problem_response(description, headers)
                           for name, (_, description, headers) in _PROBLEMS.items()},

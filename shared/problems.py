@@ -58,3 +58,7 @@ def unavailable(retry_after: int, detail: str = "Storage is unavailable; nothing
 
 def unsupported_media_type(detail: str) -> Problem:
     return Problem(415, "unsupported-media-type", "Unsupported Media Type", detail)
+
+
+def too_large(size: int, limit: int, setting: str) -> Problem:
+    return Problem(413, "too-large", "Content Too Large", f"The report is {size} bytes; the limit is {limit} ({setting}).")

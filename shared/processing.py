@@ -7,6 +7,7 @@ visibility timeout; on the last try the report is marked `failed` and the host m
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -171,12 +172,31 @@ def _download(storage: Storage, message: QueueMessage) -> bytes:
 
 def _parse(raw: bytes, message: QueueMessage) -> Parsed:
     """One pass over the items: accepted ones are spooled as NDJSON, issues collected and capped."""
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    return parse_items(raw, message.content_type, message.id, spool)
+
+
+class Discard(io.RawIOBase):
+    """A results sink that keeps nothing: a dry run (POST /api/validate) parses exactly as processing does."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return len(data)
+
+    def truncate(self, size: int | None = None) -> int:
+        return 0
+
+
+def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes]) -> Parsed:
+    """Parse and validate every item, writing each accepted one to `sink` as a line of NDJSON: the one code path
+    for processing and for validation."""
     errors, warnings = IssueList(), IssueList()
     accepted = rejected = 0
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
     size = 0
     try:
-        for result in parse_report(raw, message.content_type, message.id):
+        for result in parse_report(raw, content_type, report_id):
             if accepted + rejected >= MAX_ITEMS:
                 raise ContentError("report.too_many_items", f"The report has more than {MAX_ITEMS} items.")
             errors.add(result.errors)
@@ -186,17 +206,18 @@ def _parse(raw: bytes, message: QueueMessage) -> Parsed:
                 continue
             accepted += 1
             line = result.item.model_dump_json().encode("utf-8") + b"\n"
-            spool.write(line)
+            sink.write(line)
             size += len(line)
     except ContentError as exc:
-        spool.truncate(0)
+        sink.truncate(0)
         report_errors = IssueList()
         report_errors.add([exc.issue])
         return Parsed(ItemCounts(total=accepted + rejected, accepted=0, rejected=accepted + rejected),
-                      report_errors, warnings, spool, 0)
+                      report_errors, warnings, sink, 0)
     if accepted + rejected == 0:
         errors.add([Issue(scope="report", code="report.no_items", message="The report holds no items.")])
-    return Parsed(ItemCounts(total=accepted + rejected, accepted=accepted, rejected=rejected), errors, warnings, spool, size)
+    return Parsed(ItemCounts(total=accepted + rejected, accepted=accepted, rejected=rejected), errors, warnings, sink,
+                  size)
 
 
 def _chunks(stream: IO[bytes]) -> Iterator[bytes]:

@@ -41,7 +41,8 @@ def _clip(entry: dict) -> dict:
     return {k: v[:MAX_TEXT_CHARS] if isinstance(v, str) else v for k, v in entry.items()}
 
 
-def _omitted(marker: dict | None) -> int:
+def omitted(marker: dict | None) -> int:
+    """How many issues a truncation marker says were left out (0 for anything else)."""
     match = _COUNT.match(str((marker or {}).get("message", "")))
     return int(match.group(1)) if match else 0
 
@@ -55,7 +56,7 @@ def fit_issues(issues: list[dict]) -> list[dict]:
     """Keep the first issues that fit MAX_LISTED_ISSUES and LIST_BUDGET_BYTES, then one marker counting the rest."""
     left_out = 0
     if issues and issues[-1].get("code") == ISSUES_TRUNCATED:
-        left_out, issues = _omitted(issues[-1]), issues[:-1]
+        left_out, issues = omitted(issues[-1]), issues[:-1]
     kept: list[dict] = []
     size = json_bytes(issues_marker(10**9))  # room for the marker, whatever its count
     for issue in issues:
@@ -76,18 +77,18 @@ def fit_exceptions(entries: list[dict]) -> list[dict]:
         return entries
     first, rest = entries[0], entries[1:]
     marker = rest.pop(0) if rest[0].get("type") == EXCEPTIONS_OMITTED else None
-    omitted, since = _omitted(marker), marker
+    left, since = omitted(marker), marker
 
     def listed() -> list[dict]:
-        if not omitted or since is None:
+        if not left or since is None:
             return [first, *rest]
         shown = {"attempt": since.get("attempt", 0), "at": since.get("at", ""), "type": EXCEPTIONS_OMITTED,
-                 "message": f"{omitted} more tries not listed"}
+                 "message": f"{left} more tries not listed"}
         return [first, shown, *rest]
 
     while len(rest) > 1 and (len(listed()) > MAX_LISTED_EXCEPTIONS or json_bytes(listed()) > LIST_BUDGET_BYTES):
         dropped = rest.pop(0)
-        omitted, since = omitted + 1, since or dropped
+        left, since = left + 1, since or dropped
     return listed()
 
 

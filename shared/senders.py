@@ -15,16 +15,18 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.clock import now_iso
+from shared.clock import now_iso, parse_iso, to_iso
 
 SENDER_PARTITION = "sender"
 KEY_PARTITION = "key"
 KEY_PREFIX = "lri_"
-SENDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# `name` or, as ReportStream named senders, `org.name` (the organisation is the part before the dot).
+SENDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}(?:\.[a-z0-9][a-z0-9_-]{0,62})?$")
 
 
 class SenderError(ValueError):
@@ -82,20 +84,32 @@ def authenticate(table: TableClient, authorization: str | None, cache_seconds: f
     if not authorization:
         return None
     scheme, _, key = authorization.strip().partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key or len(key) > 512:
+    if scheme.lower() != "bearer":
+        return None
+    return authenticate_key(table, key.strip(), cache_seconds)
+
+
+def authenticate_key(table: TableClient, key: str, cache_seconds: float = 0) -> str | None:
+    """The sender of an API key that is known, active (not past a rotation's grace) and whose sender is enabled."""
+    if not key or len(key) > 512:
         return None
     digest = key_hash(key)
     cached = _accepted.get(digest)
     if cached is not None:
         return cached
-    sender = _lookup(table, digest)
-    if sender is not None:
-        _accepted.put(digest, sender, cache_seconds)
+    found = _lookup(table, digest)
+    if found is None:
+        return None
+    sender, expires_at = found
+    if expires_at is not None:
+        # A key in its rotation grace is trusted from the cache no longer than its grace lasts.
+        cache_seconds = min(cache_seconds, (parse_iso(expires_at) - datetime.now(timezone.utc)).total_seconds())
+    _accepted.put(digest, sender, cache_seconds)
     return sender
 
 
-def _lookup(table: TableClient, digest: str) -> str | None:
+def _lookup(table: TableClient, digest: str) -> tuple[str, str | None] | None:
+    """(sender, end of the key's grace or None) for an active key; None for an unknown, revoked or expired one."""
     try:
         row = table.get_entity(KEY_PARTITION, digest)
     except ResourceNotFoundError:
@@ -105,13 +119,27 @@ def _lookup(table: TableClient, digest: str) -> str | None:
         return None
     if not row.get("active", False) or not row.get("sender_enabled", False):
         return None
-    return str(row["sender"])
+    expires_at = row.get("expires_at") or None
+    if expires_at is not None and parse_iso(str(expires_at)) <= datetime.now(timezone.utc):
+        return None
+    return str(row["sender"]), (str(expires_at) if expires_at else None)
+
+
+def is_enabled(table: TableClient, name: str) -> bool:
+    """Whether a sender of that name is registered and enabled (for access tokens, which name it)."""
+    if not SENDER_NAME.match(name):
+        return False
+    try:
+        return bool(table.get_entity(SENDER_PARTITION, name).get("enabled", False))
+    except ResourceNotFoundError:
+        return False
 
 
 def _check_name(name: str) -> str:
     if not SENDER_NAME.match(name):
         raise SenderError(
-            f"invalid sender name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            f"invalid sender name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or "
+            "digit, or two such names joined by a dot (org.sender, as ReportStream named senders)"
         )
     return name
 
@@ -169,8 +197,9 @@ def _get(table: TableClient, name: str) -> dict:
         raise SenderError(f"no sender named {name!r}") from None
 
 
-def rotate(table: TableClient, name: str) -> str:
-    """Issue a new key and revoke every earlier one of this sender.
+def rotate(table: TableClient, name: str, grace_seconds: float = 0) -> str:
+    """Issue a new key; earlier ones stop working at once, or after `grace_seconds` (so a sender can switch over
+    without an outage). A key whose grace has passed is deleted by the next rotation.
 
     The sender row lists the new key's hash before the key exists and drops the old ones only after they are
     deleted: whatever step fails, every key that works is listed, so the next rotation revokes it.
@@ -180,10 +209,30 @@ def rotate(table: TableClient, name: str) -> str:
     key = new_key()
     _save_hashes(table, name, [*old, key_hash(key)])
     _store_key(table, name, key, enabled=bool(row.get("enabled", True)))
+    kept = []
+    ends = datetime.now(timezone.utc) + timedelta(seconds=grace_seconds)
     for digest in old:
-        _delete_key(table, digest)
-    _save_hashes(table, name, [key_hash(key)])
+        if grace_seconds > 0 and _give_grace(table, digest, ends):
+            kept.append(digest)
+        else:
+            _delete_key(table, digest)
+    _save_hashes(table, name, [*kept, key_hash(key)])
     return key
+
+
+def _give_grace(table: TableClient, digest: str, ends: datetime) -> bool:
+    """Let a key work until `ends` (never longer than a grace it already has); False if it is gone or expired."""
+    try:
+        row = table.get_entity(KEY_PARTITION, digest)
+    except ResourceNotFoundError:
+        return False
+    current = parse_iso(str(row["expires_at"])) if row.get("expires_at") else None
+    if current is not None and current <= datetime.now(timezone.utc):
+        return False
+    until = min(ends, current) if current is not None else ends
+    table.update_entity({"PartitionKey": KEY_PARTITION, "RowKey": digest, "expires_at": to_iso(until)},
+                        mode=UpdateMode.MERGE)
+    return True
 
 
 def _delete_key(table: TableClient, digest: str) -> None:

@@ -44,7 +44,10 @@ SENDERS_TABLE = "senders"
 IDEMPOTENCY_TABLE = "idempotency"
 ACTIVITY_TABLE = "reportactivity"
 CHECKPOINTS_TABLE = "checkpoints"
-TABLES = (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE, ACTIVITY_TABLE, CHECKPOINTS_TABLE)
+KEYS_TABLE = "keys"
+TOKEN_IDS_TABLE = "tokenids"
+TABLES = (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE, ACTIVITY_TABLE, CHECKPOINTS_TABLE, KEYS_TABLE,
+          TOKEN_IDS_TABLE)
 QUEUE = "reports"
 POISON_QUEUE = "reports-poison"
 
@@ -117,6 +120,8 @@ class Storage:
     idempotency: TableClient
     activity: TableClient
     checkpoints: TableClient
+    keys: TableClient
+    tokenids: TableClient
     queue: QueueClient
     poison: QueueClient
     tables: TableServiceClient
@@ -157,6 +162,8 @@ class Storage:
             idempotency=tables.get_table_client(IDEMPOTENCY_TABLE),
             activity=tables.get_table_client(ACTIVITY_TABLE),
             checkpoints=tables.get_table_client(CHECKPOINTS_TABLE),
+            keys=tables.get_table_client(KEYS_TABLE),
+            tokenids=tables.get_table_client(TOKEN_IDS_TABLE),
             queue=queue(QUEUE),
             # Read as stored: the host copies a message that is not base64 to the poison queue as it is, and the
             # SDK's decoding would fail the whole batch on it (shared/poison.py decodes each message itself).

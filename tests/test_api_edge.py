@@ -154,7 +154,8 @@ def test_openapi_document_is_served_anonymously(service: Service) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/api/reports", "/api/reports/{id}", "/api/health", "/api/openapi.json"}
+    assert set(doc["paths"]) == {"/api/reports", "/api/reports/{id}", "/api/health", "/api/openapi.json",
+                                 "/api/token", "/api/waters", "/api/waters/report/{id}/history", "/api/validate"}
     post = doc["paths"]["/api/reports"]["post"]
     assert set(post["requestBody"]["content"]) == {"application/hl7-v2", "application/fhir+json",
                                                    "application/fhir+ndjson", "text/csv"}
@@ -163,6 +164,12 @@ def test_openapi_document_is_served_anonymously(service: Service) -> None:
     assert "WWW-Authenticate" in unauthorized["headers"]
     limit = next(p for p in doc["paths"]["/api/reports"]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 1000)
+
+
+def test_openapi_document_passes_an_independent_validator() -> None:
+    from openapi_spec_validator import validate
+
+    validate(openapi.document())  # raises on the first violation of OpenAPI 3.1
 
 
 def _constrained(method: str, path: str) -> bool:

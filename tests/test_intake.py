@@ -168,7 +168,7 @@ def test_a_host_header_that_does_not_parse_still_gets_problem_json(
     request = func.HttpRequest("POST", "http://[1]/api/reports", body=CSV,
                                headers={"authorization": f"Bearer {key}", "content-type": "text/csv"})
     with monkeypatch.context() as patch:
-        patch.setattr(senders, "authenticate", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
+        patch.setattr(senders, "authenticate_key", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
         response = ingest_http.main(request)
     assert response.status_code == 503 and response.mimetype == PROBLEM
 

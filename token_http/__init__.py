@@ -1,0 +1,9 @@
+"""POST /api/token: a sender trades its signed JWT assertion for an access token (SMART Backend Services)."""
+
+import azure.functions as func
+
+from shared import api
+
+
+def main(req: func.HttpRequest) -> func.HttpResponse:
+    return api.guarded(api.token, req)

@@ -1,0 +1,9 @@
+"""POST /api/waters: ReportStream's submission endpoint, on the same intake as POST /api/reports."""
+
+import azure.functions as func
+
+from shared import api
+
+
+def main(req: func.HttpRequest) -> func.HttpResponse:
+    return api.guarded(api.waters, req)
