@@ -120,3 +120,20 @@ def test_host_json_uses_keys_the_real_host_knows(app: Path):
     assert set(config.get("logging", {})) <= LOGGING_KEYS
     if "functionTimeout" in config:
         assert 0 < parse_timespan(config["functionTimeout"]) <= 10 * 60 or config["functionTimeout"] == "-1"
+
+
+def test_the_deploy_guides_zip_takes_every_function_folder(tmp_path: Path) -> None:
+    """docs/deploy.md's CLI deploy builds its zip with git archive: every function folder of the app must be in it
+    (a hand-kept list once left openapi_http out)."""
+    import subprocess
+    import zipfile
+
+    guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    command = re.search(r"^(git archive .*?)\n(?!\s)", guide, re.S | re.M)
+    assert command, "the guide's git archive command"
+    line = command.group(1).replace("\\\n", " ").replace("/tmp/lab-intake.zip", str(tmp_path / "app.zip"))
+    subprocess.run(line, shell=True, cwd=REPO_ROOT, check=True, capture_output=True)
+    names = zipfile.ZipFile(tmp_path / "app.zip").namelist()
+    folders = {p.parent.name for p in REPO_ROOT.glob("*/function.json")}
+    assert folders and all(f"{folder}/function.json" in names for folder in folders), sorted(folders)
+    assert "host.json" in names and "shared/api.py" in names and not any(n.startswith("tests/") for n in names)

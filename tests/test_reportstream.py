@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ulid import ULID
 
-from tests.service import Service, admin, assert_problem, own_service, poll
+from tests.service import EXAMPLES, Service, admin, assert_problem, own_service, poll
 from tests.simplereport_client import (
     CSV_CLIENT,
     FHIR_CLIENT,
@@ -438,3 +438,26 @@ def test_used_token_ids_are_purged_by_hour_partition_never_by_scan(app) -> None:
             for entity in app.tokenids.query_entities("PartitionKey eq @p", parameters={"p": partition}):
                 app.tokenids.delete_entity(partition, entity["RowKey"])
         checkpoints.clear(app.checkpoints, tokens.PURGE_JOB, [""])
+
+
+def test_reportstreams_own_python_example_works_unchanged_but_for_the_host(service: Service, tmp_path: Path) -> None:
+    """prime-router/examples/generate-jwt-python: kid `default`, iss = sub = the organisation, aud the bare host,
+    no iat; then `authorization:bearer` (lower case) and `client:<organisation>` on an HL7 v2 upload."""
+    key = new_rsa_key()
+    register_key(service, tmp_path, "healthy-labs.*.report", "default", public_pem(key))
+    service.sender("healthy-labs")
+    host = service.url.split("://", 1)[1]
+    now = int(time.time())
+    token = jwt.encode({"iss": "healthy-labs", "sub": "healthy-labs", "aud": host, "exp": now + 300,
+                        "jti": str(uuid.uuid4())}, key, algorithm="RS256", headers={"kid": "default"})
+    response = httpx.post(f"{service.url}/api/token", content=form(token, scope="healthy-labs.*.report").encode(),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    access = response.json()["access_token"]
+    hl7 = (EXAMPLES / "report.hl7").read_bytes()
+    posted = httpx.post(f"{service.url}/api/waters", content=hl7, headers={
+        "authorization": f"bearer {access}", "client": "healthy-labs", "content-type": "application/hl7-v2"})
+    assert posted.status_code == 201, posted.text
+    final = poll(lambda: httpx.get(posted.headers["location"], headers={"authorization": f"bearer {access}"}).json(),
+                 lambda h: h["overallStatus"] != "Received")
+    assert final["overallStatus"] == "Delivered" and final["reportItemCount"] == 2 and final["bodyFormat"] == "HL7"
