@@ -63,6 +63,12 @@ def record(table: TableClient, sender: str, report_id: str) -> None:
     _seen.add(key)
 
 
+def record_now(table: TableClient, sender: str) -> None:
+    """Note that `sender` has a report to look at now (an operator's replay of an old report sets it `received`)."""
+    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    table.upsert_entity(_mark(sender, minute), mode=UpdateMode.MERGE)
+
+
 def record_many(table: TableClient, sender: str, report_ids: list[str]) -> None:
     """Marks for reports stored before this table existed (the index rebuild)."""
     for minute in sorted({minute_of(report_id) for report_id in report_ids}):

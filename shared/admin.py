@@ -12,12 +12,14 @@ import os
 import re
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 from azure.storage.queue import QueueMessage as StoredMessage
 
 from shared import activity, index, keys, poison, reconcile, reindex, senders, status, work
+from shared.clock import to_iso
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
 from shared.models import Delivery
@@ -141,26 +143,55 @@ def _find_row(storage: Storage, report_id: str, sender: str | None) -> status.Ro
     raise AdminError(f"no report {report_id}{hint}")
 
 
-def replay_report(storage: Storage, row: status.Row) -> None:
-    """Mark the report `queued`, then send its work message. In that order: a processor that got the message
-    while the row still said `failed` would take it for finished and drop it. The record drops what belonged to
-    the outcome being replayed (completion time, errors; a delivery goes back to pending); exceptions stay."""
+def replay_report(storage: Storage, row: status.Row, force: bool = False) -> None:
+    """Set the report back to `received`, then enqueue it (send, then `queued`), as intake does. A send that fails
+    leaves it `received`, which the reconciler re-enqueues: never `queued` with no message. The record drops what
+    belonged to the outcome being replayed (completion time, errors; a delivery goes back to pending); exceptions
+    stay. A report already `queued` or `processing` has a message at work: replaying it again would run two copies
+    at once, so only `--force` does, and for `processing` only once its invocation can no longer be running."""
     if row.status not in REPLAYABLE:
         raise AdminError(f"report {row.id} is {row.status.value}; only failed or unfinished reports are replayed")
-    changes: dict[str, object] = {"status": Status.QUEUED, "completed_at": None, "errors": []}
+    _check_not_at_work(row, force)
+    if row.status in (Status.FAILED, Status.PROCESSING):
+        row = _reset_to_received(storage, row)
+    try:
+        work.enqueue(storage, row)
+    except AzureError as exc:
+        raise AdminError(f"report {row.id} is set to received but its message could not be sent "
+                         f"({type(exc).__name__}); the reconciler will send it") from None
+
+
+def _reset_to_received(storage: Storage, row: status.Row) -> status.Row:
+    changes: dict[str, object] = {"status": Status.RECEIVED, "completed_at": None, "errors": []}
     if row.record().delivery is not None:
         changes["delivery"] = Delivery(status="pending").model_dump()
     try:
         row = status.write(storage.reports, row, changes)
     except ResourceModifiedError:
         raise AdminError(f"report {row.id} changed while replaying; run the command again") from None
-    work.send(storage, row)
+    # The reconciler looks at the senders active since its checkpoint: mark this one, so a failed send is found.
+    activity.record_now(storage.activity, row.sender)
+    return row
+
+
+def _check_not_at_work(row: status.Row, force: bool) -> None:
+    if row.status not in (Status.QUEUED, Status.PROCESSING):
+        return
+    if not force:
+        raise AdminError(f"report {row.id} is {row.status.value}: its message is at work, and a replay would run a "
+                         "second copy beside it. If it is stuck, replay it with --force")
+    if row.status is Status.PROCESSING:
+        settings = get_settings()
+        free_at = (row.written_at or datetime.now(timezone.utc)) + reconcile.settled_after(settings)
+        if datetime.now(timezone.utc) < free_at:
+            raise AdminError(f"report {row.id} is processing and its invocation may still be running "
+                             f"(functionTimeout): --force works from {to_iso(free_at)}")
 
 
 def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
     if args.id:
         row = _find_row(storage, args.id, args.sender)
-        replay_report(storage, row)
+        replay_report(storage, row, force=args.force)
         print(f"replayed {row.id} ({row.sender})")
         walked = []
         for item in poison.walk(storage, lease_seconds=30):
@@ -276,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true",
                        help="replay every poison message; clear those of reports already processed or rejected")
     replay.add_argument("--sender", help="the report's sender (optional; found from the id otherwise)")
+    replay.add_argument("--force", action="store_true",
+                        help="with --id: replay a report that is queued, or processing but no longer running")
 
     groups.add_parser("reconcile", help="what the timer does, now: re-enqueue reports stored but never enqueued, "
                                         "and mark failed the pending reports in the poison queue")

@@ -26,8 +26,10 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 
 KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
-# How long a concurrent duplicate waits for the first request to finish storing before answering 409.
-DUPLICATE_WAIT_SECONDS = 5.0
+# How long a concurrent duplicate waits for the first request to finish storing before answering 409 + Retry-After:
+# a store takes milliseconds when storage is well, and a longer wait would pin one of the host's worker threads
+# per waiting duplicate (the sender's retry after Retry-After costs nothing meanwhile).
+DUPLICATE_WAIT_SECONDS = 1.0
 # Claims are dated by the claiming instance's clock and judged by another's.
 CLOCK_SKEW_SECONDS = 60.0
 

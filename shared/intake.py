@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 import http_sfv
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 from azure.storage.blob import ContentSettings
 from ulid import ULID
 
@@ -123,7 +123,7 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
         row = _store(storage, sub, report_id, digest)
     except AzureError as exc:
         log.warning("report %s: store failed (%s); reading it back", report_id, type(exc).__name__)
-        row = _read_back(storage, settings, sub, report_id)
+        row = _read_back(storage, settings, sub, report_id, certain=_surely_not_written(exc))
     record = row.record()
     try:
         if _enqueue(storage, row):
@@ -163,22 +163,46 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     except ResourceExistsError:
         # The id is this request's own, fresh: the SDK retried an upload that had committed but lost its answer.
         log.info("report %s: raw blob already stored by an earlier try of this upload", report_id)
-    return status.create(storage.reports, status.new_entity(record, blob) | telemetry.context_fields())
+    return _create_row(storage, status.new_entity(record, blob) | telemetry.context_fields())
 
 
-def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id: str) -> status.Row:
-    """After a failed store: the row is the truth. A write that timed out may have committed (an SDK retry of a
-    committed create even fails with "already exists"), so the row is read back before anything is released."""
+class RowWriteUnknown(AzureError):
+    """The status row's write got no answer: it may still commit (a timed-out request can reach storage later)."""
+
+
+def _surely_not_written(exc: AzureError) -> bool:
+    """Whether a failed store certainly left no status row: it failed before the row's write was sent, or storage
+    answered that write with an error. A write that got no answer (timed out, connection dropped) may commit
+    later, whatever a read says now."""
+    return not isinstance(exc, RowWriteUnknown)
+
+
+def _create_row(storage: Storage, entity: dict) -> status.Row:
+    try:
+        return status.create(storage.reports, entity)
+    except HttpResponseError as exc:
+        if isinstance(exc, ResourceExistsError):  # an SDK retry of a create that committed: ours
+            raise RowWriteUnknown("the row's create was retried after it committed") from exc
+        raise  # storage answered: nothing was written
+    except AzureError as exc:
+        raise RowWriteUnknown(f"the row's write got no answer ({type(exc).__name__})") from exc
+
+
+def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id: str, certain: bool) -> status.Row:
+    """After a failed store: the row is the truth, when it is there. A write whose outcome is unknown may commit
+    after this read, so its Idempotency-Key claim is kept (a retry with the key finds the report if it lands, and
+    takes the claim over only once this request can no longer be running); only a write that surely failed
+    releases it."""
+    unknown = UNKNOWN_OUTCOME_WITH_KEY if sub.idempotency_key is not None else UNKNOWN_OUTCOME
     try:
         row = status.read(storage.reports, sub.sender, report_id)
     except AzureError:
-        # Outcome unknown: the Idempotency-Key claim stays, so a retry with the key finds this report if it was
-        # stored (and takes the claim over only once this request can no longer be running).
-        detail = UNKNOWN_OUTCOME_WITH_KEY if sub.idempotency_key is not None else UNKNOWN_OUTCOME
-        raise unavailable(settings.retry_after_seconds, detail) from None
+        raise unavailable(settings.retry_after_seconds, unknown) from None
     if row is not None:
         log.info("report %s was stored after all", report_id)
         return row
+    if not certain:
+        raise unavailable(settings.retry_after_seconds, unknown)
     if sub.idempotency_key is not None:
         idempotency.release(storage, sub.sender, sub.idempotency_key, report_id)
     raise unavailable(settings.retry_after_seconds)
@@ -187,14 +211,9 @@ def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id:
 def _enqueue(storage: Storage, row: status.Row) -> bool:
     """Send the work message and mark the row `queued`; False if the send failed (the reconciler sends it)."""
     try:
-        work.send(storage, row)
+        work.enqueue(storage, row)
     except AzureError as exc:
         # Stored, so the answer is 202 with status `received`: a 503 would make the sender store it again.
         log.warning("report %s stored but not enqueued (%s); left for the reconciler", row.id, type(exc).__name__)
         return False
-    try:
-        work.mark_queued(storage, row)
-    except AzureError as exc:
-        # Stored and enqueued, so the 202 stands; the reconciler may enqueue it again, which processing tolerates.
-        log.warning("report %s enqueued but not marked queued: %s", row.id, type(exc).__name__)
     return True

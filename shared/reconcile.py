@@ -22,16 +22,9 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 
 JOB = "reconcile"
-# A report's row is written at most this long after its sender's activity mark: an intake cannot outlive the
-# host's functionTimeout (host.json, 10 minutes). A minute older than that, once passed cleanly, needs no new look.
-SETTLED = timedelta(minutes=15)
+# Instances' clocks differ by up to this much; a mark dated by one is judged by another's.
+CLOCK_SKEW = timedelta(minutes=1)
 FIRST_LOOKBACK = timedelta(days=1)  # where a first pass starts (`admin index rebuild` sets it for older ones)
-
-
-def enqueue(storage: Storage, row: status.Row) -> None:
-    """Send the message, then mark the row `queued` (a processor may take `received` rows, so order is safe)."""
-    work.send(storage, row)
-    work.mark_queued(storage, row)
 
 
 def stuck(storage: Storage, sender: str, cutoff: str) -> Iterator[status.Row]:
@@ -60,17 +53,23 @@ def reconcile(storage: Storage, settings: Settings, now: datetime | None = None)
     for sender in sorted(activity.senders_between(storage.activity, start, now)):
         for row in stuck(storage, sender, cutoff):
             try:
-                enqueue(storage, row)
+                work.enqueue(storage, row)
             except AzureError as exc:
                 complete = False
                 log.warning("report %s could not be re-enqueued yet: %s", row.id, type(exc).__name__)
                 continue
             count += 1
             log.info("report %s re-enqueued by the reconciler", row.id)
-    settled = now - after - SETTLED
+    settled = now - after - settled_after(settings)
     if complete and settled > start:
         checkpoints.put(storage.checkpoints, JOB, "", to_iso(settled))
     return count
+
+
+def settled_after(settings: Settings) -> timedelta:
+    """A report's row is written at most this long after its sender's activity mark: an intake (or a replay) cannot
+    outlive the host's functionTimeout. A minute older than that, once passed cleanly, needs no new look."""
+    return timedelta(seconds=settings.function_timeout_seconds) + CLOCK_SKEW
 
 
 def look_back_to(storage: Storage, moment: datetime) -> None:

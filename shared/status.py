@@ -35,14 +35,15 @@ TERMINAL = frozenset({Status.PROCESSED, Status.REJECTED, Status.FAILED})
 
 # A processor may leave a row `received` or `queued` straight for a terminal state: small reports skip the
 # `processing` write, and the processor can win the race against ingest marking the row `queued`.
-# processing -> processing is a redelivery after a crash. failed -> queued is an operator's replay.
+# processing -> processing is a redelivery after a crash. An operator's replay sets a failed (or stuck) report
+# back to `received` before sending its message, then `queued` (shared/work.enqueue).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.RECEIVED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
     Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
-    Status.PROCESSING: frozenset({Status.PROCESSING, Status.QUEUED, *TERMINAL}),
+    Status.PROCESSING: frozenset({Status.RECEIVED, Status.PROCESSING, Status.QUEUED, *TERMINAL}),
     Status.PROCESSED: frozenset(),
     Status.REJECTED: frozenset(),
-    Status.FAILED: frozenset({Status.QUEUED}),
+    Status.FAILED: frozenset({Status.RECEIVED, Status.QUEUED}),
 }
 
 # Fields stored as JSON text in the row (table properties are scalars).

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from azure.core.exceptions import ResourceModifiedError
+import logging
+
+from azure.core.exceptions import AzureError, ResourceModifiedError
 
 from shared import status
 from shared.models import QueueMessage
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from shared.telemetry import TRACEPARENT
+
+log = logging.getLogger(__name__)
 
 
 def message_for(row: status.Row) -> QueueMessage:
@@ -29,6 +33,22 @@ def send(storage: Storage, row: status.Row) -> None:
     The message carries the trace context stored on the row at ingest, so a reconciler's or an operator's re-send
     joins the report's one trace."""
     storage.queue.send_message(message_for(row).model_dump_json(exclude_none=True), time_to_live=-1)
+
+
+def enqueue(storage: Storage, row: status.Row) -> bool:
+    """The one way a report goes onto the queue (intake, the reconciler, an operator's replay): send the message,
+    then mark the row `queued`. The row says `received` until the send succeeded, so whatever fails, the reconciler
+    finds the report (a `queued` row with no message would wait for ever). Returns whether the row was marked; a
+    send failure raises."""
+    send(storage, row)
+    try:
+        mark_queued(storage, row)
+    except AzureError as exc:
+        # Sent, so the report will be processed; left `received`, the reconciler may send it again, which
+        # processing tolerates (a message for a finished report is acknowledged and dropped).
+        log.warning("report %s enqueued but not marked queued: %s", row.id, type(exc).__name__)
+        return False
+    return True
 
 
 def mark_queued(storage: Storage, row: status.Row) -> None:

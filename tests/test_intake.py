@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import azure.functions as func
 import pytest
 from azure.core.exceptions import (
+    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -220,15 +222,45 @@ def test_a_store_that_timed_out_but_committed_is_202_and_keeps_its_key(
     assert stored_ids(app, name) == [report_id]
 
 
-def test_a_store_that_surely_failed_is_503_and_frees_its_key(
+def test_a_store_refused_by_storage_is_503_and_frees_its_key(
     app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Storage answered the row's write with an error: nothing was written, so the key is free for the retry."""
     name, key = sender
-    refused = post_while_create_times_out(monkeypatch, key, "k2", commits=False)
+    with monkeypatch.context() as patch:
+        busy = HttpResponseError("server busy")
+        busy.status_code = 503
+        patch.setattr(status, "create", lambda *a: (_ for _ in ()).throw(busy))
+        refused = post(key, **{"idempotency-key": "k2"})
     assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert "may not have been stored" not in answer(refused)["detail"]
     assert stored_ids(app, name) == [] and claim_of(app, name, "k2") is None
     retried = post(key, **{"idempotency-key": "k2"})
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+
+
+def test_a_store_that_timed_out_and_commits_later_is_stored_once(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's write timed out and the read-back found nothing: the write may still land, so the claim stays and
+    the answer says the outcome is unknown. When the write lands after all, the retry finds that same report."""
+    name, key = sender
+    late: list[tuple[TableClient, dict]] = []
+    with monkeypatch.context() as patch:
+        def create(table: TableClient, entity: dict) -> status.Row:
+            late.append((table, entity))
+            raise ServiceResponseError("read timed out")
+
+        patch.setattr(status, "create", create)
+        unknown = post(key, **{"idempotency-key": "k-late"})
+    assert unknown.status_code == 503 and "may not have been stored" in answer(unknown)["detail"]
+    claim = claim_of(app, name, "k-late")
+    assert claim is not None and stored_ids(app, name) == []
+    table, entity = late[0]
+    status.create(table, entity)  # the timed-out write commits now
+    retried = post(key, **{"idempotency-key": "k-late"})
+    assert retried.status_code == 202 and answer(retried)["id"] == claim["report_id"]
+    assert retried.headers["Idempotent-Replayed"] == "true" and stored_ids(app, name) == [claim["report_id"]]
 
 
 def test_an_unknown_outcome_keeps_the_claim(
@@ -281,3 +313,16 @@ def test_same_key_same_body_other_content_type_is_422(app: Storage, sender: tupl
     other = post(key, **{"idempotency-key": "ct", "content-type": "application/fhir+ndjson"})
     assert other.status_code == 422 and other.mimetype == PROBLEM
     assert len(stored_ids(app, name)) == 1
+
+
+def test_a_waiting_duplicate_gives_its_thread_back_within_about_a_second(
+    app: Storage, sender: tuple[str, str]
+) -> None:
+    """A duplicate of a request still storing answers 409 + Retry-After after a short wait: a long one would pin one
+    of the host's worker threads per duplicate."""
+    name, key = sender
+    _plant_claim(app, name, "pinned", age_seconds=1)
+    began = time.monotonic()
+    busy = post(key, **{"idempotency-key": "pinned"})
+    assert busy.status_code == 409 and "Retry-After" in busy.headers
+    assert time.monotonic() - began < 2.5  # was 5 s

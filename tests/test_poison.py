@@ -147,6 +147,45 @@ def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(
     assert status.read(app.reports, "unit-proc", report_id).status.value == "failed"
 
 
+def test_a_replay_whose_send_fails_is_left_received_and_the_reconciler_sends_it(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay marked the report `queued` before sending: a failed send left it `queued` with no message, for ever."""
+    from shared import reconcile, work
+
+    report_id = submit(app, CSV, "text/csv")
+    row = status.write(app.reports, status.read(app.reports, "unit-proc", report_id), {"status": "failed"})
+    app.queue.clear_messages()
+    with monkeypatch.context() as patch:
+        patch.setattr(work, "send", lambda *a: (_ for _ in ()).throw(ServiceRequestError("queue down")))
+        with pytest.raises(admin.AdminError, match="reconciler will send it"):
+            admin.replay_report(app, row)
+    assert status.read(app.reports, "unit-proc", report_id).status.value == "received"
+    monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
+    config.get_settings.cache_clear()
+    assert reconcile.reconcile(app, config.get_settings()) >= 1
+    assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
+    assert run(app, report_id)["status"] == "processed"
+
+
+def test_a_report_at_work_is_not_replayed_beside_itself(app: Storage) -> None:
+    """`replay --id` twice on a report still processing ran three copies at once."""
+    report_id = submit(app, CSV, "text/csv")
+    row = status.read(app.reports, "unit-proc", report_id)  # queued: its message is on the queue
+    with pytest.raises(admin.AdminError, match="--force"):
+        admin.replay_report(app, row)
+    row = status.write(app.reports, row, {"status": "processing"})
+    with pytest.raises(admin.AdminError, match="--force"):
+        admin.replay_report(app, row)
+    with pytest.raises(admin.AdminError, match="may still be running"):
+        admin.replay_report(app, row, force=True)
+    # Once its invocation can no longer be running (functionTimeout past its last write), --force replays it.
+    row.written_at = datetime.now(timezone.utc) - timedelta(hours=1)
+    admin.replay_report(app, row, force=True)
+    assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
+    app.queue.clear_messages()
+
+
 def test_replay_tells_the_truth_about_items_and_delivery(
     app: Storage, monkeypatch: pytest.MonkeyPatch, downstream: Downstream
 ) -> None:

@@ -66,12 +66,12 @@ def test_transitions() -> None:
     assert status.can_move(Status.RECEIVED, Status.QUEUED)
     assert status.can_move(Status.QUEUED, Status.PROCESSING)
     assert status.can_move(Status.PROCESSING, Status.FAILED)
-    assert status.can_move(Status.FAILED, Status.QUEUED)  # replay
+    assert status.can_move(Status.FAILED, Status.RECEIVED)  # replay: `received` first, `queued` once sent
     for terminal in (Status.PROCESSED, Status.REJECTED):
         assert not any(status.can_move(terminal, s) for s in Status)
     assert status.can_move(Status.QUEUED, Status.PROCESSED)  # a small report skips `processing`
     assert not status.can_move(Status.QUEUED, Status.RECEIVED)
-    assert not status.can_move(Status.PROCESSING, Status.RECEIVED)
+    assert status.can_move(Status.PROCESSING, Status.RECEIVED)  # a forced replay, its invocation long dead
 
 
 def test_write_refuses_a_forbidden_transition_and_a_stale_etag(app: Storage) -> None:
