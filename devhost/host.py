@@ -40,9 +40,10 @@ def configure_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     log.setLevel(logging.INFO)
-    # SDK request logging at INFO would drown the invocation lines.
-    for noisy in ("azure", "uvicorn", "urllib3", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The root logger at INFO, whoever logs, as the Python worker forwards it to the host (and Application
+    # Insights): the app's libraries included, so tests see what Azure would record. Only devhost's own HTTP
+    # server, which stands in for the host's front end, is quieted.
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
 
 
 @dataclass

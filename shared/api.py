@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from shared import auth, hl7_ack, intake, listing, lookup, processing, reportstream, telemetry, tokens
+from shared import auth, hl7_ack, intake, listing, logs, lookup, processing, reportstream, telemetry, tokens
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
@@ -68,9 +68,10 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         log.warning("storage unavailable during %s %s: %s", req.method, _path(req), type(exc).__name__)
         if is_transient(exc):
             return unavailable(settings.retry_after_seconds if settings else 1).response()
-        log.exception("storage error")
-    except Exception:
-        log.exception("unhandled error during %s %s", req.method, _path(req))
+        log.error("storage error during %s %s: %s", req.method, _path(req), logs.describe(exc))
+    except Exception as exc:
+        # Type and place only: the message and traceback of a library's exception can quote the request's values.
+        log.error("unhandled error during %s %s: %s", req.method, _path(req), logs.describe(exc))
     detail = "The request failed unexpectedly" + (": nothing was stored." if req.method == "POST" else ".")
     return Problem(500, "internal", "Internal Server Error", detail).response()
 
@@ -293,14 +294,7 @@ def validate(req: func.HttpRequest, storage: Storage, settings: Settings) -> fun
         raise bad_request("The report body is empty.", "empty-body")
     if len(body) > settings.validate_max_bytes:
         raise too_large(len(body), settings.validate_max_bytes, "VALIDATE_MAX_BYTES")
-    try:
-        parsed = processing.parse_items(body, content_type, "validation", processing.Discard())
-    except Exception as exc:  # noqa: BLE001 - whatever a parser raises follows from these bytes: the report's fault
-        log.warning("validation: the parser failed with %s", type(exc).__name__)
-        unreadable = Issue(scope="report", code="report.unreadable",
-                           message=f"The report could not be read ({type(exc).__name__}).")
-        result = reportstream.validation(principal.sender, content_type, now_iso(), 0, [unreadable], [])
-        return _json(result.model_dump(mode="json"), 200)
+    parsed = processing.parse_items(body, content_type, "validation", processing.Discard())
     result = reportstream.validation(
         principal.sender, content_type, now_iso(), parsed.counts.total,
         [Issue.model_validate(i) for i in parsed.errors.listed()],

@@ -16,11 +16,12 @@ from typing import IO
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import row_limits, status, telemetry
+from shared import logs, row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
 from shared.formats import ContentError, parse_report
+from shared.logs import TryAgain
 from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, QueueMessage
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, result_blob_name
@@ -81,7 +82,17 @@ class Parsed:
 
 @telemetry.traced_processing
 def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
-    """Handle one queue message; returns what happened (for the log). Raises to ask the host for a retry."""
+    """Handle one queue message; returns what happened (for the log). Raises TryAgain to ask the host for a retry:
+    the host records the message and stack of what an invocation raises, so it carries no report value."""
+    try:
+        return _process(storage, settings, body, dequeue_count)
+    except TryAgain:
+        raise
+    except Exception as exc:
+        raise TryAgain(exc) from None
+
+
+def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
     message = QueueMessage.model_validate_json(body)
     row = status.read(storage.reports, message.sender, message.id)
     if row is None:
@@ -209,15 +220,25 @@ def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes]) 
             sink.write(line)
             size += len(line)
     except ContentError as exc:
-        sink.truncate(0)
-        report_errors = IssueList()
-        report_errors.add([exc.issue])
-        return Parsed(ItemCounts(total=accepted + rejected, accepted=0, rejected=accepted + rejected),
-                      report_errors, warnings, sink, 0)
+        return _unusable(exc, accepted + rejected, warnings, sink)
+    except MemoryError:
+        raise  # the machine's limit, not the report's: tried again, elsewhere or later
+    except Exception as exc:  # noqa: BLE001 - whatever a parser raises follows from these bytes: the report's fault
+        log.warning("report %s: a parser failed (%s); the report is rejected", report_id, logs.describe(exc))
+        unreadable = ContentError("report.unreadable", f"The report could not be read ({type(exc).__name__}).")
+        return _unusable(unreadable, accepted + rejected, warnings, sink)
     if accepted + rejected == 0:
         errors.add([Issue(scope="report", code="report.no_items", message="The report holds no items.")])
     return Parsed(ItemCounts(total=accepted + rejected, accepted=accepted, rejected=rejected), errors, warnings, sink,
                   size)
+
+
+def _unusable(exc: ContentError, seen: int, warnings: IssueList, sink: IO[bytes]) -> Parsed:
+    """The report as a whole is refused: nothing of it is delivered, whatever items were read before."""
+    sink.truncate(0)
+    report_errors = IssueList()
+    report_errors.add([exc.issue])
+    return Parsed(ItemCounts(total=seen, accepted=0, rejected=seen), report_errors, warnings, sink, 0)
 
 
 def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
@@ -268,7 +289,8 @@ def _finish(
 def _record_exception(
     storage: Storage, message: QueueMessage, attempt: int, exc: Exception, last_try: bool, items: ItemCounts | None
 ) -> None:
-    entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__, message=str(exc)[:300])
+    entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__,
+                           message=logs.safe_message(exc)[:300])
 
     def change(row: status.Row) -> dict | None:
         if row.status in TERMINAL:

@@ -260,7 +260,8 @@ def format_of(content_type: str | None) -> str:
 def _mark_error(span: trace.Span, exc: BaseException) -> None:
     """Exception type names (or the HTTP status) only: an exception's message may quote the values it handled."""
     code = getattr(exc, "http_status", None)
-    span.set_attribute(ERROR_TYPE, str(code) if code else type(exc.__cause__ or exc).__name__)
+    failure = getattr(exc, "failure_type", None) or type(exc.__cause__ or exc).__name__
+    span.set_attribute(ERROR_TYPE, str(code) if code else failure)
     span.set_status(StatusCode.ERROR)
 
 

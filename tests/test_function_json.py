@@ -137,3 +137,11 @@ def test_the_deploy_guides_zip_takes_every_function_folder(tmp_path: Path) -> No
     folders = {p.parent.name for p in REPO_ROOT.glob("*/function.json")}
     assert folders and all(f"{folder}/function.json" in names for folder in folders), sorted(folders)
     assert "host.json" in names and "shared/api.py" in names and not any(n.startswith("tests/") for n in names)
+
+
+def test_sampling_never_drops_exceptions_or_the_apps_traces() -> None:
+    """Application Insights' adaptive sampling may drop any telemetry type it is not told to keep: exceptions and the
+    app's traces (the poison and given-up lines operators alert on) are kept whole."""
+    config = json.loads((REPO_ROOT / "host.json").read_text())
+    sampling = config["logging"]["applicationInsights"]["samplingSettings"]
+    assert {"Exception", "Trace"} <= set(sampling["excludedTypes"].split(";"))

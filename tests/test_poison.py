@@ -14,6 +14,7 @@ from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase6
 import reconcile_timer
 from devhost.azurite import Azurite
 from devhost.process import DevHostProcess
+from shared.logs import TryAgain
 from shared import admin, config, poison, processing, status
 from shared.storage import Storage
 from shared.work import message_for
@@ -57,7 +58,7 @@ def test_a_failed_final_write_is_given_up_by_the_timer_then_replayed(
     with monkeypatch.context() as patch:
         patch.setattr(processing, "_download", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
         patch.setattr(processing.status, "update", lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError("down")))
-        with pytest.raises(ServiceRequestError):
+        with pytest.raises(TryAgain, match="ServiceRequestError"):
             run(app, report_id, dequeue_count=5)  # the last try: its `failed` write fails too
     assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
     poison_as_the_host_does(app, "unit-proc", report_id)
@@ -219,7 +220,7 @@ def test_last_try_failing_after_parsing_keeps_the_item_counts(app: Storage, monk
 
     monkeypatch.setattr(processing, "deliver", unavailable)
     report_id = submit(app, CSV, "text/csv")
-    with pytest.raises(DeliveryError):
+    with pytest.raises(TryAgain, match="DeliveryError"):
         run(app, report_id, dequeue_count=5)
     record = status.read(app.reports, "unit-proc", report_id).record()
     assert record.status == "failed" and record.items is not None and record.items.accepted == 3

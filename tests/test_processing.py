@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import process_queue
+from shared.logs import TryAgain
 from shared import intake, processing, status
 from shared.config import get_settings
 from shared.storage import Storage, result_blob_name
@@ -168,11 +169,11 @@ def test_transient_failure_is_recorded_and_reraised_then_failed_on_the_last_try(
 
     monkeypatch.setattr(processing, "_download", unavailable)
     for attempt in (1, 2):
-        with pytest.raises(ServiceRequestError):
+        with pytest.raises(TryAgain, match="ServiceRequestError"):
             run(app, report_id, dequeue_count=attempt)
     record = status.read(app.reports, "unit-proc", report_id).record()
     assert record.status == "processing" and [e.attempt for e in record.exceptions] == [1, 2]
-    with pytest.raises(ServiceRequestError):
+    with pytest.raises(TryAgain, match="ServiceRequestError"):
         run(app, report_id, dequeue_count=5)
     record = status.read(app.reports, "unit-proc", report_id).record()
     assert record.status == "failed" and len(record.exceptions) == 3 and record.completed_at

@@ -12,6 +12,7 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import TableClient
 
+from shared.logs import TryAgain
 from shared import processing, row_limits, status, table_batch
 from shared.formats import ItemResult
 from shared.models import Issue
@@ -73,9 +74,9 @@ def test_hundreds_of_failed_tries_still_end_failed_within_limits(
 
     monkeypatch.setattr(processing, "_download", unavailable)
     for _ in range(300):
-        with pytest.raises(ServiceRequestError):
+        with pytest.raises(TryAgain, match="ServiceRequestError"):
             run(app, report_id, dequeue_count=1)
-    with pytest.raises(ServiceRequestError):
+    with pytest.raises(TryAgain, match="ServiceRequestError"):
         run(app, report_id, dequeue_count=5)
     assert_fits(written)
     record = status.read(app.reports, "unit-proc", report_id).record()
