@@ -24,6 +24,9 @@ SETTING_NAMES = {
     "MAX_REPORT_BYTES": "max_report_bytes",
     "DELIVERY_URL": "delivery_url",
     "DELIVERY_TIMEOUT_SECONDS": "delivery_timeout_seconds",
+    "DELIVERY_RETRY_HOURS": "delivery_retry_hours",
+    "DELIVERY_RETRY_FIRST_SECONDS": "delivery_retry_first_seconds",
+    "DELIVERY_RETRY_MAX_SECONDS": "delivery_retry_max_seconds",
     "PUBLIC_BASE_URL": "public_base_url",
     "RECONCILE_AFTER_SECONDS": "reconcile_after_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
@@ -45,6 +48,10 @@ class Settings(BaseModel):
     max_report_bytes: int = Field(default=50_000_000, gt=0)
     delivery_url: str | None = None
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A downstream (or storage) outage is waited out this long, with delays doubling from the first to the max.
+    delivery_retry_hours: float = Field(default=24.0, gt=0, le=24 * 7)
+    delivery_retry_first_seconds: int = Field(default=10, ge=1, le=3600)
+    delivery_retry_max_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     public_base_url: str | None = None
     # A `received` row older than this is taken to be an ingest that crashed before enqueueing.
     reconcile_after_seconds: int = Field(default=60, ge=0)

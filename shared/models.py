@@ -23,6 +23,11 @@ class QueueMessage(BaseModel):
     content_type: str
     # W3C trace context of the report's ingest, so processing joins its trace; absent when telemetry was off.
     traceparent: str | None = None
+    # Set on a message sent again to wait out a downstream or storage outage (shared/deferral.py): since when the
+    # report waits, how many times it was put off, and whether only its delivery is left to do.
+    deferred_since: str | None = None
+    deferrals: int | None = None
+    deliver_only: bool | None = None
 
 
 class Issue(BaseModel):

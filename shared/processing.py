@@ -12,11 +12,12 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import IO
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from shared import logs, row_limits, status, telemetry
+from shared import deferral, logs, row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
@@ -43,6 +44,16 @@ class PermanentFailure(Exception):
         super().__init__(message)
         self.issue = Issue(scope="report", code=code, message=message)
         self.delivery = delivery
+
+
+class DeliveryDeferred(Exception):
+    """The results are stored but the downstream is down for now: the delivery waits (shared/deferral.py)."""
+
+    def __init__(self, failure: DeliveryError, errors: list[dict], warnings: list[dict]) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.errors = errors
+        self.warnings = warnings
 
 
 @dataclass
@@ -101,6 +112,8 @@ def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: i
     if row.status in TERMINAL:
         log.info("report %s already %s; message acknowledged", message.id, row.status.value)
         return "ignored"
+    if message.deliver_only:
+        return _redeliver(storage, settings, message, row)
     # The host's dequeue count restarts after a replay and the row's count misses a try that crashed, so take
     # whichever is further along.
     attempt = max(int(row.entity.get("attempts") or 0) + 1, dequeue_count)
@@ -116,7 +129,11 @@ def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: i
                 errors=[failure.issue.model_dump()], delivery=failure.delivery)
         log.warning("report %s failed permanently: %s", message.id, failure.issue.code)
         return Status.FAILED.value
+    except DeliveryDeferred as deferred:
+        return _wait_for_downstream(storage, settings, message, started, attempt, progress.items, deferred)
     except Exception as exc:
+        if storage_throttled(exc) and _put_off(storage, settings, message):
+            return "deferred"
         last_try = dequeue_count >= settings.max_dequeue_count
         _record_exception(storage, message, attempt, exc, last_try, progress.items)
         log.warning(
@@ -161,7 +178,11 @@ def _run(
         storage.container.upload_blob(
             result_blob_name(message.sender, message.id), parsed.results, length=parsed.results_size, overwrite=True
         )
-        delivery = _deliver(settings, message, parsed) if settings.delivery_url else None
+        try:
+            delivery = _deliver(settings, message, parsed.results, parsed.results_size) if settings.delivery_url \
+                else None
+        except DeliveryError as exc:
+            raise DeliveryDeferred(exc, parsed.errors.listed(), parsed.warnings.listed()) from None
         _finish(
             storage, message, started, Status.PROCESSED, attempt, items=parsed.counts,
             errors=parsed.errors.listed(), warnings=parsed.warnings.listed(), delivery=delivery,
@@ -247,19 +268,107 @@ def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _deliver(settings: Settings, message: QueueMessage, parsed: Parsed) -> Delivery:
+def _deliver(settings: Settings, message: QueueMessage, results: IO[bytes], size: int) -> Delivery:
+    """Delivered, or PermanentFailure for a refusal; a transient failure raises DeliveryError."""
     assert settings.delivery_url
     try:
-        code = deliver(
-            settings.delivery_url, message.id, _chunks(parsed.results), parsed.results_size,
-            settings.delivery_timeout_seconds,
-        )
+        code = deliver(settings.delivery_url, message.id, _chunks(results), size, settings.delivery_timeout_seconds)
     except DeliveryError as exc:
         if exc.transient:
             raise
         refused = Delivery(status="failed", at=now_iso(), http_status=exc.http_status)
         raise PermanentFailure("delivery.refused", str(exc), delivery=refused) from None
     return Delivery(status="delivered", at=now_iso(), http_status=code)
+
+
+# --- waiting out trouble that is not the report's ------------------------------------------------------------------
+
+
+def storage_throttled(exc: BaseException) -> bool:
+    """Storage asking us to slow down (429, or 503 Server Busy): waited out, not counted as a failed try."""
+    return isinstance(exc, HttpResponseError) and getattr(exc, "status_code", None) in (429, 503)
+
+
+def _put_off(storage: Storage, settings: Settings, message: QueueMessage) -> bool:
+    """Send the message again for later; False when that fails too, or the window has closed (a failed try)."""
+    if deferral.window_closed(settings, message, datetime.now(timezone.utc)):
+        return False
+    try:
+        delay = deferral.defer(storage, settings, message, deliver_only=bool(message.deliver_only))
+    except AzureError:
+        return False
+    log.warning("report %s: storage is throttling; tried again in %d s", message.id, delay)
+    return True
+
+
+def _wait_for_downstream(
+    storage: Storage, settings: Settings, message: QueueMessage, started: status.Row, attempt: int,
+    items: ItemCounts | None, deferred: DeliveryDeferred,
+) -> str:
+    """The results are stored; only the delivery waits. The report stays `processing` with delivery `pending`
+    until the downstream takes it, or DELIVERY_RETRY_HOURS have passed (then `failed`, and into the poison
+    queue for operators, as a report the host gave up on)."""
+    now = datetime.now(timezone.utc)
+    pending = Delivery(status="pending", at=now_iso(), http_status=deferred.failure.http_status)
+    if deferral.window_closed(settings, message, now):
+        gave_up = Issue(scope="report", code="delivery.gave_up",
+                        message=f"The downstream did not take the results within {settings.delivery_retry_hours:g} "
+                                f"hours ({deferred.failure}).")
+        failed = pending.model_copy(update={"status": "failed"})
+        _finish(storage, message, started, Status.FAILED, attempt, items=items,
+                errors=[*deferred.errors, gave_up.model_dump()], warnings=deferred.warnings, delivery=failed)
+        storage.poison.send_message(message.model_copy(update={"deferred_since": None, "deferrals": None,
+                                                               "deliver_only": None}).model_dump_json(
+            exclude_none=True), time_to_live=-1)
+        log.warning("report %s: delivery given up after %g hours", message.id, settings.delivery_retry_hours)
+        return Status.FAILED.value
+    changes: dict[str, object] = {"status": Status.PROCESSING, "attempts": attempt, "delivery": pending.model_dump(),
+                                  "errors": deferred.errors, "warnings": deferred.warnings}
+    if items is not None:
+        changes["items"] = items.model_dump()
+    status.update(storage.reports, message.sender, message.id,
+                  lambda row: None if row.status in TERMINAL else changes, known=started)
+    delay = deferral.defer(storage, settings, message, deliver_only=True)
+    log.warning("report %s: downstream unavailable (%s); delivery tried again in %d s", message.id,
+                deferred.failure, delay)
+    return "deferred"
+
+
+def _redeliver(storage: Storage, settings: Settings, message: QueueMessage, row: status.Row) -> str:
+    """A deferred delivery's next try: the stored results go downstream; nothing is parsed again."""
+    record = row.record()
+    if not settings.delivery_url:
+        _finish(storage, message, row, Status.PROCESSED, record.attempts, items=record.items,
+                errors=_dumped(record.errors), warnings=_dumped(record.warnings))
+        return Status.PROCESSED.value
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    try:
+        try:
+            storage.container.download_blob(result_blob_name(message.sender, message.id)).readinto(spool)
+        except ResourceNotFoundError:  # the results are gone (retention): make them again from the raw report
+            fresh = message.model_copy(update={"deliver_only": None})
+            return _process(storage, settings, fresh.model_dump_json(exclude_none=True).encode(), 1)
+        size = spool.tell()
+        try:
+            delivery = _deliver(settings, message, spool, size)
+        except PermanentFailure as failure:
+            _finish(storage, message, row, Status.FAILED, record.attempts, items=record.items,
+                    errors=[*_dumped(record.errors), failure.issue.model_dump()], warnings=_dumped(record.warnings),
+                    delivery=failure.delivery)
+            return Status.FAILED.value
+        except DeliveryError as exc:
+            deferred = DeliveryDeferred(exc, _dumped(record.errors), _dumped(record.warnings))
+            return _wait_for_downstream(storage, settings, message, row, record.attempts, record.items, deferred)
+    finally:
+        spool.close()
+    _finish(storage, message, row, Status.PROCESSED, record.attempts, items=record.items,
+            errors=_dumped(record.errors), warnings=_dumped(record.warnings), delivery=delivery)
+    log.info("report %s delivered after waiting", message.id)
+    return Status.PROCESSED.value
+
+
+def _dumped(issues: list[Issue]) -> list[dict]:
+    return [issue.model_dump() for issue in issues]
 
 
 def _finish(

@@ -91,6 +91,8 @@ def from_any(text: str) -> str | None:
 
 def overall_status(record: StatusRecord) -> OverallStatus:
     current = Status(record.status)
+    if current is Status.PROCESSING and record.delivery is not None and record.delivery.status == "pending":
+        return "Waiting to Deliver"  # the results are made; the downstream is waited for
     if current in (Status.RECEIVED, Status.QUEUED, Status.PROCESSING):
         return "Received"
     if current is Status.REJECTED:

@@ -210,21 +210,19 @@ def test_replay_tells_the_truth_about_items_and_delivery(
 
 
 def test_last_try_failing_after_parsing_keeps_the_item_counts(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.delivery import DeliveryError
-
-    monkeypatch.setenv("DELIVERY_URL", "http://127.0.0.1:9/never")
-    config.get_settings.cache_clear()
-
-    def unavailable(*args: object) -> None:
-        raise DeliveryError("downstream 503", transient=True, http_status=503)
-
-    monkeypatch.setattr(processing, "deliver", unavailable)
     report_id = submit(app, CSV, "text/csv")
-    with pytest.raises(TryAgain, match="DeliveryError"):
+    real_upload = app.container.upload_blob
+
+    def results_unwritable(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("results/"):
+            raise ServiceRequestError("storage unreachable")
+        return real_upload(name, *args, **kwargs)
+
+    monkeypatch.setattr(app.container, "upload_blob", results_unwritable)
+    with pytest.raises(TryAgain, match="ServiceRequestError"):
         run(app, report_id, dequeue_count=5)
     record = status.read(app.reports, "unit-proc", report_id).record()
     assert record.status == "failed" and record.items is not None and record.items.accepted == 3
-    assert record.delivery is not None and record.delivery.status == "failed"
 
 
 # --- through devhost: the host poisons a message without calling the app ---------------------------------------

@@ -177,3 +177,42 @@ def test_transient_failure_is_recorded_and_reraised_then_failed_on_the_last_try(
         run(app, report_id, dequeue_count=5)
     record = status.read(app.reports, "unit-proc", report_id).record()
     assert record.status == "failed" and len(record.exceptions) == 3 and record.completed_at
+
+
+def test_storage_throttling_is_waited_out_without_spending_a_try(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    app.queue.clear_messages()
+    busy = HttpResponseError("Server Busy")
+    busy.status_code = 503
+    with monkeypatch.context() as patch:
+        patch.setattr(processing, "_download", lambda *a: (_ for _ in ()).throw(busy))
+        record = run(app, report_id)  # no exception: the host deletes the message, no try is spent
+    assert record["status"] == "queued" and record["attempts"] == 0 and record["exceptions"] == []
+    assert not app.queue.peek_messages()  # sent again, hidden for its delay
+    assert app.queue.get_queue_properties().approximate_message_count == 1
+    hidden = next(iter(app.queue.receive_messages(visibility_timeout=1, max_messages=1)), None)
+    assert hidden is None, "hidden for the first delay (10 s)"
+    app.queue.clear_messages()
+
+
+def test_deferral_delays_double_up_to_the_cap_and_stop_at_the_window() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from shared import deferral
+    from shared.clock import to_iso
+    from shared.config import load_settings
+    from shared.models import QueueMessage
+
+    settings = load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "DELIVERY_RETRY_HOURS": "1"})
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    message = QueueMessage(id="r", sender="s", blob="b", sha256="0", content_type="text/csv")
+    delays = [deferral.delay_seconds(settings, message.model_copy(update={"deferrals": n}), now) for n in range(9)]
+    assert delays == [10, 20, 40, 80, 160, 320, 640, 900, 900]
+    late = message.model_copy(update={"deferred_since": to_iso(now - timedelta(minutes=59, seconds=30)),
+                                      "deferrals": 8})
+    assert deferral.delay_seconds(settings, late, now) <= 31 and not deferral.window_closed(settings, late, now)
+    assert deferral.window_closed(settings, late, now + timedelta(seconds=31))
