@@ -60,10 +60,16 @@ def cmd_senders(args: argparse.Namespace, storage: Storage) -> None:
     elif args.action in ("disable", "enable"):
         senders.set_enabled(table, args.name, args.action == "enable")
         print(json.dumps({"sender": args.name, "enabled": args.action == "enable"}))
+    elif args.action == "set":
+        allow = args.allow_duplicates == "true"
+        senders.set_allow_duplicates(table, args.name, allow)
+        print(json.dumps({"sender": args.name, "allow_duplicates": allow}))
     else:
+        default = get_settings().allow_duplicates_default
         for sender in senders.list_senders(table):
+            allow = default if sender.allow_duplicates is None else sender.allow_duplicates
             print(json.dumps({"sender": sender.name, "enabled": sender.enabled, "active_keys": sender.keys,
-                              "created_at": sender.created_at}))
+                              "allow_duplicates": allow, "created_at": sender.created_at}))
 
 
 DURATION = re.compile(r"^(\d{1,6})([smhd])$")
@@ -285,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
             action_parser.add_argument("--grace", default="0",
                                        help="how long the old keys keep working, e.g. 24h (default: not at all)")
     s_actions.add_parser("list", help="one JSON line per sender")
+    s_set = s_actions.add_parser("set", help="change a sender's settings")
+    s_set.add_argument("name")
+    s_set.add_argument("--allow-duplicates", required=True, choices=("true", "false"),
+                       help="false: results the sender already sent (within DUPLICATE_WINDOW_DAYS) are not delivered "
+                            "again (ReportStream's allowDuplicates)")
 
     k = groups.add_parser("keys", help="senders' public keys for ReportStream-style token authentication")
     k_actions = k.add_subparsers(dest="action", required=True)

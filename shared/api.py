@@ -135,7 +135,13 @@ def _submission(req: func.HttpRequest, sender: str, external_name: str | None = 
         content_digest=req.headers.get("content-digest"),
         content_length=req.headers.get("content-length"),
         external_name=external_name,
+        allow_duplicate=_flag(req.params.get("allowDuplicate") or req.params.get("allowduplicate")),
     )
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as ReportStream read them: `true` (any case) is true, anything else false."""
+    return (value or "").strip().lower() == "true"
 
 
 @telemetry.traced_ingest

@@ -32,6 +32,9 @@ SETTING_NAMES = {
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "AUTH_CACHE_SECONDS": "auth_cache_seconds",
     "VALIDATE_MAX_BYTES": "validate_max_bytes",
+    "FINGERPRINT_KEY": "fingerprint_key",
+    "ALLOW_DUPLICATES_DEFAULT": "allow_duplicates_default",
+    "DUPLICATE_WINDOW_DAYS": "duplicate_window_days",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "applicationinsights_connection_string",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
 }
@@ -61,6 +64,11 @@ class Settings(BaseModel):
     # POST /api/validate parses synchronously in the request, so it takes less than intake does.
     validate_max_bytes: int = Field(default=10_000_000, gt=0)
     max_dequeue_count: int = Field(default=5, ge=1)
+    # Duplicate detection (shared/duplicates.py): the HMAC key of item fingerprints (else one kept in storage), the
+    # setting of senders registered without one (ReportStream's allowDuplicates, true), and how far back it looks.
+    fingerprint_key: str | None = Field(default=None, min_length=16)
+    allow_duplicates_default: bool = True
+    duplicate_window_days: int = Field(default=365, ge=1, le=3650)
     # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
     applicationinsights_connection_string: str | None = None
     otlp_endpoint: str | None = None

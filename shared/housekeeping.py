@@ -1,5 +1,5 @@
 """What the timer does every pass: re-enqueue reports stored but never enqueued, mark `failed` the reports whose
-messages the host poisoned, and drop expired token ids. Each step runs even when another fails; a failure still
+messages the host poisoned, drop expired token ids and (once a day) fingerprints past their window. Each step runs even when another fails; a failure still
 fails the run (the host records it), after all steps had their turn."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from shared import poison, reconcile, tokens
+from shared import duplicates, poison, reconcile, tokens
 from shared.config import Settings
 from shared.storage import Storage
 
@@ -20,6 +20,8 @@ def run(storage: Storage, settings: Settings) -> None:
         ("reconcile", lambda: reconcile.reconcile(storage, settings)),
         ("poison sweep", lambda: poison.sweep(storage)),
         ("token ids", lambda: tokens.purge_used(storage.tokenids, storage.checkpoints, datetime.now(timezone.utc))),
+        ("fingerprints", lambda: duplicates.purge(storage.fingerprints, storage.senders, storage.checkpoints,
+                                                  datetime.now(timezone.utc))),
     ]
     failed: list[str] = []
     for name, step in steps:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # RFC 9530 algorithms worth checking (the others are deprecated there and may be ignored).
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 MAX_EXTERNAL_NAME = 255
+ALLOW_DUPLICATE = "allow_duplicate"  # row property: the sender asked this report to skip duplicate detection
 EXTERNAL_NAME = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_EXTERNAL_NAME}}}$")
 UNKNOWN_OUTCOME = "Storage did not answer; the report may not have been stored."
 UNKNOWN_OUTCOME_WITH_KEY = (f"{UNKNOWN_OUTCOME} Retry later with the same Idempotency-Key to be sure it is stored "
@@ -46,6 +47,7 @@ class Submission:
     content_digest: str | None = None  # the Content-Digest header (RFC 9530), when sent
     content_length: str | None = None  # the Content-Length header, when sent
     external_name: str | None = None  # the sender's own name for the file (ReportStream's payloadName)
+    allow_duplicate: bool = False  # ?allowDuplicate=true: this report skips its sender's duplicate detection
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,10 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     except ResourceExistsError:
         # The id is this request's own, fresh: the SDK retried an upload that had committed but lost its answer.
         log.info("report %s: raw blob already stored by an earlier try of this upload", report_id)
-    return _create_row(storage, status.new_entity(record, blob) | telemetry.context_fields())
+    entity = status.new_entity(record, blob) | telemetry.context_fields()
+    if sub.allow_duplicate:
+        entity[ALLOW_DUPLICATE] = True
+    return _create_row(storage, entity)
 
 
 class RowWriteUnknown(AzureError):

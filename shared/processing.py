@@ -10,20 +10,21 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import IO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from shared import deferral, logs, row_limits, status, telemetry
+from shared import deferral, duplicates, logs, row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
 from shared.formats import ContentError, parse_report
 from shared.logs import TryAgain
-from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, QueueMessage
+from shared.intake import ALLOW_DUPLICATE
+from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, NormalisedItem, QueueMessage
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, result_blob_name
 
@@ -89,6 +90,7 @@ class Parsed:
     warnings: IssueList
     results: IO[bytes]
     results_size: int
+    fingerprints: list[tuple[int, str]] = field(default_factory=list)
 
 
 @telemetry.traced_processing
@@ -164,10 +166,14 @@ def _run(
     storage: Storage, settings: Settings, message: QueueMessage, started: status.Row, attempt: int, progress: Progress
 ) -> Status:
     raw = _download(storage, message)
-    parsed = _parse(raw, message)
+    detecting = _detects_duplicates(storage, settings, started)
+    parsed = _parse(raw, message, _fingerprinter(storage, settings) if detecting else None)
     progress.items = parsed.counts
     del raw
     try:
+        if detecting and parsed.fingerprints:
+            parsed = _drop_duplicates(storage, settings, message, parsed)
+        progress.items = parsed.counts
         if parsed.counts.accepted == 0:
             _finish(
                 storage, message, started, Status.REJECTED, attempt, items=parsed.counts,
@@ -202,10 +208,53 @@ def _download(storage: Storage, message: QueueMessage) -> bytes:
     return raw
 
 
-def _parse(raw: bytes, message: QueueMessage) -> Parsed:
+def _parse(raw: bytes, message: QueueMessage, fingerprint: Callable[[NormalisedItem], str] | None) -> Parsed:
     """One pass over the items: accepted ones are spooled as NDJSON, issues collected and capped."""
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
-    return parse_items(raw, message.content_type, message.id, spool)
+    return parse_items(raw, message.content_type, message.id, spool, fingerprint)
+
+
+# --- duplicates ------------------------------------------------------------------------------------------------------
+
+
+def _detects_duplicates(storage: Storage, settings: Settings, row: status.Row) -> bool:
+    if row.entity.get(ALLOW_DUPLICATE):
+        return False
+    return duplicates.policy.detects(storage.senders, row.sender, settings.allow_duplicates_default)
+
+
+def _fingerprinter(storage: Storage, settings: Settings) -> Callable[[NormalisedItem], str]:
+    key = duplicates.service_key.get(storage.keys, settings.fingerprint_key)
+    return lambda item: duplicates.fingerprint(key, item)
+
+
+def _drop_duplicates(storage: Storage, settings: Settings, message: QueueMessage, parsed: Parsed) -> Parsed:
+    """Record the items' fingerprints; items the sender already sent (or sent twice here) are left out of the
+    results, each with a warning naming the item it repeats. Nothing left: the report is a duplicate."""
+    found = duplicates.find_and_record(storage.fingerprints, message.sender, message.id, message.sha256,
+                                       parsed.fingerprints, timedelta(days=settings.duplicate_window_days))
+    if not found:
+        return parsed
+    parsed.warnings.add([
+        Issue(scope="item", index=index, code="item.duplicate",
+              message=f"Item {index} repeats item {original.index} of report {original.report_id}: not delivered "
+                      "again.")
+        for index, original in sorted(found.items())])
+    kept: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    parsed.results.seek(0)
+    size = 0
+    for (index, _), line in zip(parsed.fingerprints, parsed.results, strict=True):
+        if index not in found:
+            kept.write(line)
+            size += len(line)
+    parsed.results.close()
+    counts = ItemCounts(total=parsed.counts.total, accepted=parsed.counts.accepted - len(found),
+                        rejected=parsed.counts.rejected + len(found))
+    errors = parsed.errors
+    if counts.accepted == 0:
+        errors.add([Issue(scope="report", code="report.duplicate",
+                          message="Every item of the report was sent before: nothing is delivered again.")])
+    return Parsed(counts, errors, parsed.warnings, kept, size, parsed.fingerprints)
 
 
 class Discard(io.RawIOBase):
@@ -221,9 +270,12 @@ class Discard(io.RawIOBase):
         return 0
 
 
-def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes]) -> Parsed:
+def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes],
+                fingerprint: Callable[[NormalisedItem], str] | None = None) -> Parsed:
     """Parse and validate every item, writing each accepted one to `sink` as a line of NDJSON: the one code path
-    for processing and for validation."""
+    for processing and for validation. With `fingerprint`, Parsed.fingerprints holds (item index, fingerprint) of
+    each accepted item, in the order of its lines."""
+    fingerprints: list[tuple[int, str]] = []
     errors, warnings = IssueList(), IssueList()
     accepted = rejected = 0
     size = 0
@@ -240,6 +292,8 @@ def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes]) 
             line = result.item.model_dump_json().encode("utf-8") + b"\n"
             sink.write(line)
             size += len(line)
+            if fingerprint is not None:
+                fingerprints.append((result.index, fingerprint(result.item)))
     except ContentError as exc:
         return _unusable(exc, accepted + rejected, warnings, sink)
     except MemoryError:
@@ -251,7 +305,7 @@ def parse_items(raw: bytes, content_type: str, report_id: str, sink: IO[bytes]) 
     if accepted + rejected == 0:
         errors.add([Issue(scope="report", code="report.no_items", message="The report holds no items.")])
     return Parsed(ItemCounts(total=accepted + rejected, accepted=accepted, rejected=rejected), errors, warnings, sink,
-                  size)
+                  size, fingerprints)
 
 
 def _unusable(exc: ContentError, seen: int, warnings: IssueList, sink: IO[bytes]) -> Parsed:

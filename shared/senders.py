@@ -39,6 +39,7 @@ class Sender:
     enabled: bool
     created_at: str
     keys: int
+    allow_duplicates: bool | None = None  # None: the ALLOW_DUPLICATES_DEFAULT setting applies
 
 
 def key_hash(key: str) -> str:
@@ -259,6 +260,14 @@ def list_senders(table: TableClient) -> list[Sender]:
     rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION})
     return [
         Sender(str(row["RowKey"]), bool(row.get("enabled")), str(row.get("created_at", "")),
-               len(key_hashes(table, row)))
+               len(key_hashes(table, row)), row.get("allow_duplicates"))
         for row in rows
     ]
+
+
+def set_allow_duplicates(table: TableClient, name: str, allow: bool) -> None:
+    """ReportStream's `allowDuplicates`: false turns duplicate detection on for the sender's reports (taken up by
+    processors within a minute)."""
+    _get(table, name)
+    table.update_entity({"PartitionKey": SENDER_PARTITION, "RowKey": name, "allow_duplicates": allow},
+                        mode=UpdateMode.MERGE)

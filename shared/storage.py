@@ -46,8 +46,9 @@ ACTIVITY_TABLE = "reportactivity"
 CHECKPOINTS_TABLE = "checkpoints"
 KEYS_TABLE = "keys"
 TOKEN_IDS_TABLE = "tokenids"
+FINGERPRINTS_TABLE = "fingerprints"
 TABLES = (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE, ACTIVITY_TABLE, CHECKPOINTS_TABLE, KEYS_TABLE,
-          TOKEN_IDS_TABLE)
+          TOKEN_IDS_TABLE, FINGERPRINTS_TABLE)
 QUEUE = "reports"
 POISON_QUEUE = "reports-poison"
 
@@ -122,6 +123,7 @@ class Storage:
     checkpoints: TableClient
     keys: TableClient
     tokenids: TableClient
+    fingerprints: TableClient
     queue: QueueClient
     poison: QueueClient
     tables: TableServiceClient
@@ -164,6 +166,7 @@ class Storage:
             checkpoints=tables.get_table_client(CHECKPOINTS_TABLE),
             keys=tables.get_table_client(KEYS_TABLE),
             tokenids=tables.get_table_client(TOKEN_IDS_TABLE),
+            fingerprints=tables.get_table_client(FINGERPRINTS_TABLE),
             queue=queue(QUEUE),
             # Read as stored: the host copies a message that is not base64 to the poison queue as it is, and the
             # SDK's decoding would fail the whole batch on it (shared/poison.py decodes each message itself).

@@ -1,0 +1,272 @@
+"""Duplicate results (table `fingerprints`): each accepted item's fingerprint, so a sender that sends the same result
+again (a re-sent file, a retry without its Idempotency-Key) does not have it delivered twice.
+
+A fingerprint is an HMAC of the item's ELR core key fields (patient, specimen collection, tests and results,
+performing lab), keyed by FINGERPRINT_KEY (else a key the service makes once and keeps in table `keys`), so it cannot
+be reversed by hashing guessed names and birth dates. Rows live in the sender's partition:
+
+    f~<fingerprint>              the item that first carried it: report id, item index, first seen
+    x~<YYYYMMDD>~<fingerprint>   when it leaves the window: the day's range is what the purge deletes
+
+Recording is one entity-group transaction per 50 items, creates only: when none exists (new results, the common
+case) that is the whole cost, and a create that fails names the first duplicate. A re-sent file is known by its
+body's digest (`d~<sha256>`) in the same transaction, so a whole file sent again costs one read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableTransactionError
+from cachetools import TTLCache
+
+from shared import table_batch
+from shared.clock import to_iso
+from shared.models import NormalisedItem
+
+log = logging.getLogger(__name__)
+
+ITEM, DIGEST, EXPIRY = "f~", "d~", "x~"
+DAY = "%Y%m%d"
+ITEMS_PER_BATCH = table_batch.MAX_OPERATIONS // 2 - 1  # two rows an item, plus the body's digest and its expiry
+SERVICE_PARTITION = "~service"
+SENDER_PARTITION = "sender"  # the senders table's sender rows (shared/senders.py)
+KEY_ROW = "fingerprint-key"
+# The ELR core fields that make two items the same result; message ids and report ids are left out on purpose: a
+# re-exported file gets new ones (ReportStream's deduplication design excluded them too).
+KEY_FIELDS = ("patient_id", "patient_birth_date", "patient_sex", "patient_postal_code", "specimen_collected_at",
+              "specimen_type_code", "performing_lab_clia", "ordering_provider_npi")
+
+
+@dataclass(frozen=True)
+class Original:
+    report_id: str
+    index: int
+
+
+def fingerprint(key: bytes, item: NormalisedItem) -> str:
+    values = [getattr(item, name) or "" for name in KEY_FIELDS]
+    values += [f"{o.test_code}={o.result_code or o.result}|{o.result_units or ''}" for o in item.observations] or [
+        f"{item.test_code}={item.result_code or item.result}|{item.result_units or ''}"]
+    canonical = "\x1f".join(values).encode("utf-8")
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+class _Key:
+    """The fingerprint key: the setting, else one made once per storage account and kept for the process."""
+
+    def __init__(self) -> None:
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def get(self, keys_table: TableClient, configured: str | None) -> bytes:
+        if configured:
+            return configured.encode("utf-8")
+        if self._key is None:
+            with self._lock:
+                if self._key is None:
+                    self._key = _load_or_create(keys_table)
+        return self._key
+
+
+def _load_or_create(table: TableClient) -> bytes:
+    for _ in range(3):
+        try:
+            return base64.b64decode(str(table.get_entity(SERVICE_PARTITION, KEY_ROW)["secret"]))
+        except ResourceNotFoundError:
+            pass
+        try:
+            made = secrets.token_bytes(32)
+            table.create_entity({"PartitionKey": SERVICE_PARTITION, "RowKey": KEY_ROW,
+                                 "secret": base64.b64encode(made).decode()})
+            return made
+        except ResourceExistsError:
+            continue
+    raise RuntimeError("could not read or create the fingerprint key")
+
+
+service_key = _Key()
+
+
+def find_and_record(
+    table: TableClient, sender: str, report_id: str, body_sha256: str, items: list[tuple[int, str]],
+    window: timedelta, now: datetime | None = None,
+) -> dict[int, Original]:
+    """Record the report's item fingerprints; return the items that duplicate an earlier one (in this report, or
+    one the sender sent within `window`), each with the item it repeats. A retry of the same report is not a
+    duplicate of itself."""
+    now = now or datetime.now(timezone.utc)
+    duplicates: dict[int, Original] = {}
+    first: dict[str, int] = {}
+    for index, fp in items:
+        if fp in first:
+            duplicates[index] = Original(report_id, first[fp])
+        else:
+            first[fp] = index
+    earlier = _same_body(table, sender, report_id, body_sha256, now)
+    if earlier is not None:
+        # The very file was sent before: each item repeats the item at the same place in that report.
+        return {index: Original(earlier, index) for index, _ in items}
+    fresh = [(index, fp) for fp, index in first.items()]
+    expires = (now + window).strftime(DAY)
+    extra = [_digest_ops(sender, report_id, body_sha256, now, expires)]
+    for chunk in _chunks(fresh, ITEMS_PER_BATCH):
+        duplicates.update(_record_chunk(table, sender, report_id, chunk, now, expires, extra.pop() if extra else []))
+    return duplicates
+
+
+def _chunks(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[tuple[str, dict]]:
+    return [("upsert", {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
+                        "first_seen": to_iso(now), "expires_on": expires}),
+            ("upsert", {"PartitionKey": sender, "RowKey": f"{EXPIRY}{expires}~{DIGEST}{sha256}"})]
+
+
+def _same_body(table: TableClient, sender: str, report_id: str, sha256: str, now: datetime) -> str | None:
+    try:
+        row = table.get_entity(sender, f"{DIGEST}{sha256}")
+    except ResourceNotFoundError:
+        return None
+    if row.get("report_id") == report_id or _expired_row(row, now):
+        return None
+    return str(row["report_id"])
+
+
+def _expired_row(row: dict, now: datetime) -> bool:
+    expires = row.get("expires_on")
+    return bool(expires) and str(expires) < now.strftime(DAY)
+
+
+def _item_ops(sender: str, report_id: str, index: int, fp: str, now: datetime, expires: str,
+              kind: str = "create") -> list[tuple[str, dict]]:
+    return [(kind, {"PartitionKey": sender, "RowKey": f"{ITEM}{fp}", "report_id": report_id, "index": index,
+                    "first_seen": to_iso(now), "expires_on": expires}),
+            ("upsert", {"PartitionKey": sender, "RowKey": f"{EXPIRY}{expires}~{ITEM}{fp}"})]
+
+
+def _record_chunk(
+    table: TableClient, sender: str, report_id: str, chunk: list[tuple[int, str]], now: datetime, expires: str,
+    extra: list[tuple[str, dict]],
+) -> dict[int, Original]:
+    ops = [op for index, fp in chunk for op in _item_ops(sender, report_id, index, fp, now, expires)] + extra
+    try:
+        table_batch.submit(table, ops)
+        return {}
+    except TableTransactionError as exc:
+        if exc.status_code != 409 or not 0 <= exc.index < 2 * len(chunk):
+            raise
+        position = exc.index // 2
+    # A fingerprint is there already. The transaction wrote nothing; those before it are new. From it on each is
+    # read (a re-sent batch holds many duplicates), then the new ones are written together.
+    duplicates: dict[int, Original] = {}
+    fresh = chunk[:position]
+    for index, fp in chunk[position:]:
+        original = _existing(table, sender, fp, now)
+        if original is None:
+            fresh.append((index, fp))  # absent, or past its window: this item takes it over
+        elif original.report_id != report_id:  # (else an earlier try of this report recorded it)
+            duplicates[index] = original
+    ops = [op for index, fp in fresh for op in _item_ops(sender, report_id, index, fp, now, expires, "upsert")]
+    if ops or extra:
+        table_batch.submit(table, ops + extra)
+    return duplicates
+
+
+def _existing(table: TableClient, sender: str, fp: str, now: datetime) -> Original | None:
+    """The item a fingerprint names, unless it is gone or past its window (then it may be taken over)."""
+    try:
+        row = table.get_entity(sender, f"{ITEM}{fp}")
+    except ResourceNotFoundError:
+        return None
+    if _expired_row(row, now):
+        return None
+    return Original(str(row["report_id"]), int(row["index"]))
+
+
+def purge_day(table: TableClient, sender: str, day: datetime) -> int:
+    """Delete what left the window on `day`: a bounded range of the sender's expiry entries, and the rows they name
+    (never a row since taken over by a later item, whose expiry is later)."""
+    prefix = f"{EXPIRY}{day.strftime(DAY)}~"
+    deleted = 0
+    rows = table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                parameters={"pk": sender, "lo": prefix, "hi": prefix + "~"}, select=["RowKey"])
+    for entry in rows:
+        named = str(entry["RowKey"])[len(prefix):]
+        try:
+            row = table.get_entity(sender, named)
+            if str(row.get("expires_on", day.strftime(DAY))) <= day.strftime(DAY) or named.startswith(DIGEST):
+                table.delete_entity(sender, named)
+                deleted += 1
+        except ResourceNotFoundError:
+            pass
+        table.delete_entity(sender, str(entry["RowKey"]))
+    return deleted
+
+
+class SenderPolicy:
+    """Whether a sender has duplicate detection on (its `allow_duplicates` false), remembered for a minute."""
+
+    def __init__(self) -> None:
+        self._cache: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
+        self._lock = threading.Lock()
+
+    def detects(self, senders_table: TableClient, sender: str, default_allow: bool) -> bool:
+        with self._lock:
+            known = self._cache.get(sender)
+        if known is not None:
+            return known
+        try:
+            row = senders_table.get_entity(SENDER_PARTITION, sender)
+            allow = row.get("allow_duplicates")
+        except ResourceNotFoundError:
+            allow = None
+        detects = not (default_allow if allow is None else bool(allow))
+        with self._lock:
+            self._cache[sender] = detects
+        return detects
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+policy = SenderPolicy()
+
+
+PURGE_JOB = "fingerprints-purge"
+PURGE_FIRST_LOOKBACK_DAYS = 7
+
+
+def purge(table: TableClient, senders_table: TableClient, checkpoints_table: TableClient, now: datetime) -> int:
+    """Once a day: for each day that has passed since the last purge, delete each sender's fingerprints that left
+    the window that day (bounded ranges; the senders table is small)."""
+    from shared import checkpoints  # the job's own resume point
+
+    yesterday = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    done = checkpoints.get(checkpoints_table, PURGE_JOB)
+    day = (datetime.strptime(done, DAY).replace(tzinfo=timezone.utc) + timedelta(days=1) if done
+           else yesterday - timedelta(days=PURGE_FIRST_LOOKBACK_DAYS))
+    names = None
+    deleted = 0
+    while day <= yesterday:
+        if names is None:
+            names = [str(row["RowKey"]) for row in senders_table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION}, select=["RowKey"])]
+        for name in names:
+            deleted += purge_day(table, name, day)
+        checkpoints.put(checkpoints_table, PURGE_JOB, "", day.strftime(DAY))
+        day += timedelta(days=1)
+    return deleted
