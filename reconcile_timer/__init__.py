@@ -1,5 +1,4 @@
-"""Timer: re-enqueue reports stored but never enqueued, mark `failed` the reports the host gave up on, and drop
-used token ids that have expired."""
+"""Timer: re-enqueue reports stored but never enqueued, and drop used token ids and fingerprints that expired."""
 
 import azure.functions as func
 

@@ -11,12 +11,10 @@ import json
 import os
 import re
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
-from azure.storage.queue import QueueMessage as StoredMessage
 
 from shared import activity, index, keys, poison, reconcile, reindex, senders, status, work
 from shared.clock import to_iso
@@ -116,23 +114,22 @@ def _describe_key(key: keys.PublicKey) -> dict:
 CLEAR_WHEN = frozenset({Status.PROCESSED, Status.REJECTED})
 
 
-def cmd_poison_list(storage: Storage) -> int:
-    """Peek only: listing changes nothing in the queue (not even dequeue counts)."""
-    shown, total = poison.peek(storage)
-    for item in shown:
-        message, stored = item.message, item.stored
-        row = status.read(storage.reports, message.sender, message.id) if message else None
+def cmd_poison_list(storage: Storage, limit: int) -> int:
+    """The reports waiting for an operator, as the poison trigger recorded them; reading changes nothing."""
+    shown = 0
+    for waiting in poison.waiting(storage.poisoned):
+        if shown >= limit:
+            print(f"more than {limit} waiting; `poison list --limit N` shows more, `poison replay --all` handles "
+                  "them all", file=sys.stderr)
+            break
+        row = status.read(storage.reports, waiting.sender, waiting.report_id)
+        record = row.record() if row else None
         print("\t".join([
-            message.id if message else "(unreadable)",
-            message.sender if message else "-",
-            row.status.value if row else "-",
-            f"dequeued={stored.dequeue_count}",
-            f"inserted={stored.inserted_on.isoformat() if stored.inserted_on else '-'}",
+            waiting.report_id, waiting.sender, row.status.value if row else "-",
+            f"tries={record.attempts if record else '-'}", f"poisoned={waiting.arrived_at}",
         ]))
-    print(f"{len(shown)} poison message(s) shown", file=sys.stderr)
-    if total > len(shown):
-        print(f"about {total} in the queue: a peek shows at most {poison.PEEK_LIMIT} (and none that a sweep or "
-              "a replay is reading right now); `poison replay --all` handles them all", file=sys.stderr)
+        shown += 1
+    print(f"{shown} report(s) waiting in the poison record", file=sys.stderr)
     return 0
 
 
@@ -198,65 +195,31 @@ def cmd_poison_replay(args: argparse.Namespace, storage: Storage) -> int:
     if args.id:
         row = _find_row(storage, args.id, args.sender)
         replay_report(storage, row, force=args.force)
+        poison.close(storage, row.sender, row.id)
         print(f"replayed {row.id} ({row.sender})")
-        walked = []
-        for item in poison.walk(storage, lease_seconds=30):
-            if item.message and item.message.id == args.id:
-                poison.delete(storage, item.stored)
-            else:
-                walked.append(item.stored)
-        for stored in walked:
-            poison.restore(storage, stored)
         return 0
     counts = {"replayed": 0, "cleared": 0, "skipped": 0}
-    # Skipped messages stay hidden (leased) until the end: given back at once, they would come round again in the
-    # same walk, and a batch of nothing but them would end the walk before the messages behind them.
-    skipped: dict[str, StoredMessage] = {}
-    # Messages another reader holds (the timer's sweep, another operator) are invisible to this walk: walk again
-    # until only the skipped ones are left, for as long as such a reader keeps them hidden.
-    deadline = time.monotonic() + poison.WALK_LEASE_SECONDS + 30
-    try:
-        while True:
-            for item in poison.walk(storage, lease_seconds=300):
-                if item.stored.id in skipped:  # its lease ran out: hold it again, under the new pop receipt
-                    skipped[item.stored.id] = item.stored
-                    continue
-                outcome = _replay_poisoned(storage, item)
-                counts[outcome] += 1
-                if outcome == "skipped":
-                    skipped[item.stored.id] = item.stored
-            hidden = poison.depth(storage) - len(skipped)
-            if hidden <= 0 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-    finally:
-        for stored in skipped.values():
-            poison.restore(storage, stored)
+    for waiting in list(poison.waiting(storage.poisoned)):
+        counts[_replay_waiting(storage, waiting)] += 1
     print(", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
-    if hidden > 0:
-        print(f"about {hidden} poison message(s) stayed hidden (another reader holds them); run again", file=sys.stderr)
-    return 1 if counts["skipped"] or hidden > 0 else 0
+    return 1 if counts["skipped"] else 0
 
 
-def _replay_poisoned(storage: Storage, item: poison.Poisoned) -> str:
-    """Replay one poison message's report, or clear the message if its report already finished; a message skipped
-    is left to the caller to give back."""
-    message = item.message
-    if message is None:
-        print(f"skipped unreadable poison message {item.stored.id}", file=sys.stderr)
-        return "skipped"
+def _replay_waiting(storage: Storage, waiting: poison.Waiting) -> str:
+    """Replay one waiting report, or clear it from the record if it finished meanwhile."""
+    row = status.read(storage.reports, waiting.sender, waiting.report_id)
+    if row is None or row.status in CLEAR_WHEN:
+        poison.close(storage, waiting.sender, waiting.report_id)
+        print(f"cleared {waiting.report_id} ({waiting.sender}): "
+              f"{'already ' + row.status.value if row else 'no such report'}")
+        return "cleared"
     try:
-        row = _find_row(storage, message.id, message.sender)
-        if row.status in CLEAR_WHEN:
-            poison.delete(storage, item.stored)
-            print(f"cleared {message.id} ({message.sender}): already {row.status.value}")
-            return "cleared"
         replay_report(storage, row)
     except AdminError as exc:
-        print(f"skipped {message.id}: {exc}", file=sys.stderr)
+        print(f"skipped {waiting.report_id}: {exc}", file=sys.stderr)
         return "skipped"
-    poison.delete(storage, item.stored)
-    print(f"replayed {message.id} ({message.sender})")
+    poison.close(storage, waiting.sender, waiting.report_id)
+    print(f"replayed {waiting.report_id} ({waiting.sender})")
     return "replayed"
 
 
@@ -309,20 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     k_remove.add_argument("scope")
     k_remove.add_argument("--kid", required=True)
 
-    p = groups.add_parser("poison", help="inspect and replay the poison queue")
+    p = groups.add_parser("poison", help="the reports the host gave up on (recorded from the poison queue)")
     p_actions = p.add_subparsers(dest="action", required=True)
-    p_actions.add_parser("list", help="one line per poison message: report id, sender, status")
+    p_list = p_actions.add_parser("list", help="one line per waiting report: id, sender, status, tries, when")
+    p_list.add_argument("--limit", type=int, default=1000, help="show at most this many (default 1000)")
     replay = p_actions.add_parser("replay", help="send poison messages (or a report by id) back for processing")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="replay this report, even if its poison message is gone")
     which.add_argument("--all", action="store_true",
-                       help="replay every poison message; clear those of reports already processed or rejected")
+                       help="replay every waiting report; clear those already processed or rejected")
     replay.add_argument("--sender", help="the report's sender (optional; found from the id otherwise)")
     replay.add_argument("--force", action="store_true",
                         help="with --id: replay a report that is queued, or processing but no longer running")
 
-    groups.add_parser("reconcile", help="what the timer does, now: re-enqueue reports stored but never enqueued, "
-                                        "and mark failed the pending reports in the poison queue")
+    groups.add_parser("reconcile", help="what the timer does, now: re-enqueue reports stored but never enqueued")
 
     i = groups.add_parser("index", help="the listing index of table reports")
     i_actions = i.add_subparsers(dest="action", required=True)
@@ -343,11 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd_keys(args, storage)
             return 0
         if args.group == "poison":
-            return cmd_poison_list(storage) if args.action == "list" else cmd_poison_replay(args, storage)
+            return cmd_poison_list(storage, args.limit) if args.action == "list" else cmd_poison_replay(args, storage)
         if args.group == "index":
             return cmd_index_rebuild(args, storage)
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
-        print(f"{poison.sweep(storage)} report(s) in the poison queue marked failed")
         return 0
     except (AdminError, senders.SenderError, keys.KeyRegistryError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

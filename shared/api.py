@@ -11,7 +11,19 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from shared import auth, hl7_ack, intake, listing, logs, lookup, processing, reportstream, telemetry, tokens
+from shared import (
+    auth,
+    hl7_ack,
+    intake,
+    listing,
+    logs,
+    lookup,
+    poison,
+    processing,
+    reportstream,
+    telemetry,
+    tokens,
+)
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
@@ -324,7 +336,7 @@ def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
 
 def health(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     queue_depth = storage.queue.get_queue_properties().approximate_message_count
-    poison_depth = storage.poison.get_queue_properties().approximate_message_count
+    poison_depth = poison.depth(storage)
     return _json(Health(status="ok", queue_depth=queue_depth, poison_depth=poison_depth).model_dump(mode="json"), 200)
 
 

@@ -1,5 +1,5 @@
-"""What the timer does every pass: re-enqueue reports stored but never enqueued, mark `failed` the reports whose
-messages the host poisoned, drop expired token ids and (once a day) fingerprints past their window. Each step runs even when another fails; a failure still
+"""What the timer does every pass: re-enqueue reports stored but never enqueued, drop expired token ids and (once a
+day) fingerprints past their window and poison records past 90 days. Each step runs even when another fails; a failure still
 fails the run (the host records it), after all steps had their turn."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 def run(storage: Storage, settings: Settings) -> None:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("reconcile", lambda: reconcile.reconcile(storage, settings)),
-        ("poison sweep", lambda: poison.sweep(storage)),
         ("token ids", lambda: tokens.purge_used(storage.tokenids, storage.checkpoints, datetime.now(timezone.utc))),
         ("fingerprints", lambda: duplicates.purge(storage.fingerprints, storage.senders, storage.checkpoints,
                                                   datetime.now(timezone.utc))),
+        ("poison record", lambda: poison.purge_record(storage.poisoned, storage.checkpoints,
+                                                      datetime.now(timezone.utc))),
     ]
     failed: list[str] = []
     for name, step in steps:

@@ -1,16 +1,18 @@
-"""The poison queue (`reports-poison`): what the host gave up on, how it ends `failed`, and how operators see it.
+"""What the host gave up on: the `poison_queue` trigger records each message the host moves to `reports-poison`
+(table `poisoned`) and ends its report `failed`; operators list and replay from the record.
 
-The host moves a work message there after its last try. Usually the app has already marked the report `failed`
-on that try, but not when the worker crashed or timed out on it, when the final write failed, or when a message
-already over maxDequeueCount is poisoned without running. `sweep` (run by reconcile_timer) closes those: every
-report named by a poison message that is still pending becomes `failed`, with an exceptions entry saying so.
+The host moves a work message there after its last try. Usually the app has already marked the report `failed` on
+that try, but not when the worker crashed or timed out on it, when the final write failed, or when a message already
+over maxDequeueCount is poisoned without running. The trigger (the Functions idiom) closes those as each message
+arrives, so nothing needs to walk the queue: a pass of the old sweep received every poison message (500 took 21 s),
+and its cost grew with the very backlog operators need to see during a mass failure.
 
-Why a sweep and not a queue trigger on `reports-poison` (the Functions idiom): a trigger deletes each message
-once it has run, and the poison queue is what operators list, replay from and alert on (`poison_depth`). The
-sweep leaves the queue as it is. It receives every poison message (hidden while it looks, shown again at the
-end), so a pass costs about depth/32 + depth storage calls, plus a row read for each message it has not settled
-before, and raises the dequeue count of poison messages (nothing reads that count). The queue is meant to stay
-near empty: operators replay or clear it.
+Table `poisoned`:
+
+    PartitionKey YYYYMMDD, RowKey <HHMMSSffffff>~<message id>   every poison message, by the day it arrived
+    PartitionKey `open`,   RowKey <sender>~<report id>          the reports waiting for an operator (one each)
+
+Listing, replaying and health read the `open` partition only, so their cost follows what waits, never history.
 """
 
 from __future__ import annotations
@@ -19,98 +21,99 @@ import base64
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.storage.queue import QueueMessage as StoredMessage
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient
 from pydantic import ValidationError
 
 from shared import status
-from shared.clock import now_iso
+from shared.clock import now_iso, to_iso
 from shared.models import Delivery, ExceptionEntry, QueueMessage
 from shared.status import TERMINAL, Status
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
-PEEK_LIMIT = 32  # the most one peek (or receive) returns
-# How long a walk keeps messages hidden: longer than a walk takes, short enough that a crashed walk's messages
-# reappear soon for `poison list`. A sweep adds time per message, measured at well over 10 messages a second.
-WALK_LEASE_SECONDS = 120
-SWEEP_MESSAGES_PER_SECOND = 10
+OPEN = "open"
+# Every open entry's key (sender names start with a letter or digit, and sort before '~').
+OPEN_RANGE = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+OPEN_PARAMETERS = {"pk": OPEN, "lo": "0", "hi": "~"}
+DAY = "%Y%m%d"
 GIVEN_UP = "GivenUp"
+DEPTH_PAGE = 1000  # health counts at most this many open reports (one query)
 # A row written this long after its message was poisoned was changed since (a replay, or another copy of the
 # work): the poison message no longer speaks for it. Both times come from the storage service, but a queue
 # message's insertion time has whole seconds only.
 STALE_AFTER = timedelta(seconds=5)
-# Poison messages a sweep of this process has already settled (their report was given up, or had finished or been
-# changed since): a later pass does not read their rows again. Safe because a settled message stays settled: a
-# report can only leave a terminal state by a replay, which writes the row after the message was poisoned (so
-# `_changed_since` holds) and deletes the message. Bounded; forgetting only costs a row read.
-_settled: set[str] = set()
-SETTLED_LIMIT = 100_000
+MAX_KEPT_BODY = 2048  # of a message that is no work message: enough to tell what it was
 
 
-@dataclass
-class Poisoned:
-    """One poison message as stored, with its work message if it parses."""
+@dataclass(frozen=True)
+class Waiting:
+    """A report waiting for an operator: its work message as the host poisoned it."""
 
-    stored: StoredMessage
-    message: QueueMessage | None
+    sender: str
+    report_id: str
+    arrived_at: str
+    message: QueueMessage
 
 
-def _parse(stored: StoredMessage) -> Poisoned:
-    """The work message in a poison message as stored (base64, as the host writes it); None if it is not one, such
-    as a message that was not base64 to begin with, which the host poisons as it is."""
+def record(storage: Storage, body: bytes, message_id: str, inserted: datetime | None) -> str:
+    """Record one poison message (the trigger's work; a retried call records it once), and give its report up.
+    Returns what happened, for the log."""
+    arrived = inserted or datetime.now(timezone.utc)
+    message = _parse(body)
+    entry = {"PartitionKey": arrived.strftime(DAY), "RowKey": f"{arrived:%H%M%S%f}~{message_id}",
+             "arrived_at": to_iso(arrived)}
+    if message is None:
+        entry["unreadable"] = base64.b64encode(body[:MAX_KEPT_BODY]).decode()
+        storage.poisoned.upsert_entity(entry)
+        log.warning("poison message %s is not a work message; recorded, nothing to replay", message_id)
+        return "unreadable"
+    text = message.model_dump_json(exclude_none=True)
+    storage.poisoned.upsert_entity({**entry, "report_id": message.id, "sender": message.sender, "message": text})
+    storage.poisoned.upsert_entity({"PartitionKey": OPEN, "RowKey": _open_key(message.sender, message.id),
+                                    "arrived_at": to_iso(arrived), "message": text})
+    if give_up(storage, message, inserted):
+        log.warning("report %s given up: its message is in the poison queue", message.id)
+        return "given up"
+    return "recorded"
+
+
+def _parse(body: bytes) -> QueueMessage | None:
     try:
-        return Poisoned(stored, QueueMessage.model_validate_json(base64.b64decode(stored.content, validate=True)))
-    except (ValidationError, ValueError, TypeError):
-        return Poisoned(stored, None)
+        return QueueMessage.model_validate_json(body)
+    except (ValidationError, ValueError):
+        return None
+
+
+def _open_key(sender: str, report_id: str) -> str:
+    return f"{sender}~{report_id}"
+
+
+def waiting(table: TableClient) -> Iterator[Waiting]:
+    """Every report waiting for an operator, by sender and id (one partition, paged)."""
+    for row in table.query_entities(OPEN_RANGE, parameters=OPEN_PARAMETERS):
+        message = _parse(str(row.get("message", "")).encode())
+        if message is not None:
+            yield Waiting(message.sender, message.id, str(row.get("arrived_at", "")), message)
 
 
 def depth(storage: Storage) -> int:
-    """About how many poison messages there are, hidden ones included."""
-    return storage.poison.get_queue_properties().approximate_message_count or 0
+    """How many reports wait for an operator (up to DEPTH_PAGE, one query), plus the poison messages the trigger
+    has not recorded yet."""
+    pages = storage.poisoned.query_entities(OPEN_RANGE, parameters=OPEN_PARAMETERS, select=["RowKey"],
+                                            results_per_page=DEPTH_PAGE).by_page()
+    recorded = len(list(next(pages, [])))
+    unrecorded = storage.poison.get_queue_properties().approximate_message_count or 0
+    return recorded + unrecorded
 
 
-def peek(storage: Storage) -> tuple[list[Poisoned], int]:
-    """The first poison messages, without changing the queue, and about how many there are in all."""
-    total = depth(storage)
-    shown = [_parse(m) for m in storage.poison.peek_messages(max_messages=PEEK_LIMIT)]
-    return shown, max(total, len(shown))
-
-
-def walk(storage: Storage, lease_seconds: int = WALK_LEASE_SECONDS) -> Iterator[Poisoned]:
-    """Every visible poison message once, each hidden for `lease_seconds` from when it is received. The caller
-    deletes a message or gives it back with `restore`."""
-    seen: set[str] = set()
-    while True:
-        batch = list(storage.poison.receive_messages(messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT,
-                                                     visibility_timeout=lease_seconds))
-        fresh = [m for m in batch if m.id not in seen]
-        for again in batch:
-            if again.id in seen:
-                restore(storage, again)  # came round once its lease ran out: this receive must not hide it on
-        if not fresh:
-            return  # empty, or the lease ran out and messages came round again
-        for stored in fresh:
-            seen.add(stored.id)
-            yield _parse(stored)
-
-
-def restore(storage: Storage, stored: StoredMessage) -> None:
-    """Make a walked message visible again, as it was."""
+def close(storage: Storage, sender: str, report_id: str) -> None:
+    """The report no longer waits (replayed, or finished meanwhile)."""
     try:
-        storage.poison.update_message(stored.id, pop_receipt=stored.pop_receipt, visibility_timeout=0)
-    except (ResourceNotFoundError, HttpResponseError) as exc:
-        if getattr(exc, "status_code", None) not in (400, 404):
-            raise
-        # Deleted meanwhile (a replay), or the lease ran out and someone else holds it now: nothing to give back.
-
-
-def delete(storage: Storage, stored: StoredMessage) -> None:
-    try:
-        storage.poison.delete_message(stored.id, pop_receipt=stored.pop_receipt)
+        storage.poisoned.delete_entity(OPEN, _open_key(sender, report_id))
     except ResourceNotFoundError:
         pass
 
@@ -122,8 +125,8 @@ def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | Non
     def change(row: status.Row) -> dict | None:
         if row.status in TERMINAL or _changed_since(row, poisoned_at):
             return None
-        record = row.record()
-        attempt = record.attempts + 1  # the try that ended in the poison queue was not recorded
+        record_ = row.record()
+        attempt = record_.attempts + 1  # the try that ended in the poison queue was not recorded
         entry = ExceptionEntry(
             attempt=attempt, at=at, type=GIVEN_UP,
             message="The host moved the work message to the poison queue after its last try, with no outcome "
@@ -132,10 +135,11 @@ def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | Non
         )
         changes: dict[str, object] = {
             "status": Status.FAILED, "completed_at": at, "attempts": attempt,
-            "exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()],
+            "exceptions": [e.model_dump() for e in record_.exceptions] + [entry.model_dump()],
         }
-        if record.delivery is not None and record.delivery.status == "pending":
-            changes["delivery"] = Delivery(status="failed", at=at, http_status=record.delivery.http_status).model_dump()
+        if record_.delivery is not None and record_.delivery.status == "pending":
+            changes["delivery"] = Delivery(status="failed", at=at,
+                                           http_status=record_.delivery.http_status).model_dump()
         return changes
 
     before = status.read(storage.reports, message.sender, message.id)
@@ -150,23 +154,29 @@ def _changed_since(row: status.Row, poisoned_at: datetime | None) -> bool:
     return poisoned_at is not None and written is not None and written > poisoned_at + STALE_AFTER
 
 
-def sweep(storage: Storage) -> int:
-    """Give up every pending report that has a poison message; returns how many were marked `failed`."""
-    walked: list[Poisoned] = []
-    given_up = 0
-    lease = WALK_LEASE_SECONDS + depth(storage) // SWEEP_MESSAGES_PER_SECOND  # so the walk ends before its lease
-    try:
-        for poisoned in walk(storage, lease):
-            walked.append(poisoned)
-            if poisoned.message is None or poisoned.stored.id in _settled:
-                continue
-            if give_up(storage, poisoned.message, poisoned.stored.inserted_on):
-                given_up += 1
-                log.warning("report %s given up: its message is in the poison queue", poisoned.message.id)
-            if len(_settled) >= SETTLED_LIMIT:
-                _settled.clear()
-            _settled.add(poisoned.stored.id)
-    finally:
-        for poisoned in walked:
-            restore(storage, poisoned.stored)
-    return given_up
+RECORD_DAYS = 90  # how long the day partitions keep every poison message, for the record
+PURGE_JOB = "poisoned-purge"
+
+
+def purge_record(table: TableClient, checkpoints_table: TableClient, now: datetime) -> int:
+    """Once a day: drop the day partitions older than RECORD_DAYS (a day's range at a time, by name). The open
+    entries stay until an operator replays or clears them."""
+    from shared import checkpoints
+
+    last = (now - timedelta(days=RECORD_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
+    done = checkpoints.get(checkpoints_table, PURGE_JOB)
+    day = (datetime.strptime(done, DAY).replace(tzinfo=timezone.utc) + timedelta(days=1) if done
+           else last - timedelta(days=7))
+    deleted = 0
+    while day <= last:
+        partition = day.strftime(DAY)
+        for row in table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                        parameters={"pk": partition, "lo": "0", "hi": "~"}, select=["RowKey"]):
+            try:
+                table.delete_entity(partition, str(row["RowKey"]))
+                deleted += 1
+            except ResourceNotFoundError:
+                pass
+        checkpoints.put(checkpoints_table, PURGE_JOB, "", partition)
+        day += timedelta(days=1)
+    return deleted

@@ -47,8 +47,9 @@ CHECKPOINTS_TABLE = "checkpoints"
 KEYS_TABLE = "keys"
 TOKEN_IDS_TABLE = "tokenids"
 FINGERPRINTS_TABLE = "fingerprints"
+POISONED_TABLE = "poisoned"
 TABLES = (REPORTS_TABLE, SENDERS_TABLE, IDEMPOTENCY_TABLE, ACTIVITY_TABLE, CHECKPOINTS_TABLE, KEYS_TABLE,
-          TOKEN_IDS_TABLE, FINGERPRINTS_TABLE)
+          TOKEN_IDS_TABLE, FINGERPRINTS_TABLE, POISONED_TABLE)
 QUEUE = "reports"
 POISON_QUEUE = "reports-poison"
 
@@ -124,6 +125,7 @@ class Storage:
     keys: TableClient
     tokenids: TableClient
     fingerprints: TableClient
+    poisoned: TableClient
     queue: QueueClient
     poison: QueueClient
     tables: TableServiceClient
@@ -167,9 +169,9 @@ class Storage:
             keys=tables.get_table_client(KEYS_TABLE),
             tokenids=tables.get_table_client(TOKEN_IDS_TABLE),
             fingerprints=tables.get_table_client(FINGERPRINTS_TABLE),
+            poisoned=tables.get_table_client(POISONED_TABLE),
             queue=queue(QUEUE),
-            # Read as stored: the host copies a message that is not base64 to the poison queue as it is, and the
-            # SDK's decoding would fail the whole batch on it (shared/poison.py decodes each message itself).
+            # Read as stored: the host copies a message that is not base64 to the poison queue as it is.
             poison=queue(POISON_QUEUE, decode=False),
             tables=tables,
         )

@@ -3,19 +3,19 @@ commands tell the truth without changing what they read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 from azure.core.exceptions import ServiceRequestError
-from azure.functions.timer import TimerRequest
 from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
 
-import reconcile_timer
 from devhost.azurite import Azurite
 from devhost.process import DevHostProcess
-from shared.logs import TryAgain
 from shared import admin, config, poison, processing, status
+from shared.logs import TryAgain
 from shared.storage import Storage
 from shared.work import message_for
 from tests.downstream import Downstream
@@ -24,7 +24,7 @@ from tests.test_processing import run, submit
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
 DISABLE_PROCESSOR = {"AzureWebJobs.process_queue.Disabled": "true"}
-# The timer's own sweep would read the poison queue whenever the clock says: these tests run it themselves.
+# The timer's reconciler would enqueue `received` rows whenever the clock says: these tests run it themselves.
 NO_TIMER = {"AzureWebJobs.reconcile_timer.Disabled": "true"}
 
 
@@ -33,25 +33,40 @@ def queue(conn: str, name: str) -> QueueClient:
                                               message_decode_policy=BinaryBase64DecodePolicy())
 
 
-def poison_as_the_host_does(storage: Storage, sender: str, report_id: str) -> None:
-    """The host copies the work message to `reports-poison` after the last try."""
+class _Poisoned:
+    """A message as the host hands it to the poison_queue trigger."""
+
+    def __init__(self, body: bytes, message_id: str, inserted: datetime | None) -> None:
+        self._body, self.id, self.insertion_time = body, message_id, inserted
+
+    def get_body(self) -> bytes:
+        return self._body
+
+
+def poison_as_the_host_does(storage: Storage, sender: str, report_id: str, message_id: str | None = None) -> None:
+    """The host copies the work message to `reports-poison` after the last try; its trigger then runs."""
+    import poison_queue
+
     row = status.read(storage.reports, sender, report_id)
-    storage.poison.send_message(message_for(row).model_dump_json())
+    body = message_for(row).model_dump_json().encode()
+    poison_queue.main(_Poisoned(body, message_id or f"m-{report_id}", datetime.now(timezone.utc)))
 
 
-def clear_poison_of(storage: Storage, report_ids: set[str], message_ids: frozenset[str] = frozenset()) -> None:
-    """Leave the shared Azurite's poison queue as other tests found it."""
-    for item in poison.walk(storage, lease_seconds=30):
-        if (item.message is not None and item.message.id in report_ids) or item.stored.id in message_ids:
-            poison.delete(storage, item.stored)
-        else:
-            poison.restore(storage, item.stored)
+def open_ids(storage: Storage) -> set[str]:
+    return {w.report_id for w in poison.waiting(storage.poisoned)}
+
+
+def clear_poison_of(storage: Storage, report_ids: set[str]) -> None:
+    """Leave the shared Azurite's poison record as other tests found it."""
+    for waiting in list(poison.waiting(storage.poisoned)):
+        if waiting.report_id in report_ids:
+            poison.close(storage, waiting.sender, waiting.report_id)
 
 
 # --- in process, against the session Azurite ----------------------------------------------------------------
 
 
-def test_a_failed_final_write_is_given_up_by_the_timer_then_replayed(
+def test_a_failed_final_write_is_given_up_by_the_poison_trigger_then_replayed(
     app: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     report_id = submit(app, CSV, "text/csv")
@@ -61,78 +76,72 @@ def test_a_failed_final_write_is_given_up_by_the_timer_then_replayed(
         with pytest.raises(TryAgain, match="ServiceRequestError"):
             run(app, report_id, dequeue_count=5)  # the last try: its `failed` write fails too
     assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
-    poison_as_the_host_does(app, "unit-proc", report_id)
     try:
-        reconcile_timer.main(TimerRequest())
+        poison_as_the_host_does(app, "unit-proc", report_id)
         record = status.read(app.reports, "unit-proc", report_id).record()
         assert record.status == "failed" and record.completed_at
         assert record.exceptions[-1].type == poison.GIVEN_UP and "poison" in record.exceptions[-1].message
-        reconcile_timer.main(TimerRequest())
+        assert report_id in open_ids(app)
+        poison_as_the_host_does(app, "unit-proc", report_id)  # the trigger retried, or a second copy
         assert status.read(app.reports, "unit-proc", report_id).record() == record, "given up once"
+        assert [w.report_id for w in poison.waiting(app.poisoned)].count(report_id) == 1, "one entry per report"
 
         assert admin.main(["poison", "replay", "--id", report_id]) == 0
+        assert report_id not in open_ids(app)
         assert run(app, report_id)["status"] == "processed"
     finally:
         clear_poison_of(app, {report_id})
 
 
-def test_a_message_that_is_not_base64_does_not_stop_the_sweep(
-    app: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The host poisons a message that is not base64 as it is; the SDK's decoding would fail every batch holding
-    it, and the reports behind it would never end `failed`."""
-    raw = QueueClient.from_connection_string(config.get_settings().storage.connection_string, "reports-poison")
-    junk = raw.send_message('{"v":1,"id":"not base64"}')
+def test_a_message_that_is_no_work_message_is_recorded_and_harms_nothing(app: Storage) -> None:
+    """The host poisons a message that is not base64 (or not ours) as it is: it is kept for the record (its first
+    bytes), waits for no replay, and the reports around it are recorded as usual."""
     report_id = submit(app, CSV, "text/csv")
-    poison_as_the_host_does(app, "unit-proc", report_id)  # pending, its message behind the junk one
     try:
-        reconcile_timer.main(TimerRequest())
+        assert poison.record(app, b'{"v":1,"id":"not base64"}', "junk-1", None) == "unreadable"
+        poison_as_the_host_does(app, "unit-proc", report_id)
         assert status.read(app.reports, "unit-proc", report_id).status.value == "failed"
-        assert admin.main(["poison", "list"]) == 0
-        listed = capsys.readouterr().out
-        assert "(unreadable)" in listed and report_id in listed
-    finally:
-        clear_poison_of(app, {report_id}, frozenset({junk.id}))
-
-
-def test_replay_all_reaches_messages_behind_more_than_a_batch_of_skipped_ones(
-    app: Storage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Skipped messages given back at once came round again in the same walk: a batch of nothing but them ended
-    it, so the message behind them was never replayed (and the command waited out its deadline)."""
-    monkeypatch.setattr(poison, "WALK_LEASE_SECONDS", 5)  # the deadline, should the walk stop short
-    raw = QueueClient.from_connection_string(config.get_settings().storage.connection_string, "reports-poison")
-    junk = frozenset(raw.send_message(f'{{"unreadable": {n}}}').id for n in range(2 * poison.PEEK_LIMIT + 1))
-    report_id = submit(app, CSV, "text/csv")
-    poison_as_the_host_does(app, "unit-proc", report_id)  # behind every unreadable one
-    assert poison.give_up(app, message_for(status.read(app.reports, "unit-proc", report_id)), None)
-    try:
-        assert admin.main(["poison", "replay", "--all"]) == 1  # skipped ones are reported
-        assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
-        walked = list(poison.walk(app, 5))  # every visible message: the skipped ones were given back
-        for item in walked:
-            poison.restore(app, item.stored)
-        assert junk <= {item.stored.id for item in walked}
-        assert report_id not in {item.message.id for item in walked if item.message is not None}
-    finally:
-        clear_poison_of(app, {report_id}, junk)
-
-
-def test_a_sweep_reads_the_row_of_a_settled_message_once(app: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A report that finished keeps its poison message until an operator clears it: later passes skip its row."""
-    report_id = submit(app, CSV, "text/csv")
-    run(app, report_id)  # processed
-    poison_as_the_host_does(app, "unit-proc", report_id)
-    reads: list[str] = []
-    real_read = status.read
-    monkeypatch.setattr(status, "read", lambda table, sender, rid: reads.append(rid) or real_read(table, sender, rid))
-    try:
-        assert poison.sweep(app) == 0
-        assert reads.count(report_id) == 1
-        assert poison.sweep(app) == 0
-        assert reads.count(report_id) == 1, "settled on the first pass"
+        assert report_id in open_ids(app) and "not base64" not in {w.report_id for w in poison.waiting(app.poisoned)}
     finally:
         clear_poison_of(app, {report_id})
+
+
+def test_ten_thousand_waiting_reports_keep_listing_and_health_to_one_query(
+    app: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old sweep received every poison message on every pass (500: 21 s). Now health counts one page of the
+    record, `poison list` stops at its limit, and nothing walks the queue."""
+    from shared import table_batch
+
+    seeded = [f"01J{n:023d}" for n in range(10_000)]
+    for start in range(0, len(seeded), 100):
+        table_batch.submit(app.poisoned, [("upsert", {"PartitionKey": poison.OPEN, "RowKey": f"bulk~{rid}",
+                                                      "arrived_at": "2026-12-01T00:00:00.000Z",
+                                                      "message": message_json("bulk", rid)})
+                                          for rid in seeded[start:start + 100]])
+    pages: list[int] = []
+    real_query = app.poisoned.query_entities
+
+    def counting(*args: object, **kwargs: object) -> object:
+        pages.append(1)
+        return real_query(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(app.poisoned, "query_entities", counting)
+        assert poison.depth(app) >= poison.DEPTH_PAGE and len(pages) == 1
+        assert admin.cmd_poison_list(app, limit=20) == 0
+        out, err = capsys.readouterr()
+        assert len(out.splitlines()) == 20 and "more than 20 waiting" in err
+    finally:
+        monkeypatch.undo()
+        for start in range(0, len(seeded), 100):
+            table_batch.submit(app.poisoned, [("delete", {"PartitionKey": poison.OPEN, "RowKey": f"bulk~{rid}"})
+                                              for rid in seeded[start:start + 100]])
+
+
+def message_json(sender: str, report_id: str) -> str:
+    return json.dumps({"v": 1, "id": report_id, "sender": sender, "blob": f"raw/{sender}/{report_id}",
+                       "sha256": "0" * 64, "content_type": "text/csv"})
 
 
 def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(app: Storage) -> None:
@@ -249,28 +258,30 @@ def test_message_poisoned_without_running_ends_failed_and_replays(
             work.update_message(message.id, pop_receipt=message.pop_receipt, visibility_timeout=0)
 
     service = Service(fresh_azurite, start_service(fresh_azurite, start_devhost, **NO_TIMER).host, service.keys)
+    # The host poisons both without running the app; its poison trigger records them and gives them up.
+    for one in (report_id, stuck):
+        record = poll(lambda rid=one: service.report("lab-p", rid), lambda r: r.status_code == 200, timeout=90).json()
+        assert record["status"] == "failed" and record["completed_at"]
+        assert [e["type"] for e in record["exceptions"]] == [poison.GIVEN_UP]
     poisoned = queue(service.conn, "reports-poison")
-    poll(lambda: len(poisoned.peek_messages(max_messages=32)), lambda n: n == 2, timeout=90)
-    assert service.report("lab-p", report_id).json()["status"] == "queued", "the app never ran"
-
-    assert "2 report(s) in the poison queue marked failed" in admin_cli(service.conn, "reconcile").stdout
-    record = poll(lambda: service.report("lab-p", report_id), lambda r: r.status_code == 200, timeout=90).json()
-    assert record["status"] == "failed" and record["completed_at"]
-    assert [e["type"] for e in record["exceptions"]] == [poison.GIVEN_UP]
+    poll(lambda: poisoned.peek_messages(max_messages=32), lambda m: m == [], timeout=30)  # taken by the trigger
 
     listed = [admin_cli(service.conn, "poison", "list") for _ in range(2)]
-    assert listed[0].stdout == listed[1].stdout, "listing changes nothing, not even dequeue counts"
+    assert listed[0].stdout == listed[1].stdout, "listing changes nothing"
     assert report_id in listed[0].stdout and "failed" in listed[0].stdout
+    health = httpx.get(f"{service.url}/api/health").json()
+    assert health["poison_depth"] == 2
 
     replayed = admin_cli(service.conn, "poison", "replay", "--all").stdout
     assert report_id in replayed and stuck in replayed
     for one in (report_id, stuck):
         done = service.wait_terminal("lab-p", one)
         assert done["status"] == "processed" and done["exceptions"][0]["type"] == poison.GIVEN_UP
-    assert poisoned.peek_messages(max_messages=32) == []
+    assert admin_cli(service.conn, "poison", "list").stdout == ""
+    assert httpx.get(f"{service.url}/api/health").json()["poison_depth"] == 0
 
 
-def test_poison_list_peeks_and_replay_all_clears_finished_reports(
+def test_many_copies_of_a_finished_reports_message_wait_as_one_and_are_cleared(
     fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess]
 ) -> None:
     service = start_service(fresh_azurite, start_devhost, **NO_TIMER)
@@ -281,16 +292,37 @@ def test_poison_list_peeks_and_replay_all_clears_finished_reports(
     row = status.read(storage.reports, "lab-q", report_id)
     for _ in range(40):  # e.g. duplicates of work that finished through another copy
         poisoned.send_message(message_for(row).model_dump_json())
+    day = datetime.now(timezone.utc).strftime("%Y%m%d")
+
+    def recorded() -> int:
+        return sum(1 for e in storage.poisoned.query_entities("PartitionKey eq @d", parameters={"d": day})
+                   if e.get("report_id") == report_id)
+
+    poll(recorded, lambda n: n == 40, timeout=60)  # every poison message is in the day's record
+    assert poisoned.peek_messages(max_messages=32) == []
 
     listed = admin_cli(service.conn, "poison", "list")
-    assert len(listed.stdout.splitlines()) == poison.PEEK_LIMIT
-    assert "about 40 in the queue" in listed.stderr
-    assert all(m.dequeue_count == 0 for m in poisoned.peek_messages(max_messages=32)), "peek only"
-
-    # A sweep holds some right now, for longer than the CLI takes to start: replay --all must wait for them.
-    held = list(poisoned.receive_messages(max_messages=10, visibility_timeout=12))
-    assert len(held) == 10
+    assert listed.stdout.count(report_id) == 1 and "processed" in listed.stdout
     cleared = admin_cli(service.conn, "poison", "replay", "--all")
-    assert cleared.stdout.count(f"cleared {report_id}") == 40 and "already processed" in cleared.stdout
-    assert poisoned.peek_messages(max_messages=32) == []
+    assert cleared.stdout.count(f"cleared {report_id}") == 1 and "already processed" in cleared.stdout
+    assert admin_cli(service.conn, "poison", "list").stdout == ""
     assert service.report("lab-q", report_id).json() == done, "a finished report is left as it was"
+
+
+def test_the_poison_record_is_kept_for_ninety_days_then_dropped_by_day(app: Storage) -> None:
+    from shared import checkpoints
+
+    now = datetime(2031, 8, 1, 3, tzinfo=timezone.utc)
+    old_day = (now - timedelta(days=poison.RECORD_DAYS + 1)).strftime("%Y%m%d")
+    kept_day = (now - timedelta(days=poison.RECORD_DAYS - 1)).strftime("%Y%m%d")
+    for day in (old_day, kept_day):
+        app.poisoned.upsert_entity({"PartitionKey": day, "RowKey": "010203000000~m1", "report_id": "r"})
+    checkpoints.clear(app.checkpoints, poison.PURGE_JOB, [""])
+    try:
+        assert poison.purge_record(app.poisoned, app.checkpoints, now) == 1
+        assert list(app.poisoned.query_entities("PartitionKey eq @d", parameters={"d": old_day})) == []
+        assert len(list(app.poisoned.query_entities("PartitionKey eq @d", parameters={"d": kept_day}))) == 1
+        assert poison.purge_record(app.poisoned, app.checkpoints, now) == 0  # once a day
+    finally:
+        app.poisoned.delete_entity(kept_day, "010203000000~m1")
+        checkpoints.clear(app.checkpoints, poison.PURGE_JOB, [""])

@@ -28,7 +28,7 @@ from tests.simplereport_client import new_rsa_key, public_pem
 from tests.storage_proxy import Call, StorageProxy, unbounded_reason
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
-GROWING = {"reports", "idempotency", "reportactivity", "checkpoints", "tokenids", "fingerprints"}
+GROWING = {"reports", "idempotency", "reportactivity", "checkpoints", "tokenids", "fingerprints", "poisoned"}
 SMALL = {"senders", "keys"}  # one row per sender or sender key: read by key, never scanned by the app
 
 

@@ -1,0 +1,10 @@
+"""Queue trigger on `reports-poison`: record what the host gave up on, and end its report `failed`."""
+
+import azure.functions as func
+
+from shared import poison
+from shared.storage import get_storage
+
+
+def main(msg: func.QueueMessage) -> None:
+    poison.record(get_storage(), msg.get_body(), msg.id or "", msg.insertion_time)
