@@ -17,10 +17,22 @@ CLIA = re.compile(r"\d{2}D\d{7}")  # CLIA numbers: two digits, D, seven digits
 NPI = re.compile(r"\d{10}")
 
 
-@lru_cache(maxsize=4096)  # the same few codes come in every message
+# Codes and code names are short. Only values up to this long are cached: the cache holds raw field values (a
+# sender may put anything, patient data included, in a code field), so it is bounded in bytes (4,096 entries of at
+# most 64 characters), not only in entries, and a long value is never kept after its report.
+_CACHED_CHARS = 64
+
+
+def _fold(value: str) -> str:
+    return " ".join(value.replace("_", " ").split()).casefold()
+
+
+_cached_fold = lru_cache(maxsize=4096)(_fold)  # the same few codes come in every message
+
+
 def _key(value: str) -> str:
     """Case-, space- and underscore-insensitive lookup key: 'Not  Detected' and 'not_detected' meet."""
-    return " ".join(value.replace("_", " ").split()).casefold()
+    return _cached_fold(value) if len(value) <= _CACHED_CHARS else _fold(value)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,14 @@ OPTIONAL = (
     "patient_state", "test_name", "result_units", "specimen_type_code", "performing_lab_clia", "ordering_provider_npi",
 )
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
+_REQUIRED_SET = frozenset(REQUIRED)
+# Bounds (docs/formats.md, "Limits"); the csv module itself refuses a cell over 128 KiB (csv.parse).
+MAX_COLUMNS = 1_000  # names in the header; SimpleReport's upload has 73 columns
+# One row, its physical lines together (eight cells at the cell limit). The csv module builds a row's cells all at
+# once, some 20 bytes of memory per byte of a row of tiny cells, so a row past this is never handed to it.
+MAX_ROW_BYTES = 1024 * 1024
+# A header of one column holding one of these was written with another separator.
+_SEPARATOR_HINTS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 # One physical line with its terminator; \r\n, \r and \n all end a line (the csv module wants them kept).
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -41,29 +49,43 @@ class _Dialect:
     whole_rows: bool
 
 
+class _RowTooLong(Exception):
+    """The row being read went past MAX_ROW_BYTES: the csv reader is abandoned mid-row."""
+
+
 class _Lines:
-    """Decode the body one physical line at a time (no second copy of it) and remember lines that were not UTF-8."""
+    """Decode the body one physical line at a time (no second copy of it) and remember lines that were not UTF-8.
+
+    An iterator object rather than a generator, so that raising _RowTooLong through the csv reader leaves it usable:
+    a new reader goes on from the next line."""
 
     def __init__(self, raw: bytes) -> None:
         self._matches = _LINE.finditer(raw, len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0)
         self.count = 0
         self._bad: int | None = None
+        self.row_bytes = 0  # bytes of the row being read: its reader zeroes it before each row
 
     def take_bad(self) -> int | None:
         """The first non-UTF-8 line read since the last call, if any (lines are read strictly in order)."""
         bad, self._bad = self._bad, None
         return bad
 
-    def __iter__(self) -> Iterator[str]:
-        for match in self._matches:
-            self.count += 1
-            line = match.group()
-            try:
-                yield line.decode("utf-8")
-            except UnicodeDecodeError:
-                if self._bad is None:
-                    self._bad = self.count
-                yield line.decode("utf-8", errors="replace")
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        match = next(self._matches)
+        self.count += 1
+        self.row_bytes += match.end() - match.start()
+        if self.row_bytes > MAX_ROW_BYTES:
+            raise _RowTooLong  # this line is neither decoded nor given to the csv module
+        line = match.group()
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            if self._bad is None:
+                self._bad = self.count
+            return line.decode("utf-8", errors="replace")
 
 
 def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
@@ -72,7 +94,7 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
         raise ContentError("csv.encoding", "the CSV is UTF-16; send it as UTF-8")
     lines = _Lines(raw)
     # strict: a stray quote ("b"c) is reported as csv.parse instead of silently merging cells.
-    reader = _csv.reader(iter(lines), strict=True)
+    reader = _csv.reader(lines, strict=True)
     found = _header(reader, lines)
     if found is None:
         return  # empty body or blank lines only: no items
@@ -80,59 +102,107 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
     index = 0
     while True:
         first_line = lines.count + 1
+        lines.row_bytes = 0
         try:
-            row = next(reader)
+            result = _next(reader, lines, columns, dialect, index, first_line, report_id)
         except StopIteration:
             return
-        except _csv.Error as exc:
-            # csv's messages describe the syntax problem, never the cell contents.
+        except _RowTooLong:
             lines.take_bad()
-            yield _failed(index, "csv.parse", f"lines {first_line}-{lines.count}: {exc}")
+            reader = _csv.reader(lines, strict=True)  # the old one is inside the row: go on from the next line
+            result = _failed(index, "csv.row_too_long",
+                             f"lines {first_line}-{lines.count}: the row is longer than {MAX_ROW_BYTES:,} bytes")
+        except MemoryError:
+            raise  # not the content's fault: the report is retried
+        except Exception as exc:  # noqa: BLE001 - content problems are permanent: this row fails, the next is read
+            lines.take_bad()
+            result = _failed(index, "csv.unreadable", f"lines {first_line}-{lines.count}: the row could not be read "
+                                                      f"({type(exc).__name__})")
+        if result is not None:
+            yield result
             index += 1
-            continue
-        if not "".join(row).strip():
-            lines.take_bad()
-            continue  # blank lines and ",,,," rows spreadsheets leave behind are not data
-        bad = lines.take_bad()
-        if bad is not None:
-            yield _failed(index, "csv.encoding", f"line {bad} is not valid UTF-8")
-        else:
-            yield _row(row, columns, dialect, index, first_line, report_id)
-        index += 1
+
+
+def _next(reader: Iterator[list[str]], lines: _Lines, columns: list[str], dialect: _Dialect, index: int,
+          first_line: int, report_id: str) -> ItemResult | None:
+    """The next row's result; None for a blank row. StopIteration at the end of the body."""
+    try:
+        row = next(reader)
+    except _csv.Error as exc:
+        lines.take_bad()
+        # csv's messages describe the syntax problem, never the cell contents.
+        return _failed(index, "csv.parse", f"lines {first_line}-{lines.count}: {exc}")
+    if not "".join(row).strip():
+        lines.take_bad()
+        return None  # blank lines and ",,,," rows spreadsheets leave behind are not data
+    bad = lines.take_bad()
+    if bad is not None:
+        return _failed(index, "csv.encoding", f"line {bad} is not valid UTF-8")
+    return _row(row, columns, dialect, index, first_line, report_id)
 
 
 def _header(reader: Iterator[list[str]], lines: _Lines) -> tuple[list[str], _Dialect] | None:
-    """Read the header (skipping leading blank lines) and check the required columns are there, once each."""
-    try:
-        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-    except _csv.Error as exc:
-        raise ContentError("csv.parse", f"the header row cannot be read: {exc}") from None
+    """Read the header (skipping leading blank lines) and check the required columns are there, once each.
+    Every check is one pass over the names (a header may hold anything up to the row bound)."""
+    header = _first_row(reader, lines)
     if header is None:
         return None
     if lines.take_bad() is not None:
         raise ContentError("csv.encoding", "the header row is not valid UTF-8")
+    if len(header) > MAX_COLUMNS:
+        raise ContentError("csv.too_many_columns", f"the header has more than {MAX_COLUMNS:,} columns")
     # Matching is case-insensitive and ignores surrounding spaces: "Patient_ID " is the patient_id column.
     lowered = [name.strip().lower() for name in header]
-    dialect = _dialect(lowered)
+    dialect = _dialect(set(lowered))
     columns = [low if low in dialect.known else name.strip() for name, low in zip(header, lowered)]
-    named = [c for c in columns if c]
-    duplicates = sorted({c for c in named if named.count(c) > 1})
+    seen: set[str] = set()
+    duplicates: set[str] = set()
+    for name in columns:
+        if name:
+            (duplicates if name in seen else seen).add(name)
     if duplicates:
-        raise ContentError("csv.duplicate_column", f"duplicate column(s) in the header: {', '.join(duplicates)}"[:300])
-    missing = [c for c in dialect.required if c not in columns]
+        raise ContentError("csv.duplicate_column",
+                           f"duplicate column(s) in the header: {', '.join(sorted(duplicates))}"[:300])
+    missing = [c for c in dialect.required if c not in seen]
     if missing:
-        hint = " (the header looks semicolon-separated; use commas)" if len(header) == 1 and ";" in header[0] else ""
         raise ContentError(
             "csv.missing_column",
-            f"required column(s) of {dialect.name} missing: {', '.join(missing)}{hint}"[:1000],
+            f"required column(s) of {dialect.name} missing: {', '.join(missing)}{_hint(header)}"[:1000],
             field=missing[0],
         )
     return columns, dialect
 
 
-def _dialect(columns: list[str]) -> _Dialect:
+def _first_row(reader: Iterator[list[str]], lines: _Lines) -> list[str] | None:
+    """The first row that is not blank (the header); None when the body has none."""
+    while True:
+        lines.row_bytes = 0
+        try:
+            row = next(reader, None)
+        except _csv.Error as exc:
+            raise ContentError("csv.parse", f"the header row cannot be read: {exc}") from None
+        except _RowTooLong:
+            raise ContentError("csv.row_too_long",
+                               f"the header row (or a blank row before it) is longer than {MAX_ROW_BYTES:,} bytes"
+                               ) from None
+        if row is None or any(cell.strip() for cell in row):
+            return row
+
+
+def _hint(header: list[str]) -> str:
+    """Why a header that misses columns may have been misread: one hint for the report, not an error per row."""
+    if len(header) == 1:
+        for separator, name in _SEPARATOR_HINTS:
+            if separator in header[0]:
+                return f" (the header looks {name}-separated; use commas)"
+    if any(len(name) > 2 and name.strip()[:1] == '"' == name.strip()[-1:] for name in header):
+        return " (quoted names follow a space after the comma: a quote must come right after the comma)"
+    return ""
+
+
+def _dialect(names: set[str]) -> _Dialect:
     """The minimal CSV when its required columns are all there, else SimpleReport's when the header looks like it."""
-    if all(name in columns for name in REQUIRED) or not simplereport.recognises(columns):
+    if _REQUIRED_SET <= names or not simplereport.recognises(names):
         return MINIMAL
     return SIMPLEREPORT
 

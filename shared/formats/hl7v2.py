@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from decimal import Decimal
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,6 +27,29 @@ _TEXT_TYPES = frozenset({"TX", "FT"})
 _ORDER_TYPES = frozenset({"ORM", "OML"})
 _DATE_TYPES = frozenset({"DT", "DTM", "TS"})
 _DEFAULT_ENCODING = "^~\\&"
+# HL7 NM: an optional sign, ASCII digits, an optional decimal point; nothing else. Decimal() and float() would also
+# take '1_5', '1e3', 'NaN' and other scripts' digits ('٥'), so the shape is checked here, not left to them.
+_NM = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?")
+# SN: comparator ^ number ^ separator/suffix ^ number; the comparator and separator values of HL7's SN definition.
+_SN_COMPARATORS = frozenset({"", ">", "<", ">=", "<=", "=", "<>"})
+_SN_SEPARATORS = frozenset({"", "-", "+", "/", ".", ":"})
+
+# Bounds on one message (docs/formats.md, "Limits"). The report's 10,000-item cap does not bound what one message
+# holds, and the parser keeps one message in memory: these keep that within a fixed size whatever the body's shape.
+MAX_SEGMENTS = 10_000  # segments of one message; past it lines are counted, not kept
+MAX_OBSERVATIONS = 1_000  # OBX segments of one message (every one can become an Observation)
+MAX_FIELDS = 256  # fields of any segment (HL7's largest segments define about 50)
+MAX_FIELD_CHARS = 128 * 1024  # one field read, as the csv module bounds a CSV cell
+MAX_REPETITIONS = 1_000  # repetitions of one field read
+MAX_COMPONENTS = 1_000  # components of one field read, its repetitions together
+# Only a field at least this long can break one of the field bounds: shorter ones skip the counting.
+_CHECKED_CHARS = min(MAX_REPETITIONS, MAX_COMPONENTS)
+# The highest field number read (OBX-29). Segments are split at most this far, so a segment of many fields costs a
+# fixed number of strings; the last element holds the unread rest, unsplit. The field bounds apply to fields 1-29
+# of the segments read (below), whether or not that field is.
+_LAST_FIELD_READ = 29
+# The segments read: only they are split into fields. Every other segment is checked against MAX_FIELDS only.
+_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "OBR", "OBX", "SPM"})
 
 
 class _BadMessage(Exception):
@@ -36,6 +58,15 @@ class _BadMessage(Exception):
     def __init__(self, field: str | None, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class _Refused(Exception):
+    """The message breaks one of the bounds above: it is rejected with `code`, the rest of it unread."""
+
+    def __init__(self, field: str | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -51,13 +82,17 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
     """Yield one ItemResult per message (or per run of segments outside any message), in order."""
     if not _HAS_MSH.search(raw):
         raise ContentError("hl7.parse", "no MSH segment found: the body is not an HL7 v2 message or batch")
-    for index, lines in enumerate(_messages(raw)):
-        yield _item(lines, index, report_id)
+    for index, (lines, segments, observations) in enumerate(_messages(raw)):
+        yield _item(lines, segments, observations, index, report_id)
 
 
-def _messages(raw: bytes) -> Iterator[list[bytes]]:
-    """Group segment lines into messages; batch wrapper segments only end the message before them."""
+def _messages(raw: bytes) -> Iterator[tuple[list[bytes], int, int]]:
+    """Group segment lines into messages; batch wrapper segments only end the message before them.
+
+    Yields (lines, segment count, OBX count). Lines past MAX_SEGMENTS are counted but not kept, so a message of a
+    million segments costs no more memory than one at the bound."""
     current: list[bytes] = []
+    count = observations = 0
     for match in _LINE.finditer(raw):
         line = match.group().strip(_FRAMING)
         if line.startswith(_UTF8_BOM):  # a BOM (file start, or after MLLP framing) must not hide the MSH
@@ -66,18 +101,46 @@ def _messages(raw: bytes) -> Iterator[list[bytes]]:
             continue
         head = line[:3]
         if head == b"MSH" or head in _BATCH_SEGMENTS:
-            if current:
-                yield current
-            current = [line] if head == b"MSH" else []
+            if count:
+                yield current, count, observations
+            current, count, observations = ([line], 1, 0) if head == b"MSH" else ([], 0, 0)
         else:
-            current.append(line)
-    if current:
-        yield current
+            count += 1
+            if head == b"OBX":
+                observations += 1
+            if count <= MAX_SEGMENTS:
+                current.append(line)
+    if count:
+        yield current, count, observations
 
 
-def _item(lines: list[bytes], index: int, report_id: str) -> ItemResult:
-    """Validate one message and normalise it, collecting every problem rather than stopping at the first."""
+def _item(lines: list[bytes], segments: int, observations: int, index: int, report_id: str) -> ItemResult:
+    """One message's result. Content problems are permanent, so whatever goes wrong reading it (a parser bug that
+    some input reaches) rejects this item alone, naming only the exception's type, and the next item is read."""
     result = ItemResult(index=index, item=None)
+    try:
+        _read(result, lines, segments, observations, index, report_id)
+    except MemoryError:
+        raise  # not the content's fault: the report is retried
+    except Exception as exc:  # noqa: BLE001 - any other failure is this item's, and its message may hold values
+        result.item = None
+        result.errors.append(
+            _issue(index, None, "hl7.unreadable", f"the message could not be read ({type(exc).__name__})")
+        )
+    return result
+
+
+def _read(result: ItemResult, lines: list[bytes], segments: int, observations: int, index: int, report_id: str) -> None:
+    """Validate one message and normalise it into `result`, collecting every problem rather than stopping at the
+    first (a bound broken stops it: the rest of the message is not read)."""
+    if segments > MAX_SEGMENTS:
+        result.errors.append(_issue(index, None, "hl7.too_many_segments",
+                                    f"the message has more than {MAX_SEGMENTS:,} segments"))
+    if observations > MAX_OBSERVATIONS:
+        result.errors.append(_issue(index, "OBX", "hl7.too_many_observations",
+                                    f"the message has more than {MAX_OBSERVATIONS:,} OBX segments; split it"))
+    if result.errors:
+        return
     text, recoded = _decode(lines)
     if recoded:
         result.warnings.append(
@@ -87,7 +150,10 @@ def _item(lines: list[bytes], index: int, report_id: str) -> ItemResult:
         message = _Message(text)
     except _BadMessage as exc:
         result.errors.append(_issue(index, exc.field, "hl7.parse", str(exc)))
-        return result
+        return
+    except _Refused as exc:
+        result.errors.append(_issue(index, exc.field, exc.code, str(exc)))
+        return
     if message.invalid_lines:
         result.warnings.append(
             _issue(
@@ -100,7 +166,6 @@ def _item(lines: list[bytes], index: int, report_id: str) -> ItemResult:
     item, errors = _normalise(message, index, report_id, result.warnings)
     result.errors.extend(errors)
     result.item = item if not errors else None
-    return result
 
 
 def _decode(lines: list[bytes]) -> tuple[list[str], bool]:
@@ -118,29 +183,59 @@ class _Message:
         msh = lines[0]
         if not msh.startswith("MSH"):
             raise _BadMessage(None, "segments found outside of a message: the item does not start with MSH")
-        self.seps = _separators(msh)
-        self.invalid_lines = 0
-        self.segments: list[list[str]] = []
-        for line in lines:
-            fields = line.split(self.seps.field)
-            if not _SEGMENT_ID.fullmatch(fields[0]):
-                self.invalid_lines += 1
-                continue
-            self.segments.append(fields)
-        # MSH-1 is the field separator itself, so re-insert it to make field n sit at list index n everywhere.
-        self.segments[0].insert(1, self.seps.field)
-        seps = self.seps
+        self.seps = seps = _separators(msh)
         self._repetition, self._component, self._subcomponent, self._escape = (
             seps.repetition, seps.component, seps.subcomponent, seps.escape)
-        self._by_id: dict[str, list[list[str]]] = {}
-        for fields in self.segments:
-            self._by_id.setdefault(fields[0], []).append(fields)
+        field = seps.field
+        self.invalid_lines = 0
+        # MSH-1 is the field separator itself, so re-insert it to make field n sit at list index n everywhere.
+        self.msh = msh.split(field, _LAST_FIELD_READ)
+        self.msh.insert(1, field)
+        if len(msh) > MAX_FIELDS:  # only so long a line can break a bound: nearly every line skips the counting
+            self._check("MSH", msh, self.msh)
+        self._by_id: dict[str, list[list[str]]] = {"MSH": [self.msh]}
+        for line in lines[1:]:
+            segment_id = line[:3]
+            read = segment_id in _READ_SEGMENTS
+            if (len(line) > 3 and line[3] != field) or not (read or _SEGMENT_ID.fullmatch(segment_id)):
+                self.invalid_lines += 1
+                continue
+            # The other segments (NTE, NK1, ...) are checked, not kept: nothing reads them.
+            fields = line.split(field, _LAST_FIELD_READ + 1) if read else None
+            if len(line) > MAX_FIELDS:
+                self._check(segment_id, line, fields)
+            if fields is not None:
+                self._by_id.setdefault(segment_id, []).append(fields)
+
+    def _check(self, segment_id: str, line: str, fields: list[str] | None) -> None:
+        """Raise _Refused when a segment has too many fields, or a field of a segment read (as far as it is split)
+        is too long or has too many repetitions or components."""
+        if line.count(self.seps.field) > MAX_FIELDS:
+            raise _Refused(segment_id, "hl7.too_many_fields", f"a {segment_id} segment has more than {MAX_FIELDS} fields")
+        if fields is None or len(line) < _CHECKED_CHARS:
+            return
+        for number, raw in enumerate(fields[1 : _LAST_FIELD_READ + 1], 1):
+            if len(raw) < _CHECKED_CHARS:
+                continue
+            name = f"{segment_id}-{number}"
+            if len(raw) > MAX_FIELD_CHARS:
+                raise _Refused(name, "hl7.field_too_long", f"{name} is longer than {MAX_FIELD_CHARS:,} characters")
+            if raw.count(self._repetition) >= MAX_REPETITIONS:
+                raise _Refused(name, "hl7.too_many_repetitions",
+                               f"{name} has more than {MAX_REPETITIONS:,} repetitions")
+            if raw.count(self._component) >= MAX_COMPONENTS:
+                raise _Refused(name, "hl7.too_many_components", f"{name} has more than {MAX_COMPONENTS:,} components")
 
     def all(self, segment_id: str) -> list[list[str]]:
-        return self._by_id.get(segment_id, [])
+        found = self._by_id.get(segment_id)
+        if found is not None:
+            return found
+        if segment_id not in _READ_SEGMENTS:
+            raise ValueError(f"{segment_id} segments are not kept: add the id to _READ_SEGMENTS")  # a parser bug
+        return []
 
     def first(self, segment_id: str) -> list[str] | None:
-        found = self._by_id.get(segment_id)
+        found = self._by_id.get(segment_id) or self.all(segment_id)
         return found[0] if found else None
 
     def value(self, segment: list[str] | None, field: int, component: int = 1) -> str:
@@ -231,7 +326,7 @@ def _normalise(
 ) -> tuple[NormalisedItem | None, list[Issue]]:
     """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the ELR core."""
     errors: list[Issue] = []
-    msh = message.segments[0]
+    msh = message.msh
     errors.extend(_check_type(message, msh, index))
     if errors:
         return None, errors  # another message type's segments would only produce noise here
@@ -254,10 +349,9 @@ def _normalise(
     if sex_value and sex is None:
         warnings.append(_issue(index, "PID-8", "hl7.bad_code", "PID-8 (administrative sex) is not an HL7 table 0001 code"))
 
-    results, obx_error = _results(message, index)
+    results, obx_errors = _results(message, index)
     obx = results[0][0] if results else None
-    if obx_error is not None:
-        errors.append(obx_error)
+    errors.extend(obx_errors)
 
     collected, date_error, date_warning = _collected_at(message, obx, index)
     if date_error is not None:
@@ -349,28 +443,42 @@ def _check_type(message: _Message, msh: list[str], index: int) -> list[Issue]:
     return [_issue(index, "MSH-9", "hl7.unsupported_message_type", f"message type {shown} is not ORU^R01")]
 
 
-def _results(message: _Message, index: int) -> tuple[list[tuple[list[str], Observation]], Issue | None]:
-    """Every OBX with an identifier and a value, in order (a panel's results all reach the output); else an issue
-    naming what is missing. The first of them is the item's result."""
+def _results(message: _Message, index: int) -> tuple[list[tuple[list[str], Observation]], list[Issue]]:
+    """Every OBX with an identifier and a value, in order (a panel's results all reach the output); else issues
+    naming what is missing or malformed. The first of them is the item's result."""
     segments = message.all("OBX")
     if not segments:
-        return [], _issue(index, "OBX", "hl7.missing_segment", "no OBX segment")
+        return [], [_issue(index, "OBX", "hl7.missing_segment", "no OBX segment")]
     found = []
-    for obx in segments:
+    malformed: list[tuple[int, str]] = []  # (OBX position, value type) of values that are not what OBX-2 says
+    for position, obx in enumerate(segments, 1):
         if message.value(obx, 3) and message.value(obx, 29) != "QST":  # QST: an ask-at-order-entry answer
-            value = _result(message, obx)
-            if value:
-                found.append((obx, _observation(message, obx, value)))
+            value_type = message.value(obx, 2).upper()
+            value = _result(message, obx, value_type)
+            if value is None:
+                malformed.append((position, value_type))
+            elif value:
+                found.append((obx, _observation(message, obx, value, value_type)))
+    if malformed:
+        return found, [_bad_number(index, malformed)]
     if found:
-        return found, None
+        return found, []
     if not any(message.value(obx, 3) for obx in segments):
-        return [], _issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")
-    return [], _issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")
+        return [], [_issue(index, "OBX-3", "hl7.missing_field", "no OBX has an observation identifier (OBX-3)")]
+    return [], [_issue(index, "OBX-5", "hl7.missing_field", "no OBX with an OBX-3 identifier has a value (OBX-5)")]
 
 
-def _observation(message: _Message, obx: list[str], value: str) -> Observation:
+def _bad_number(index: int, malformed: list[tuple[int, str]]) -> Issue:
+    """One issue for every malformed number of the message: the first named, the others counted (never shown)."""
+    position, value_type = malformed[0]
+    shape = ("an HL7 SN structured numeric (comparator^number^separator^number)" if value_type == "SN"
+             else "an HL7 NM number (an optional sign, ASCII digits, an optional decimal point)")
+    more = f" (and {len(malformed) - 1} more OBX)" if len(malformed) > 1 else ""
+    return _issue(index, "OBX-5", "hl7.bad_number", f"OBX-5 of OBX {position}{more} is not {shape}")
+
+
+def _observation(message: _Message, obx: list[str], value: str, value_type: str) -> Observation:
     display, system = None, None
-    value_type = message.value(obx, 2).upper()
     if value_type in _CODED_TYPES:
         display, system = message.value(obx, 5, 2) or None, message.value(obx, 5, 3)
     if value_type in _CODED_TYPES or value_type in ("ST", ""):
@@ -387,11 +495,11 @@ def _observation(message: _Message, obx: list[str], value: str) -> Observation:
     )
 
 
-def _result(message: _Message, obx: list[str]) -> str:
-    """OBX-5 as text: coded values give their code (else text), SN its parts joined, TX/FT all repetitions."""
+def _result(message: _Message, obx: list[str], value_type: str) -> str | None:
+    """OBX-5 as text: coded values give their code (else text), SN its parts joined, TX/FT all repetitions.
+    None when an NM or SN value is not a number of that type."""
     if len(obx) <= 5:
         return ""
-    value_type = message.value(obx, 2).upper()
     seps = message.seps
     repetitions = obx[5].split(seps.repetition)
     if value_type in _TEXT_TYPES:
@@ -400,22 +508,40 @@ def _result(message: _Message, obx: list[str]) -> str:
     if value_type in _CODED_TYPES:
         return message.text(_nth(components, 1)) or message.text(_nth(components, 2))
     if value_type == "SN":  # comparator^num1^separator/suffix^num2, e.g. "<^10" or "^1^:^128"
-        return "".join(message.text(part) for part in components[:4])
+        return _structured_number([message.text(part) for part in components[:4]])
     text = message.text(components[0])
     if value_type == "NM":
-        return _number(text)
+        return _number(text) if text else ""
     if value_type in _DATE_TYPES:
         return iso_from_hl7(text) or text
     return text
 
 
-def _number(text: str) -> str:
-    """An NM value as FHIR writes a decimal: '0065.880' -> '65.880' (precision kept), else as sent."""
-    try:
-        number = Decimal(text)
-    except ArithmeticError:
-        return text
-    return str(number) if number.is_finite() and "e" not in text.lower() else text
+def _number(text: str) -> str | None:
+    """An NM value as FHIR writes a decimal: '0065.880' -> '65.880', '+.5' -> '0.5' (its digits and precision
+    kept, never an exponent); None when it is not an NM."""
+    if text.isdigit() and text.isascii():  # the usual whole number, without the regular expression
+        return text.lstrip("0") or "0"
+    match = _NM.fullmatch(text)
+    if match is None:
+        return None
+    sign, whole, fraction = match.groups()
+    if not whole and not fraction:
+        return None  # a sign or a point alone
+    return ("-" if sign == "-" else "") + (whole.lstrip("0") or "0") + (f".{fraction}" if fraction else "")
+
+
+def _structured_number(parts: list[str]) -> str | None:
+    """An SN value's parts joined ('<^10' -> '<10', '^1^:^128' -> '1:128'), as sent; None when a part is not what
+    SN allows there, or no number is given."""
+    comparator, first, separator, second = parts + [""] * (4 - len(parts))
+    if comparator not in _SN_COMPARATORS or separator not in _SN_SEPARATORS:
+        return None
+    if not (first or second):
+        return None if comparator or separator else ""
+    if any(number and _number(number) is None for number in (first, second)):
+        return None
+    return "".join(parts)
 
 
 def _collected_at(message: _Message, obx: list[str] | None, index: int) -> tuple[str | None, Issue | None, Issue | None]:
