@@ -16,13 +16,13 @@ from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 
-from shared import activity, index, keys, poison, reconcile, reindex, senders, status, work
+from shared import activity, index, keys, poison, reconcile, reindex, retention, senders, status, work
 from shared.clock import to_iso
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
 from shared.models import Delivery
 from shared.status import Status
-from shared.storage import Storage, get_storage
+from shared.storage import Storage, get_storage, raw_blob_name
 
 REPLAYABLE = frozenset({Status.FAILED, Status.RECEIVED, Status.QUEUED, Status.PROCESSING})
 
@@ -155,6 +155,9 @@ def replay_report(storage: Storage, row: status.Row, force: bool = False) -> Non
     if row.status not in REPLAYABLE:
         raise AdminError(f"report {row.id} is {row.status.value}; only failed or unfinished reports are replayed")
     _check_not_at_work(row, force)
+    if not retention.raw_is_kept(storage, str(row.entity.get("blob") or raw_blob_name(row.sender, row.id))):
+        raise AdminError(f"report {row.id} cannot be replayed: its raw body is gone (kept RAW_RETENTION_DAYS="
+                         f"{get_settings().raw_retention_days} days, or deleted); the sender must send it again")
     if row.status in (Status.FAILED, Status.PROCESSING):
         row = _reset_to_received(storage, row)
     try:
@@ -223,6 +226,21 @@ def _replay_waiting(storage: Storage, waiting: poison.Waiting) -> str:
     return "replayed"
 
 
+# --- retention -----------------------------------------------------------------------------------------------------
+
+
+def cmd_retention(args: argparse.Namespace, storage: Storage) -> int:
+    settings = get_settings()
+    if args.action == "policy":
+        print(json.dumps(retention.policy(settings), indent=2))
+        return 0
+    done = retention.apply(storage, settings)
+    print(json.dumps({"raw_deleted": done.raw, "results_deleted": done.results,
+                      "raw_retention_days": settings.raw_retention_days,
+                      "results_retention_days": settings.results_retention_days}))
+    return 0
+
+
 # --- index ---------------------------------------------------------------------------------------------------------
 
 
@@ -287,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     groups.add_parser("reconcile", help="what the timer does, now: re-enqueue reports stored but never enqueued")
 
+    r = groups.add_parser("retention", help="how long raw bodies and results are kept")
+    r_actions = r.add_subparsers(dest="action", required=True)
+    r_actions.add_parser("policy", help="print the Azure lifecycle management policy for the settings")
+    r_actions.add_parser("apply", help="delete what the policy would, now (for Azurite, which has no lifecycle "
+                                       "management)")
+
     i = groups.add_parser("index", help="the listing index of table reports")
     i_actions = i.add_subparsers(dest="action", required=True)
     rebuild = i_actions.add_parser("rebuild", help="index rows stored before the index existed (resumable)")
@@ -309,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_poison_list(storage, args.limit) if args.action == "list" else cmd_poison_replay(args, storage)
         if args.group == "index":
             return cmd_index_rebuild(args, storage)
+        if args.group == "retention":
+            return cmd_retention(args, storage)
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
         return 0
     except (AdminError, senders.SenderError, keys.KeyRegistryError, SettingsError) as exc:

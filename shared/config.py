@@ -35,6 +35,9 @@ SETTING_NAMES = {
     "FINGERPRINT_KEY": "fingerprint_key",
     "ALLOW_DUPLICATES_DEFAULT": "allow_duplicates_default",
     "DUPLICATE_WINDOW_DAYS": "duplicate_window_days",
+    "RAW_RETENTION_DAYS": "raw_retention_days",
+    "IDEMPOTENCY_DAYS": "idempotency_days",
+    "RESULTS_RETENTION_DAYS": "results_retention_days",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "applicationinsights_connection_string",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
 }
@@ -69,6 +72,11 @@ class Settings(BaseModel):
     fingerprint_key: str | None = Field(default=None, min_length=16)
     allow_duplicates_default: bool = True
     duplicate_window_days: int = Field(default=365, ge=1, le=3650)
+    # Patient data is kept only this long (shared/retention.py): raw bodies (replay needs them), then results.
+    raw_retention_days: int = Field(default=90, ge=1, le=3650)
+    results_retention_days: int = Field(default=365, ge=1, le=3650)
+    # How long an Idempotency-Key is remembered (then deleted by day ranges, shared/expiry.py).
+    idempotency_days: int = Field(default=7, ge=1, le=365)
     # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
     applicationinsights_connection_string: str | None = None
     otlp_endpoint: str | None = None

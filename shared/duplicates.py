@@ -6,7 +6,7 @@ performing lab), keyed by FINGERPRINT_KEY (else a key the service makes once and
 be reversed by hashing guessed names and birth dates. Rows live in the sender's partition:
 
     f~<fingerprint>              the item that first carried it: report id, item index, first seen
-    x~<YYYYMMDD>~<fingerprint>   when it leaves the window: the day's range is what the purge deletes
+    x~<YYYYMMDD>~<row key>       when it leaves the window (shared/expiry.py deletes by these day ranges)
 
 Recording is one entity-group transaction per 50 items, creates only: when none exists (new results, the common
 case) that is the whole cost, and a create that fails names the first duplicate. A re-sent file is known by its
@@ -29,17 +29,17 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
 from cachetools import TTLCache
 
-from shared import table_batch
+from shared import expiry, senders, table_batch
 from shared.clock import to_iso
 from shared.models import NormalisedItem
 
 log = logging.getLogger(__name__)
 
-ITEM, DIGEST, EXPIRY = "f~", "d~", "x~"
-DAY = "%Y%m%d"
+ITEM, DIGEST = "f~", "d~"
+DAY = expiry.DAY
 ITEMS_PER_BATCH = table_batch.MAX_OPERATIONS // 2 - 1  # two rows an item, plus the body's digest and its expiry
 SERVICE_PARTITION = "~service"
-SENDER_PARTITION = "sender"  # the senders table's sender rows (shared/senders.py)
+
 KEY_ROW = "fingerprint-key"
 # The ELR core fields that make two items the same result; message ids and report ids are left out on purpose: a
 # re-exported file gets new ones (ReportStream's deduplication design excluded them too).
@@ -131,8 +131,8 @@ def _chunks(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int,
 
 def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[tuple[str, dict]]:
     return [("upsert", {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
-                        "first_seen": to_iso(now), "expires_on": expires}),
-            ("upsert", {"PartitionKey": sender, "RowKey": f"{EXPIRY}{expires}~{DIGEST}{sha256}"})]
+                        "first_seen": to_iso(now), expiry.EXPIRES: expires}),
+            ("upsert", expiry.entry(sender, f"{DIGEST}{sha256}", expires))]
 
 
 def _same_body(table: TableClient, sender: str, report_id: str, sha256: str, now: datetime) -> str | None:
@@ -146,15 +146,15 @@ def _same_body(table: TableClient, sender: str, report_id: str, sha256: str, now
 
 
 def _expired_row(row: dict, now: datetime) -> bool:
-    expires = row.get("expires_on")
+    expires = row.get(expiry.EXPIRES)
     return bool(expires) and str(expires) < now.strftime(DAY)
 
 
 def _item_ops(sender: str, report_id: str, index: int, fp: str, now: datetime, expires: str,
               kind: str = "create") -> list[tuple[str, dict]]:
     return [(kind, {"PartitionKey": sender, "RowKey": f"{ITEM}{fp}", "report_id": report_id, "index": index,
-                    "first_seen": to_iso(now), "expires_on": expires}),
-            ("upsert", {"PartitionKey": sender, "RowKey": f"{EXPIRY}{expires}~{ITEM}{fp}"})]
+                    "first_seen": to_iso(now), expiry.EXPIRES: expires}),
+            ("upsert", expiry.entry(sender, f"{ITEM}{fp}", expires))]
 
 
 def _record_chunk(
@@ -196,26 +196,6 @@ def _existing(table: TableClient, sender: str, fp: str, now: datetime) -> Origin
     return Original(str(row["report_id"]), int(row["index"]))
 
 
-def purge_day(table: TableClient, sender: str, day: datetime) -> int:
-    """Delete what left the window on `day`: a bounded range of the sender's expiry entries, and the rows they name
-    (never a row since taken over by a later item, whose expiry is later)."""
-    prefix = f"{EXPIRY}{day.strftime(DAY)}~"
-    deleted = 0
-    rows = table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                                parameters={"pk": sender, "lo": prefix, "hi": prefix + "~"}, select=["RowKey"])
-    for entry in rows:
-        named = str(entry["RowKey"])[len(prefix):]
-        try:
-            row = table.get_entity(sender, named)
-            if str(row.get("expires_on", day.strftime(DAY))) <= day.strftime(DAY) or named.startswith(DIGEST):
-                table.delete_entity(sender, named)
-                deleted += 1
-        except ResourceNotFoundError:
-            pass
-        table.delete_entity(sender, str(entry["RowKey"]))
-    return deleted
-
-
 class SenderPolicy:
     """Whether a sender has duplicate detection on (its `allow_duplicates` false), remembered for a minute."""
 
@@ -229,7 +209,7 @@ class SenderPolicy:
         if known is not None:
             return known
         try:
-            row = senders_table.get_entity(SENDER_PARTITION, sender)
+            row = senders_table.get_entity(senders.SENDER_PARTITION, sender)
             allow = row.get("allow_duplicates")
         except ResourceNotFoundError:
             allow = None
@@ -247,26 +227,8 @@ policy = SenderPolicy()
 
 
 PURGE_JOB = "fingerprints-purge"
-PURGE_FIRST_LOOKBACK_DAYS = 7
 
 
 def purge(table: TableClient, senders_table: TableClient, checkpoints_table: TableClient, now: datetime) -> int:
-    """Once a day: for each day that has passed since the last purge, delete each sender's fingerprints that left
-    the window that day (bounded ranges; the senders table is small)."""
-    from shared import checkpoints  # the job's own resume point
-
-    yesterday = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    done = checkpoints.get(checkpoints_table, PURGE_JOB)
-    day = (datetime.strptime(done, DAY).replace(tzinfo=timezone.utc) + timedelta(days=1) if done
-           else yesterday - timedelta(days=PURGE_FIRST_LOOKBACK_DAYS))
-    names = None
-    deleted = 0
-    while day <= yesterday:
-        if names is None:
-            names = [str(row["RowKey"]) for row in senders_table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION}, select=["RowKey"])]
-        for name in names:
-            deleted += purge_day(table, name, day)
-        checkpoints.put(checkpoints_table, PURGE_JOB, "", day.strftime(DAY))
-        day += timedelta(days=1)
-    return deleted
+    """Once a day: each sender's fingerprints that left the window (bounded ranges; the senders table is small)."""
+    return expiry.purge(table, lambda: senders.names(senders_table), checkpoints_table, PURGE_JOB, now)

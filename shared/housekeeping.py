@@ -1,5 +1,5 @@
 """What the timer does every pass: re-enqueue reports stored but never enqueued, drop expired token ids and (once a
-day) fingerprints past their window and poison records past 90 days. Each step runs even when another fails; a failure still
+day) idempotency claims and fingerprints past their windows and poison records past 90 days. Each step runs even when another fails; a failure still
 fails the run (the host records it), after all steps had their turn."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from shared import duplicates, poison, reconcile, tokens
+from shared import duplicates, expiry, idempotency, poison, reconcile, senders, tokens
 from shared.config import Settings
 from shared.storage import Storage
 
@@ -21,6 +21,9 @@ def run(storage: Storage, settings: Settings) -> None:
         ("token ids", lambda: tokens.purge_used(storage.tokenids, storage.checkpoints, datetime.now(timezone.utc))),
         ("fingerprints", lambda: duplicates.purge(storage.fingerprints, storage.senders, storage.checkpoints,
                                                   datetime.now(timezone.utc))),
+        ("idempotency claims", lambda: expiry.purge(storage.idempotency, lambda: senders.names(storage.senders),
+                                                    storage.checkpoints, idempotency.PURGE_JOB,
+                                                    datetime.now(timezone.utc))),
         ("poison record", lambda: poison.purge_record(storage.poisoned, storage.checkpoints,
                                                       datetime.now(timezone.utc))),
     ]

@@ -202,7 +202,8 @@ def _download(storage: Storage, message: QueueMessage) -> bytes:
     try:
         raw = storage.container.download_blob(message.blob).readall()
     except ResourceNotFoundError:
-        raise PermanentFailure("report.raw_missing", "The stored report body is missing.") from None
+        raise PermanentFailure("report.raw_missing", "The stored report body is gone (kept RAW_RETENTION_DAYS, or "
+                               "deleted): send the report again.") from None
     if hashlib.sha256(raw).hexdigest() != message.sha256:
         raise PermanentFailure("report.digest_mismatch", "The stored report body does not match its SHA-256.")
     return raw

@@ -265,6 +265,12 @@ def list_senders(table: TableClient) -> list[Sender]:
     ]
 
 
+def names(table: TableClient) -> list[str]:
+    """Every registered sender's name (one partition of a small table)."""
+    return [str(row["RowKey"]) for row in table.query_entities(
+        "PartitionKey eq @pk", parameters={"pk": SENDER_PARTITION}, select=["RowKey"])]
+
+
 def set_allow_duplicates(table: TableClient, name: str, allow: bool) -> None:
     """ReportStream's `allowDuplicates`: false turns duplicate detection on for the sender's reports (taken up by
     processors within a minute)."""

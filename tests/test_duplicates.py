@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import config, duplicates, intake, senders
+from shared import config, duplicates, expiry, intake, senders
 from shared.storage import Storage
 from tests.test_processing import run, submit
 
@@ -170,7 +170,8 @@ def test_fingerprints_past_the_window_are_purged_by_day_range(app: Storage, dete
     duplicates.find_and_record(app.fingerprints, detecting, "OLD", "c" * 64, old, timedelta(days=1),
                                now - timedelta(days=3))
     duplicates.find_and_record(app.fingerprints, detecting, "NEW", "d" * 64, recent, timedelta(days=30), now)
-    assert duplicates.purge_day(app.fingerprints, detecting, now - timedelta(days=2)) == 2  # its item and digest
+    day = (now - timedelta(days=2)).strftime("%Y%m%d")
+    assert expiry.purge_day(app.fingerprints, detecting, day) == 2  # its item and digest
     left = {e["RowKey"] for e in app.fingerprints.query_entities("PartitionKey eq @p", parameters={"p": detecting})}
     assert f"f~{'2' * 64}" in left and f"f~{'1' * 64}" not in left
     assert not any(key.startswith(f"x~{(now - timedelta(days=2)).strftime('%Y%m%d')}") for key in left)

@@ -326,3 +326,22 @@ def test_a_waiting_duplicate_gives_its_thread_back_within_about_a_second(
     busy = post(key, **{"idempotency-key": "pinned"})
     assert busy.status_code == 409 and "Retry-After" in busy.headers
     assert time.monotonic() - began < 2.5  # was 5 s
+
+
+def test_claims_expire_by_day_range_never_by_scan(app: Storage, sender: tuple[str, str]) -> None:
+    """Each claim is written with an entry naming its expiry day, in the same transaction; the daily purge reads
+    that day's range in each sender's partition."""
+    from shared import expiry
+
+    name, key = sender
+    assert post(key, **{"idempotency-key": "old-key"}).status_code == 202
+    claim = claim_of(app, name, "old-key")
+    day = claim[expiry.EXPIRES]
+    expected = (datetime.now(timezone.utc) + timedelta(days=config.get_settings().idempotency_days)).strftime("%Y%m%d")
+    assert day == expected
+    pk, rk = idempotency._row_key(name, "old-key")
+    assert app.idempotency.get_entity(pk, f"x~{day}~{rk}")
+    assert expiry.purge_day(app.idempotency, pk, day) == 1
+    assert claim_of(app, name, "old-key") is None
+    again = post(key, **{"idempotency-key": "old-key"})
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers  # remembered no longer

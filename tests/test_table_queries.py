@@ -131,6 +131,7 @@ def test_everyday_work_makes_only_bounded_table_queries(wire: Wire, monkeypatch:
         monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
         assert "1 report(s) re-enqueued" in admin(wire.conn, "reconcile").stdout
         assert wait_terminal(client, stuck)["status"] == "failed"  # its raw blob is missing
+        storage.container.upload_blob(raw_blob_name("lab-wire", stuck), b"abc")  # (a replay needs its raw body)
         replayed = admin(wire.conn, "poison", "replay", "--id", stuck)  # no --sender: found from the id
         assert f"replayed {stuck} (lab-wire)" in replayed.stdout
         wait_terminal(client, stuck)
