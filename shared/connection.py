@@ -30,7 +30,7 @@ SERVICES = ("blob", "queue", "table")
 MANAGED_IDENTITY = "managedidentity"
 # The identity settings this app understands, as the Functions host spells them (matched case-insensitively).
 _SPELLING = {name.lower(): name for name in ("accountName", "blobServiceUri", "queueServiceUri", "tableServiceUri",
-                                              "credential", "clientId")}
+                                              "credential", "clientId", "managedIdentityResourceId")}
 
 
 class ConnectionSettingError(ValueError):
@@ -48,6 +48,7 @@ class StorageConnection:
     table_uri: str | None = None
     credential_kind: str | None = None  # "managedidentity", or None for DefaultAzureCredential
     client_id: str | None = None
+    resource_id: str | None = None  # a user-assigned identity named by its Azure resource id instead
 
     @property
     def uses_identity(self) -> bool:
@@ -63,23 +64,24 @@ class StorageConnection:
         """What an operator may see in a log: endpoints and the kind of credential, never a key."""
         if not self.uses_identity:
             return f"{self.name} (connection string)"
-        how = f"managed identity{f' {self.client_id}' if self.client_id else ''}" if self.credential_kind \
-            else "DefaultAzureCredential"
+        which = self.client_id or self.resource_id
+        how = f"managed identity{f' {which}' if which else ''}" if self.credential_kind else "DefaultAzureCredential"
         return f"{self.name} ({self.blob_uri}, {self.queue_uri}, {self.table_uri}; {how})"
 
     def token_credential(self) -> Any:
         """The azure-identity credential for this connection, one per process and connection (tokens are cached
         inside it, so every client built on it shares them)."""
-        key = (self.credential_kind, self.client_id)
+        key = (self.credential_kind, self.client_id, self.resource_id)
         with _credentials_lock:
             credential = _credentials.get(key)
             if credential is None:
-                credential = FailFastCredential(_new_credential(self.credential_kind, self.client_id))
+                credential = FailFastCredential(_new_credential(self.credential_kind, self.client_id,
+                                                                self.resource_id))
                 _credentials[key] = credential
             return credential
 
 
-_credentials: dict[tuple[str | None, str | None], Any] = {}
+_credentials: dict[tuple[str | None, str | None, str | None], Any] = {}
 _credentials_lock = threading.Lock()
 # azure-identity retries a token request up to 10 times with back-off (over a minute when the identity endpoint is
 # down), while a sender waits. A token is fetched about once a day; two quick retries cover a blip.
@@ -125,10 +127,12 @@ class FailFastCredential:
         self.inner.close()
 
 
-def _new_credential(kind: str | None, client_id: str | None) -> Any:
+def _new_credential(kind: str | None, client_id: str | None, resource_id: str | None = None) -> Any:
     # Imported here: a connection string never needs azure-identity (nor its start-up cost).
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+    if kind == MANAGED_IDENTITY and resource_id:
+        return ManagedIdentityCredential(identity_config={"resource_id": resource_id}, **TOKEN_REQUEST)
     if kind == MANAGED_IDENTITY:
         return ManagedIdentityCredential(client_id=client_id, **TOKEN_REQUEST)
     # As the host does, a clientId without `credential` picks the user-assigned identity DefaultAzureCredential tries.
@@ -210,7 +214,7 @@ def resolve(settings: Mapping[str, str], name: str = "AzureWebJobsStorage",
     if unknown:
         raise ConnectionSettingError(
             f"{name}__{unknown[0]}: not a setting this app understands (known: accountName, blobServiceUri, "
-            f"queueServiceUri, tableServiceUri, credential, clientId)")
+            f"queueServiceUri, tableServiceUri, credential, clientId, managedIdentityResourceId)")
     credential = section.get("credential")
     if credential is not None and credential.lower() != MANAGED_IDENTITY:
         raise ConnectionSettingError(
@@ -218,6 +222,12 @@ def resolve(settings: Mapping[str, str], name: str = "AzureWebJobsStorage",
             f"got {credential!r}")
     kind = MANAGED_IDENTITY if credential else None
     client_id = section.get("clientid")
+    resource_id = section.get("managedidentityresourceid")
+    if resource_id is not None and client_id is not None:
+        raise ConnectionSettingError(f"{name}__clientId and {name}__managedIdentityResourceId are both set: name the "
+                                     "user-assigned identity one way")
+    if resource_id is not None and kind is None:
+        raise ConnectionSettingError(f"{name}__managedIdentityResourceId needs {name}__credential=managedidentity")
     account = section.get("accountname")
     uris = {s: section.get(f"{s}serviceuri") for s in SERVICES}
     if account is not None:
@@ -238,4 +248,4 @@ def resolve(settings: Mapping[str, str], name: str = "AzureWebJobsStorage",
                                          f"{needs})")
         uris = {s: _https_uri(f"{name}__{s}ServiceUri", uri) if uri else None for s, uri in uris.items()}
     return StorageConnection(name, blob_uri=uris["blob"], queue_uri=uris["queue"], table_uri=uris["table"],
-                             credential_kind=kind, client_id=client_id)
+                             credential_kind=kind, client_id=client_id, resource_id=resource_id)

@@ -6,19 +6,20 @@ from datetime import datetime, timezone
 
 from ulid import ULID
 
+from shared.formats import hl7v2
+
 RECEIVING_APPLICATION = "LAB-INTAKE"
-MAX_SCAN = 64 * 1024  # the first MSH sits at the top, after at most FHS/BHS headers
 
 
 def first_msh(body: bytes) -> tuple[str, list[str]] | None:
-    """The field separator and fields of the first MSH segment (fields[n - 1] is MSH-n for n >= 2), or None."""
-    head = body[:MAX_SCAN].decode("latin-1")
-    for segment in head.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
-        segment = segment.lstrip("\ufeff \t")
-        if segment.startswith("MSH") and len(segment) > 4:
-            separator = segment[3]
-            return separator, segment.split(separator)
-    return None
+    """The field separator and fields of the first MSH segment (fields[n - 1] is MSH-n for n >= 2), or None. The
+    segment is the one the parser takes for the first message (a BOM, MLLP framing, FHS/BHS before it)."""
+    line = hl7v2.first_header(body)
+    if line is None:
+        return None
+    segment = line.decode("latin-1")
+    separator = segment[3]
+    return separator, segment.split(separator)
 
 
 def commit_ack(body: bytes) -> bytes | None:

@@ -38,7 +38,20 @@ def test_service_uris_with_a_user_assigned_managed_identity() -> None:
     assert conn.service_uri("queue") == "https://acct.queue.core.windows.net"  # trailing slash dropped
 
 
+def test_a_user_assigned_identity_by_resource_id_as_the_host_accepts_it() -> None:
+    """`__managedIdentityResourceId` (the host takes it instead of `__clientId`) was refused by the app."""
+    resource = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"
+    conn = resolve({**URIS, "AzureWebJobsStorage__credential": "managedidentity",
+                    "AzureWebJobsStorage__managedIdentityResourceId": resource})
+    assert conn.resource_id == resource and conn.client_id is None and resource in conn.describe()
+    credential = conn.token_credential().inner
+    assert type(credential).__name__ == "ManagedIdentityCredential"
+
+
 @pytest.mark.parametrize("settings, named", [
+    ({**URIS, "AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__clientId": "a",
+      "AzureWebJobsStorage__managedIdentityResourceId": "/x"}, "AzureWebJobsStorage__managedIdentityResourceId"),
+    ({**URIS, "AzureWebJobsStorage__managedIdentityResourceId": "/x"}, "AzureWebJobsStorage__credential"),
     ({}, "AzureWebJobsStorage"),
     ({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "acct"},
      "AzureWebJobsStorage__accountName"),

@@ -157,3 +157,15 @@ def test_reconcile_timer_enqueues_received_reports_once(app: Storage, monkeypatc
     messages = [json.loads(m.content) for m in app.queue.receive_messages(max_messages=32)]
     assert [m["id"] for m in messages] == [stuck[0]["RowKey"]]
     assert status.read(app.reports, "unit-reconcile", stuck[0]["RowKey"]).status == Status.QUEUED
+
+
+@pytest.mark.parametrize("framing", [b"\xef\xbb\xbf", b"\x0b", b"\x0b\xef\xbb\xbf"], ids=["bom", "mllp", "mllp-bom"])
+def test_commit_ack_answers_the_message_the_parser_reads_first(framing: bytes) -> None:
+    """A batch starting with a UTF-8 BOM was ACKed with the second message's control id, and an MLLP-framed body got
+    no ACK: the ACK now finds MSH exactly as the parser does."""
+    from shared.formats import parse_report
+
+    body = framing + b"MSH|^~\\&|A|B|||20260101||ORU^R01|FIRST|P|2.5.1\rPID|1\rMSH|^~\\&|A|B|||20260101||ORU^R01|SECOND|P|2.5.1\x1c\r"
+    ack = hl7_ack.commit_ack(body)
+    assert ack is not None and b"MSA|CA|FIRST\r" in ack
+    assert len(list(parse_report(body, "application/hl7-v2", "r"))) == 2

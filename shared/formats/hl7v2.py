@@ -86,6 +86,24 @@ def parse(raw: bytes, report_id: str) -> Iterator[ItemResult]:
         yield _item(lines, segments, observations, index, report_id)
 
 
+def _clean(line: bytes) -> bytes:
+    """A segment line without MLLP framing, stray blanks or a UTF-8 BOM (file start, or after MLLP framing), which
+    must not hide an MSH."""
+    line = line.strip(_FRAMING)
+    if line.startswith(_UTF8_BOM):
+        line = line[len(_UTF8_BOM) :].strip(_FRAMING)
+    return line
+
+
+def first_header(raw: bytes, scan: int = 64 * 1024) -> bytes | None:
+    """The first MSH segment, found as the parser finds messages (the HL7 commit acknowledgement answers it)."""
+    for match in _LINE.finditer(raw[:scan]):
+        line = _clean(match.group())
+        if line.startswith(b"MSH") and len(line) > 4:
+            return line
+    return None
+
+
 def _messages(raw: bytes) -> Iterator[tuple[list[bytes], int, int]]:
     """Group segment lines into messages; batch wrapper segments only end the message before them.
 
@@ -94,9 +112,7 @@ def _messages(raw: bytes) -> Iterator[tuple[list[bytes], int, int]]:
     current: list[bytes] = []
     count = observations = 0
     for match in _LINE.finditer(raw):
-        line = match.group().strip(_FRAMING)
-        if line.startswith(_UTF8_BOM):  # a BOM (file start, or after MLLP framing) must not hide the MSH
-            line = line[len(_UTF8_BOM) :].strip(_FRAMING)
+        line = _clean(match.group())
         if not line:
             continue
         head = line[:3]
