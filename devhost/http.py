@@ -49,12 +49,21 @@ class EdgeLimits:
     # Azure's front end answers 502 when an HTTP function has not responded within 230 s, whatever functionTimeout
     # says; the invocation itself runs on to its end.
     response_seconds: float = 230.0
+    # Open connections per process. At the cap a new connection closes the oldest idle one (no request under way)
+    # to get in, so a flood of idle connections cannot lock out the next request (a health check, say); only
+    # when every connection is busy is the new one turned away. Kept well below the process's file limit.
+    max_connections: int = 4096
 
     @classmethod
     def from_settings(cls, get: Callable[[str], str | None]) -> "EdgeLimits":
         """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS and
         DEVHOST_RESPONSE_TIMEOUT_SECONDS shorten defaults."""
         values: dict[str, float] = {}
+        cap = get("DEVHOST_MAX_CONNECTIONS")
+        if cap:
+            if not cap.isdigit() or not 1 <= int(cap) <= cls.max_connections:
+                raise ValueError(f"DEVHOST_MAX_CONNECTIONS must be a whole number from 1 to {cls.max_connections}, "
+                                 f"got {cap!r}")
         for setting, name in (("DEVHOST_KEEP_ALIVE_SECONDS", "keep_alive_seconds"),
                               ("DEVHOST_HEADERS_TIMEOUT_SECONDS", "headers_seconds"),
                               ("DEVHOST_BODY_GRACE_SECONDS", "body_grace_seconds"),
@@ -69,7 +78,7 @@ class EdgeLimits:
                     # Shorter only: devhost may be made stricter for tests, never kinder than the real front end.
                     raise ValueError(f"{setting} must be more than 0 and at most {getattr(cls, name)} (the host's "
                                      f"own limit), got {text!r}")
-        return cls(**values)
+        return cls(**values, **({"max_connections": int(cap)} if cap else {}))  # type: ignore[arg-type]
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -93,6 +102,10 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        if len(_OPEN) >= self.limits.max_connections and not _evict_idle():
+            transport.close()  # every connection is busy with a request: this one waits for none
+            return
+        _OPEN[self] = None
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -122,7 +135,14 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        _OPEN.pop(self, None)
         super().connection_lost(exc)
+
+    @property
+    def idle(self) -> bool:
+        """No request under way: between requests, or none yet and not one byte of it."""
+        return not self.in_headers and (self.cycle is None or self.cycle.response_complete) and \
+            not self.transport.is_closing()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -153,6 +173,20 @@ class EdgeProtocol(HttpToolsProtocol):
             if answer:
                 self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             self.transport.close()
+
+
+# The process's open connections, oldest first (dicts keep insertion order): at the cap, the oldest idle one goes.
+_OPEN: dict[EdgeProtocol, None] = {}
+
+
+def _evict_idle() -> bool:
+    """Close the longest-idle connection; False if every open connection has a request under way."""
+    oldest = next((conn for conn in _OPEN if conn.idle), None)  # the longest-open idle one: in a flood, the first
+    if oldest is None:
+        return False
+    _OPEN.pop(oldest, None)
+    oldest.transport.close()
+    return True
 
 
 class BodyRefused(Exception):

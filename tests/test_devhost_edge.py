@@ -257,3 +257,32 @@ def test_chunked_body_over_the_limit_is_413_as_it_passes_it() -> None:
     app = HttpApp(router, Dispatcher(None), lambda: "Running", {}, EdgeLimits(max_body_bytes=10))
     chunked = ((b"transfer-encoding", b"chunked"),)
     assert call_app(app, "POST", "/api/echo/x", chunks=(b"123456", b"78901", b"never read"), headers=chunked) == 413
+
+
+def test_a_flood_of_idle_connections_cannot_lock_out_the_next_request(azurite) -> None:
+    """20,000 idle connections used to exhaust devhost's file descriptors until they timed out (130 s). At the cap
+    a new connection closes the oldest idle one, so a real request still gets in at once."""
+    env = {"AzureWebJobsStorage": azurite.connection_string, "DEVHOST_MAX_CONNECTIONS": "20"}
+    for host in serving(BASIC, env):
+        flood = [socket.create_connection(("127.0.0.1", host.port), timeout=10) for _ in range(100)]
+        try:
+            response = httpx.get(f"{host.url}/api/echo/after-flood", timeout=10)
+            assert response.status_code == 200
+            closed = 0
+            for sock in flood:
+                sock.settimeout(0.5)
+                try:
+                    closed += sock.recv(1) == b""
+                except (TimeoutError, OSError):
+                    pass
+            assert closed >= 80, f"only {closed} of the idle connections were closed to make room"
+        finally:
+            for sock in flood:
+                sock.close()
+
+
+def test_the_connection_cap_can_be_lowered_never_raised() -> None:
+    assert EdgeLimits.from_settings({"DEVHOST_MAX_CONNECTIONS": "50"}.get).max_connections == 50
+    for bad in ("0", "5000", "many"):
+        with pytest.raises(ValueError, match="DEVHOST_MAX_CONNECTIONS"):
+            EdgeLimits.from_settings({"DEVHOST_MAX_CONNECTIONS": bad}.get)
