@@ -29,10 +29,13 @@ class TryAgain(Exception):  # noqa: N818 - named for what the host does with it
         self.http_status = getattr(failure, "http_status", None)  # a downstream's answer, for telemetry
 
 
+OWN_PACKAGES = ("shared", "devhost")  # devhost's: the local host's own, as the real host's are not the worker's
+
+
 def is_own(exc: BaseException) -> bool:
     """The app's own exceptions carry messages written to hold no report values."""
-    module = type(exc).__module__
-    return module == "shared" or module.startswith("shared.")
+    package = type(exc).__module__.split(".", 1)[0]
+    return package in OWN_PACKAGES
 
 
 def describe(exc: BaseException) -> str:
