@@ -1,7 +1,8 @@
-"""Accepting a report: cheap checks, durable storage (blob + status row), then the queue message.
+"""Accepting a report: cheap checks, then the body and the work message in parallel, then the status row.
 
-Order matters (DESIGN section 3): nothing is acknowledged before it is stored, and a crash between the steps
-leaves a `received` row that the reconciler re-enqueues.
+Order matters (docs/intake.md): nothing is acknowledged before body and row are stored; a row says `queued` only
+when its message was sent, else `received`, which the reconciler re-enqueues; a message whose row never comes is
+dropped by the processor once its intake can no longer be running.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import hashlib
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import http_sfv
@@ -128,8 +130,6 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
         row = _read_back(storage, settings, sub, report_id, certain=_surely_not_written(exc))
     record = row.record()
     try:
-        if _enqueue(storage, row):
-            record.status = Status.QUEUED.value
         telemetry.report_accepted(report_id, sub.sender, record.content_type)
     except Exception as exc:  # noqa: BLE001 - stored: the answer is 202 whatever fails now, never "not stored"
         log.warning("report %s stored; a step after storing failed (%s)", report_id, type(exc).__name__)
@@ -138,13 +138,19 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
 
 
 def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> status.Row:
+    """The body and the work message in parallel, then the status row: two round trips on the way to a 202.
+
+    The row comes last and says whether the message went: `queued` if it did, `received` if it did not (or may not
+    have), which the reconciler re-enqueues. So a `queued` row always has its message, and no second write of the
+    row is needed. A message whose row never comes (the body or the row failed, the sender got no 202) is dropped
+    by the processor once its intake can no longer be running (docs/intake.md)."""
     blob = raw_blob_name(sub.sender, report_id)
     content_type = (sub.content_type or "").strip()
     now = now_iso()
     record = StatusRecord(
         id=report_id,
         sender=sub.sender,
-        status=Status.RECEIVED.value,
+        status=Status.QUEUED.value,
         content_type=content_type,
         size_bytes=len(sub.body),
         sha256=digest,
@@ -154,6 +160,22 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     )
     # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
     activity.record(storage.activity, sub.sender, report_id)
+    entity = status.new_entity(record, blob) | telemetry.context_fields()
+    if sub.allow_duplicate:
+        entity[ALLOW_DUPLICATE] = True
+    upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id)
+    sent = _send(storage, status.Row(entity, ""))
+    upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
+    if not sent:
+        entity["status"] = Status.RECEIVED.value
+    return _create_row(storage, entity)
+
+
+# Intake's second lane: the body's upload runs beside the message's send (one per concurrent request at most).
+_PARALLEL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="intake-upload")
+
+
+def _upload(storage: Storage, sub: Submission, blob: str, content_type: str, digest: str, report_id: str) -> None:
     try:
         storage.container.upload_blob(
             blob,
@@ -165,10 +187,17 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     except ResourceExistsError:
         # The id is this request's own, fresh: the SDK retried an upload that had committed but lost its answer.
         log.info("report %s: raw blob already stored by an earlier try of this upload", report_id)
-    entity = status.new_entity(record, blob) | telemetry.context_fields()
-    if sub.allow_duplicate:
-        entity[ALLOW_DUPLICATE] = True
-    return _create_row(storage, entity)
+
+
+def _send(storage: Storage, row: status.Row) -> bool:
+    """Send the work message; False when it failed or its outcome is unknown (the row will say `received`, and the
+    reconciler sends it: a second message is harmless, a missing one is not)."""
+    try:
+        work.send(storage, row)
+        return True
+    except AzureError as exc:
+        log.warning("report %s: work message not sent (%s); left for the reconciler", row.id, type(exc).__name__)
+        return False
 
 
 class RowWriteUnknown(AzureError):
@@ -211,14 +240,3 @@ def _read_back(storage: Storage, settings: Settings, sub: Submission, report_id:
     if sub.idempotency_key is not None:
         idempotency.release(storage, sub.sender, sub.idempotency_key, report_id)
     raise unavailable(settings.retry_after_seconds)
-
-
-def _enqueue(storage: Storage, row: status.Row) -> bool:
-    """Send the work message and mark the row `queued`; False if the send failed (the reconciler sends it)."""
-    try:
-        work.enqueue(storage, row)
-    except AzureError as exc:
-        # Stored, so the answer is 202 with status `received`: a 503 would make the sender store it again.
-        log.warning("report %s stored but not enqueued (%s); left for the reconciler", row.id, type(exc).__name__)
-        return False
-    return True

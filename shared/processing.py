@@ -10,14 +10,16 @@ import hashlib
 import io
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import IO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from ulid import ULID
 
-from shared import deferral, duplicates, logs, row_limits, status, telemetry
+from shared import deferral, duplicates, logs, reconcile, row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
@@ -107,10 +109,9 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
 
 def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
     message = QueueMessage.model_validate_json(body)
-    row = status.read(storage.reports, message.sender, message.id)
+    row = _row_of(storage, message)
     if row is None:
-        log.warning("report %s: no status row; message dropped", message.id)
-        return "unknown"
+        return _without_row(storage, settings, message)
     if row.status in TERMINAL:
         log.info("report %s already %s; message acknowledged", message.id, row.status.value)
         return "ignored"
@@ -146,6 +147,40 @@ def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: i
         raise
     log.info("report %s %s", message.id, outcome.value)
     return outcome.value
+
+
+ROW_WAIT_SECONDS = 0.2
+ROW_RACE_SECONDS = 5.0  # a message this young may have overtaken its row, written milliseconds after it
+
+
+def _row_of(storage: Storage, message: QueueMessage) -> status.Row | None:
+    """The report's row. Intake sends the message beside the body and writes the row a moment later, so a processor
+    quick enough to get there first looks once more before giving up on it."""
+    row = status.read(storage.reports, message.sender, message.id)
+    if row is None and _intake_may_be_running(message, ROW_RACE_SECONDS):
+        time.sleep(ROW_WAIT_SECONDS)
+        row = status.read(storage.reports, message.sender, message.id)
+    return row
+
+
+def _intake_may_be_running(message: QueueMessage, seconds: float) -> bool:
+    try:
+        sent = ULID.from_str(message.id).datetime
+    except ValueError:
+        return False
+    return datetime.now(timezone.utc) - sent < timedelta(seconds=seconds)
+
+
+def _without_row(storage: Storage, settings: Settings, message: QueueMessage) -> str:
+    """A message with no row: its intake is still storing (wait for it, spending no try), or it failed before the
+    row and the sender got no 202 (drop the message, once that intake can no longer be running)."""
+    window = reconcile.settled_after(settings).total_seconds()
+    if _intake_may_be_running(message, window):
+        delay = deferral.defer(storage, settings, message, deliver_only=False)
+        log.info("report %s: no status row yet; looked again in %d s", message.id, delay)
+        return "deferred"
+    log.warning("report %s: no status row (its intake stored nothing); message dropped", message.id)
+    return "unknown"
 
 
 def _is_long(row: status.Row) -> bool:

@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient
 
-from shared import config, hl7_ack, idempotency, senders, status, work
+from shared import config, hl7_ack, idempotency, intake, senders, status, work
 from shared.clock import to_iso
 from shared.status import Status
 from shared.storage import Storage
@@ -130,7 +130,9 @@ def test_a_failure_after_the_store_still_answers_202(
     """Whatever fails once blob and row are stored (a bug, an unexpected error), the sender is not told "nothing was
     stored": it would send the report again."""
     name, key = sender
-    monkeypatch.setattr(work, "mark_queued", lambda *a: (_ for _ in ()).throw(RuntimeError("unexpected")))
+    from shared import telemetry
+
+    monkeypatch.setattr(telemetry, "report_accepted", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unexpected")))
     response = post(key)
     assert response.status_code == 202, response.get_body()
     assert stored_ids(app, name) == [answer(response)["id"]]
@@ -345,3 +347,62 @@ def test_claims_expire_by_day_range_never_by_scan(app: Storage, sender: tuple[st
     assert claim_of(app, name, "old-key") is None
     again = post(key, **{"idempotency-key": "old-key"})
     assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers  # remembered no longer
+
+
+
+# --- intake's order: body and message in parallel, then the row (docs/intake.md) ----------------------------------
+
+
+def queued_messages(app: Storage) -> list[dict]:
+    return [json.loads(m.content) for m in app.queue.peek_messages(max_messages=32)]
+
+
+def test_three_storage_calls_and_a_queued_row_always_has_its_message(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No second write of the row: it is created `queued` once the message is out (it was blob, row, message, then
+    the row again)."""
+    name, key = sender
+    app.queue.clear_messages()
+    writes: list[str] = []
+    for method in ("update_entity", "upsert_entity", "create_entity"):
+        real = getattr(app.reports, method)
+        monkeypatch.setattr(app.reports, method, lambda *a, _r=real, _m=method, **k: writes.append(_m) or _r(*a, **k))
+    response = post(key)
+    accepted = answer(response)
+    assert response.status_code == 202 and accepted["status"] == "queued"
+    assert writes == [], "the row is written once, in its creating transaction"
+    assert [m["id"] for m in queued_messages(app)] == [accepted["id"]]
+    app.queue.clear_messages()
+
+
+@pytest.mark.parametrize("crash_at", ["upload", "row"])
+def test_intake_killed_between_its_steps_acknowledges_nothing_and_its_message_is_dropped(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    """The process dies after the message went out but before the row: no 202, no report; the processor waits for
+    the row while the intake could still be running, then drops the message (the sender retries with its own
+    report)."""
+    from ulid import ULID
+
+    from shared import processing
+
+    name, key = sender
+    app.queue.clear_messages()
+
+    class Killed(BaseException):
+        pass
+
+    target = (intake, "_upload") if crash_at == "upload" else (intake, "_create_row")
+    monkeypatch.setattr(*target, lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        post(key)
+    monkeypatch.undo()
+    [orphan] = queued_messages(app)
+    assert stored_ids(app, name) == []
+    body = json.dumps(orphan).encode()
+    assert processing.process(app, config.get_settings(), body, 1) == "deferred"  # its intake may still run
+    app.queue.clear_messages()
+    stale = {**orphan, "id": str(ULID.from_datetime(datetime.now(timezone.utc) - timedelta(hours=1)))}
+    assert processing.process(app, config.get_settings(), json.dumps(stale).encode(), 1) == "unknown"
+    assert queued_messages(app) == []

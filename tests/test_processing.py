@@ -95,9 +95,9 @@ def _status_while_running(app: Storage, monkeypatch: pytest.MonkeyPatch, report_
     seen: dict = {}
     real_parse = processing._parse
 
-    def parse_and_look(raw: bytes, message: object) -> object:
+    def parse_and_look(raw: bytes, message: object, *rest: object) -> object:
         seen.update(status.read(app.reports, "unit-proc", report_id).record().model_dump(mode="json"))
-        return real_parse(raw, message)
+        return real_parse(raw, message, *rest)
 
     monkeypatch.setattr(processing, "_parse", parse_and_look)
     run(app, report_id, **run_args)
