@@ -235,3 +235,64 @@ def test_observations_not_listed_by_the_diagnostic_report_are_not_results() -> N
     [result] = bundle(_entries(PATIENT | {"id": "p"}, answer, result_obs, report))
     assert [o.test_code for o in result.item.observations] == ["94500-6"]
     assert ("fhir.nonconformant", "entry[1].resource.status") in [(w.code, w.field) for w in result.warnings]
+
+
+def _message(event: dict, *resources: dict) -> bytes:
+    header = {"resourceType": "MessageHeader", "source": {"endpoint": "urn:x"}} | event
+    return _doc(header, *resources)
+
+
+RESULT = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "94500-6"}]},
+          "valueString": "5"}
+
+
+def test_an_order_event_is_not_a_result() -> None:
+    # As HL7's ORM^O01 / OML^O21 (hl7.not_a_result): every HL7 v2 order event, by code or by URI.
+    for event in ({"eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "O21"}},
+                  {"eventCoding": {"code": "o01"}}, {"eventCoding": {"code": "O33"}}, {"eventCoding": {"code": "O39"}},
+                  {"eventUri": "http://terminology.hl7.org/CodeSystem/v2-0003#OML_O35"}):
+        [result] = bundle(_message(event, PATIENT, RESULT))
+        assert result.item is None and [i.code for i in result.errors] == ["fhir.not_a_result"], event
+        assert result.errors[0].field.startswith("MessageHeader.event")
+    for event in ({"eventCoding": {"code": "R01"}}, {"eventUri": "http://example.org/events/result-O2"},
+                  {"eventCoding": {"code": "O210"}}):
+        [result] = bundle(_message(event, PATIENT, RESULT))
+        assert result.item is not None, (event, result.errors)
+
+
+def test_observations_without_a_result_status_are_not_results() -> None:
+    for status in ("registered", "unknown", "cancelled"):
+        [result] = bundle(_doc(PATIENT, RESULT | {"status": status}))
+        assert codes(result) == [("fhir.no_result", "Observation.status")] and result.item is None
+        [result] = bundle(_doc(PATIENT, RESULT | {"status": status}, RESULT | {"valueString": "7"}))
+        assert [o.result for o in result.item.observations] == ["7"]  # the other one is the result
+    # A retraction (entered-in-error) stays a result: ReportStream sends it as ORU^R01 with OBX-11 `W`.
+    for status in ("final", "corrected", "preliminary", "amended", "entered-in-error"):
+        assert bundle(_doc(PATIENT, RESULT | {"status": status}))[0].item is not None
+    [result] = bundle(_doc(PATIENT, RESULT | {"status": 5}))  # read, so a wrong type rejects the item
+    assert codes(result) == [("fhir.invalid_type", "entry[1].resource.status")]
+
+
+def test_quantity_values_are_json_numbers_kept_as_sent() -> None:
+    raw = ('{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient","identifier":'
+           '[{"value":"Z9"}]}},{"resource":{"resourceType":"Observation","status":"final","code":{"coding":[{"code":'
+           '"2345-7"}]},"valueQuantity":{"value":%s,"unit":"mg/dL"}}}]}')
+    for sent, kept in [("4.10", "4.10"), ("0.0000001", "0.0000001"), ("-0.50", "-0.50"), ("120", "120"),
+                       ("12345678901234567890.123", "12345678901234567890.123"), ("1.0e-3", "0.0010"), ("1e2", "1E+2")]:
+        [result] = bundle((raw % sent).encode())
+        assert result.item is not None and result.item.result == kept, sent
+    # A string (however number-like), a boolean, an object or null is not a FHIR decimal: never rewritten, refused.
+    for sent in ('"1_000"', '"\u0661\u0662"', '"4.10"', '" 5 "', "true", "{}", "[1]"):
+        [result] = bundle((raw % sent).encode())
+        assert result.item is None, sent
+        assert codes(result)[0] == ("fhir.invalid_type", "entry[1].resource.valueQuantity.value"), sent
+        assert "\u0661" not in result.errors[0].message and "1_000" not in result.errors[0].message
+    [result] = bundle((raw % "null").encode())  # null: no value at all, and no JSON value of FHIR's
+    assert codes(result) == [("fhir.invalid_type", "entry[1].resource.valueQuantity.value"),
+                             ("fhir.missing_field", "Observation.value[x]")]
+    for value in ({"valueInteger": "7"}, {"valueInteger": 7.5}, {"valueBoolean": "true"}, {"valueString": 5}):
+        [result] = bundle(_doc(PATIENT, RESULT | value))
+        assert result.item is None and codes(result)[0][0] == "fhir.invalid_type", value
+    for text in ("1_000", "\u0661\u0662", " 4.10 "):  # a string result is kept as sent (trimmed)
+        [result] = bundle(_doc(PATIENT, RESULT | {"valueString": text}))
+        assert result.item.result == text.strip()

@@ -71,9 +71,9 @@ def test_valid_fhir_accepted_with_warnings_only_where_not_read(path: Path) -> No
 
 
 INVALID_FHIR = {
-    "fhir_without_patient.fhir": [(0, "fhir.missing_resource", "Patient")],
-    "lab_order_no_observations.fhir": [(0, "fhir.missing_resource", "Observation")],  # an order, no result
-    "input.fhir": [(0, "fhir.missing_field", "Patient.identifier[0].value")],  # a Patient with no identifier nor name
+    "fhir_without_patient.fhir": [(0, "fhir.not_a_result", "MessageHeader.eventCoding.code")],  # event O01: an order
+    "lab_order_no_observations.fhir": [(0, "fhir.not_a_result", "MessageHeader.eventCoding.code")],  # event O21
+    "input.fhir": [(0, "fhir.no_result", "Observation.status")],  # its only Observation has status `unknown`
 }
 
 

@@ -2,18 +2,24 @@
 
 Each entry is read on its own (ijson), checked against the FHIR R4 model (fhir.resources R4B, the R4-compatible
 release it ships) and dropped unless the ELR core needs it, so memory follows what is kept, not what is sent.
-Model problems in elements the service reads reject the item (`fhir.invalid`); elsewhere they are warnings
-(`fhir.nonconformant`), as ReportStream's lenient HAPI parser treats them.
+Model problems in elements the service reads reject the item (`fhir.invalid`, or `fhir.invalid_type` for a value
+of the wrong JSON type); elsewhere they are warnings (`fhir.nonconformant`), as ReportStream's lenient HAPI parser
+treats them. Whatever a Bundle holds, reading it is an item outcome, never an exception, and its cost is linear.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
+import types
+import typing
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import ijson
 from fhir.resources.R4B import get_fhir_model_class
@@ -28,12 +34,16 @@ from shared.models import Issue
 # model check takes (about 30 bytes of models per byte of JSON), far above any real resource (RS's largest: ~3,000).
 MAX_ENTRIES = 10_000
 MAX_ENTRY_VALUES = 50_000
+# Results per Bundle: a panel is a few dozen (RS's largest sample: 26); more is no lab report, and each costs work.
+MAX_OBSERVATIONS = 1_000
+# Model problems checked per item (RS's worst sample: 110). Past this the entries left are not model-checked, which
+# bounds the work a malformed Bundle costs (the model check takes ~7 us per problem); a resource the core then
+# reads unchecked rejects the item (`fhir.too_many_problems`), as its elements could not be vouched for.
+MAX_PROBLEMS = 1_000
 BUNDLE_TYPES = frozenset({"message", "collection", "transaction", "batch"})
-_MAX_LISTED = 10  # model problems listed per item; the rest are counted
+_MAX_LISTED = 20  # model problems listed per item and severity; one more issue counts the rest
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
 _UTF8_BOM = b"\xef\xbb\xbf"
-# Extensions inside an element (`identifier[0].extension[1].valueOid`, `_birthDate`) are never read.
-_NESTED_EXTENSION = re.compile(r"[.\]](?:extension|modifierExtension)\b|(?:^|\.)_|__ext")
 
 
 def parse_bundle(raw: bytes, report_id: str) -> Iterator[ItemResult]:
@@ -70,18 +80,53 @@ class _Refused(Exception):
         self.field, self.code = field, code
 
 
+class _Problem(NamedTuple):
+    """One way a resource departs from the model. `tie` is the id() of the kept copy when the problem lies in an
+    element the ELR core reads (judged once the core has run); `element` is the top-level element it lies in."""
+
+    entry: int
+    path: str
+    text: str
+    tie: int | None
+    element: str
+    wrong_type: bool
+
+
 @dataclass
 class Bundle:
     """What the ELR core needs of one Bundle: its header values and the resources of the types it reads."""
 
     head: dict[str, Any] = field(default_factory=dict)
     resources: list[tuple[int, str | None, dict[str, Any]]] = field(default_factory=list)  # (entry, fullUrl, resource)
-    # (entry, path, text, id() of the resource when kept and the problem lies in an element the core reads)
-    problems: list[tuple[int, str, str, int | None]] = field(default_factory=list)
+    problems: list[_Problem] = field(default_factory=list)  # the first _MAX_LISTED tied and untied ones
+    listed: list[int] = field(default_factory=lambda: [0, 0])  # problems listed: [untied, tied]
+    overflow: Counter[tuple[int | None, str]] = field(default_factory=Counter)  # the rest, by (tie, element)
+    found: int = 0  # problems found, listed or not
+    unchecked: dict[int, int] = field(default_factory=dict)  # id() of a kept copy not model-checked -> its entry
+    observations: int = 0
     entries: int = 0
+
+    def add(self, entry: int, loc: tuple[Any, ...], text: str, tie: int | None, wrong_type: bool = False) -> None:
+        """Keep the problem when under the cap, else only count it: memory stays bounded whatever is sent."""
+        self.found += 1
+        element = str(loc[0]) if loc else ""
+        if self.listed[tie is not None] < _MAX_LISTED:
+            self.listed[tie is not None] += 1
+            self.problems.append(_Problem(entry, _path(loc), text, tie, element, wrong_type))
+        else:
+            self.overflow[(tie, element)] += 1
 
 
 def _item(data: bytes, index: int, report_id: str, where: str) -> ItemResult:
+    try:
+        return _judged(data, index, report_id, where)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one item's fault never stops the report
+        # Only the exception's type: its text may quote the sender's data.
+        message = f"{where} could not be read (internal {type(exc).__name__}); please report this"
+        return ItemResult(index=index, item=None, errors=[_issue(index, None, "fhir.unreadable", message)])
+
+
+def _judged(data: bytes, index: int, report_id: str, where: str) -> ItemResult:
     result = ItemResult(index=index, item=None)
     try:
         bundle = _read(data[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data, where)
@@ -90,12 +135,34 @@ def _item(data: bytes, index: int, report_id: str, where: str) -> ItemResult:
         return result
     item, errors, read = normalise(bundle.head, [r for _, _, r in bundle.resources],
                                    {url: r for _, url, r in bundle.resources if url}, index, report_id)
-    strict = [p for p in bundle.problems if p[3] in read.used and (p[3], _element(p[1])) not in read.lenient]
-    result.errors.extend(_listed(strict, index, "fhir.invalid") + errors)
-    result.warnings.extend(_listed([p for p in bundle.problems if p not in strict], index, "fhir.nonconformant"))
+
+    def strict(tie: int | None, element: str, wrong_type: bool) -> bool:
+        # A value of the wrong JSON type is an error wherever the core looked, even in an Observation it then
+        # passed over (a result with `"coding": 5` is not silently dropped); other problems only where it read.
+        read_there = tie in read.used or (wrong_type and tie in read.examined)
+        return tie is not None and read_there and (tie, element) not in read.lenient
+
+    failed = [p for p in bundle.problems if strict(p.tie, p.element, p.wrong_type)]
+    passed = [p for p in bundle.problems if not strict(p.tie, p.element, p.wrong_type)]
+    failed_more = sum(n for (tie, element), n in bundle.overflow.items() if strict(tie, element, False))
+    passed_more = sum(bundle.overflow.values()) - failed_more
+    result.errors.extend(_listed(failed, failed_more, index, "fhir.invalid") + errors)
+    result.warnings.extend(_listed(passed, passed_more, index, "fhir.nonconformant"))
+    result.errors.extend(_unchecked(bundle, read.used, index))
     result.warnings.extend(read.warnings)
     result.item = None if result.errors else item
     return result
+
+
+def _unchecked(bundle: Bundle, used: set[int], index: int) -> list[Issue]:
+    """The error for a resource the core read although, past MAX_PROBLEMS, it was not model-checked."""
+    entries = sorted(entry for tie, entry in bundle.unchecked.items() if tie in used)
+    if not entries:
+        return []
+    where = f"entry[{entries[0]}]"
+    return [_issue(index, where, "fhir.too_many_problems",
+                   f"{where} and later entries were not checked against the FHIR R4 model: the Bundle departs from it "
+                   f"in more than {MAX_PROBLEMS:,} places")]
 
 
 def _read(data: bytes, where: str) -> Bundle:
@@ -138,7 +205,7 @@ def _check_head(head: dict[str, Any]) -> None:
         shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
         raise _Refused("resourceType", "fhir.not_bundle", f"resourceType is {shown}, expected Bundle")
     bundle_type = head.get("type")
-    if bundle_type is not None and bundle_type not in BUNDLE_TYPES:
+    if bundle_type is not None and (not isinstance(bundle_type, str) or bundle_type not in BUNDLE_TYPES):
         shown = _SAFE_TOKEN.sub("?", str(bundle_type)[:40])
         raise _Refused("type", "fhir.unsupported_bundle_type",
                        f"Bundle.type {shown} does not carry results (message, collection, transaction, batch)")
@@ -147,7 +214,7 @@ def _check_head(head: dict[str, Any]) -> None:
 def _read_entries(events: Iterator[tuple[str, Any]], bundle: Bundle) -> None:
     event, value = next(events)
     if event != "start_array":
-        bundle.problems.append((-1, "entry", "Bundle.entry is not a list", None))
+        bundle.add(-1, (), "Bundle.entry is not a list", None, wrong_type=True)
         _build(events, (event, value), MAX_ENTRY_VALUES)
         return
     for event, value in events:
@@ -163,15 +230,24 @@ def _read_entries(events: Iterator[tuple[str, Any]], bundle: Bundle) -> None:
 def _keep(bundle: Bundle, position: int, entry: Any) -> None:
     resource = entry.get("resource") if isinstance(entry, dict) else None
     if not isinstance(resource, dict):
-        bundle.problems.append((position, "", "the entry has no resource", None))
+        bundle.add(position, (), "the entry has no resource", None)
         return
-    read = READ_ELEMENTS.get(resource.get("resourceType"))
+    kind = resource.get("resourceType")
+    read = READ_ELEMENTS.get(kind) if isinstance(kind, str) else None
     # Only the elements the core reads are kept; problems there are tied to the kept copy, to be judged later.
     kept = {k: v for k, v in resource.items() if k in read or k in ("resourceType", "id")} if read else None
-    bundle.problems.extend(
-        (position, path, text, id(kept) if kept is not None and _is_read(resource, path) else None)
-        for path, text in _model_problems(resource)
-    )
+    if kind == "Observation":
+        bundle.observations += 1
+        if bundle.observations > MAX_OBSERVATIONS:
+            raise _Refused("entry", "fhir.too_many_observations",
+                           f"the Bundle has more than {MAX_OBSERVATIONS:,} Observations; no lab report holds as many")
+    if bundle.found > MAX_PROBLEMS:
+        if kept is not None:
+            bundle.unchecked[id(kept)] = position
+    else:
+        for loc, text, wrong_type in _model_problems(resource, read or frozenset()):
+            tie = id(kept) if kept is not None and _is_read(resource, loc) else None
+            bundle.add(position, loc, text, tie, wrong_type)
     if kept is not None:
         full_url = entry.get("fullUrl")
         bundle.resources.append((position, full_url if isinstance(full_url, str) else None, kept))
@@ -179,58 +255,176 @@ def _keep(bundle: Bundle, position: int, entry: Any) -> None:
 
 def _build(events: Iterator[tuple[str, Any]], first: tuple[str, Any] | None, budget: int) -> Any:
     """Build one JSON value from parser events (iteratively: nesting depth costs no stack)."""
-    stack: list[Any] = []
-    key: str | None = None
-    root: Any = None
-    count = 0
-    if first is None:
-        first = next(events)
-    event, value = first
-    while True:
+    event, value = next(events) if first is None else first
+    if event not in ("start_map", "start_array"):
+        return value  # a scalar (map_key, end_* never come first from a well-formed parser)
+    root: Any = {} if event == "start_map" else []
+    stack: list[Any] = [root]
+    parent, key, count = root, None, 1
+    # A for loop rather than next() per event: the parser's events are most of the work a large body costs.
+    for event, value in events:
         count += 1
         if count > budget:
             raise _Refused("entry", "fhir.too_large",
                            f"an entry holds more than {budget:,} JSON values; no real resource is that large")
         if event == "map_key":
             key = value
-        elif event in ("end_map", "end_array"):
-            root = stack.pop()
+            continue
+        if event == "end_map" or event == "end_array":
+            stack.pop()
             if not stack:
                 return root
+            parent = stack[-1]
+            continue
+        node: Any = {} if event == "start_map" else [] if event == "start_array" else value
+        if type(parent) is dict:
+            parent[key] = node
         else:
-            node: Any = {} if event == "start_map" else [] if event == "start_array" else value
-            if stack:
-                parent = stack[-1]
-                if type(parent) is dict:
-                    parent[key] = node
-                else:
-                    parent.append(node)
-            if event in ("start_map", "start_array"):
-                stack.append(node)
-            elif not stack:
-                return node
-        event, value = next(events)
+            parent.append(node)
+        if event == "start_map" or event == "start_array":
+            stack.append(node)
+            parent = node
+    raise ijson.IncompleteJSONError("the value ends early")
 
 
-def _model_problems(resource: dict[str, Any]) -> list[tuple[str, str]]:
-    """(path, value-free text) of each way the resource departs from the FHIR R4 model."""
+Located = tuple[tuple[Any, ...], str, bool]  # (loc, value-free text, a wrong JSON type)
+# Pydantic error types saying the JSON value has the wrong type (rather than a wrong value of the right type).
+_TYPE_ERRORS = re.compile(r".*_type|.*_parsing|date_from_datetime_inexact|int_from_float|model_validation_format")
+
+
+def _model_problems(resource: dict[str, Any], read: frozenset[str]) -> list[Located]:
+    """Each way the resource departs from the FHIR R4 model. The model library coerces some wrong JSON types it is
+    given (`"7"` for an integer, `true` for a decimal): in the elements the core reads those are found here too."""
     kind = resource.get("resourceType")
     try:
-        get_fhir_model_class(kind).model_validate(resource)
+        model = get_fhir_model_class(kind) if isinstance(kind, str) else None
+    except (KeyError, ValueError, TypeError):
+        model = None
+    if model is None:
+        shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
+        wrong_type = kind is not None and not isinstance(kind, str)
+        return [(("resourceType",), f"resourceType {shown} is not an R4 resource", wrong_type)]
+    try:
+        problems = _validated(model, resource)
+    except RecursionError:
+        return [((), "nested too deeply to check", False)]
+    except Exception:  # noqa: BLE001 - the library's own validators fail on some wrong types (a number for a url)
+        problems = _validated_by_element(model, resource)
+    typed = _type_problems(model, resource, read)
+    if not typed:
+        return problems
+    # The same value found twice: the type problem says more than what the library made of the value.
+    found = {loc for loc, _, _ in typed}
+    return typed + [p for p in problems if not any(p[0][:n] in found for n in range(1, len(p[0]) + 1))]
+
+
+def _validated(model: Any, resource: dict[str, Any]) -> list[Located]:
+    try:
+        model.model_validate(resource)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
-            text, value = str(err.get("msg", "")), err.get("input")
+            text, value, kind = str(err.get("msg", "")), err.get("input"), str(err.get("type", ""))
             if isinstance(value, (str, int, float, Decimal)) and str(value) and str(value) in text:
-                text = str(err.get("type", "invalid value"))  # never repeat the sender's value
-            problems.append((_path(err.get("loc", ())), text[:200]))
+                text = kind or "invalid value"  # never repeat the sender's value
+            problems.append((tuple(err.get("loc", ())), text[:200], bool(_TYPE_ERRORS.fullmatch(kind))))
         return problems
-    except (KeyError, ValueError, TypeError):
-        shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
-        return [("resourceType", f"resourceType {shown} is not an R4 resource")]
-    except RecursionError:
-        return [("", "nested too deeply to check")]
     return []
+
+
+def _validated_by_element(model: Any, resource: dict[str, Any]) -> list[Located]:
+    """Element by element, when the library fails on the whole: an element it fails on is a wrong JSON type."""
+    kind = resource.get("resourceType")
+    problems = [p for p in _validated(model, {"resourceType": kind}) if p[0][:1] and p[0][0] not in resource]
+    for key, value in resource.items():
+        if key == "resourceType":
+            continue
+        try:
+            problems += [p for p in _validated(model, {"resourceType": kind, key: value}) if p[0][:1] == (key,)]
+        except RecursionError:
+            problems.append(((key,), "nested too deeply to check", False))
+        except Exception:  # noqa: BLE001 - as above
+            problems.append(((key,), "a value in this element has the wrong JSON type", True))
+    return problems
+
+
+# The JSON type of FHIR primitives, by the Python type the model gives them.
+_JSON_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
+    str: ("a string", (str,)), datetime.date: ("a string", (str,)), datetime.datetime: ("a string", (str,)),
+    datetime.time: ("a string", (str,)), bool: ("a boolean", (bool,)), int: ("an integer", (int,)),
+    Decimal: ("a number", (int, Decimal)),
+}
+
+
+@lru_cache(maxsize=None)
+def _fields(model: Any) -> dict[str, tuple[bool, Any]]:
+    """JSON name -> (is a list, the model class or the _JSON_TYPES key) of each element of a model."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        many, annotation = _unwrapped(info.annotation)
+        getter = getattr(annotation, "get_model_klass", None)
+        target = annotation if annotation in _JSON_TYPES else getter() if getter is not None else None
+        if target is not None:
+            fields[info.alias or name] = (many, target)
+    return fields
+
+
+def _unwrapped(annotation: Any) -> tuple[bool, Any]:
+    """`Optional[List[Annotated[str, String()]]]` -> (True, str); a union with str (a url) is a str."""
+    many = False
+    while True:
+        origin = typing.get_origin(annotation)
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if origin is typing.Annotated or (origin is list and not many):
+            many = many or origin is list
+            annotation = args[0]
+        elif origin in (typing.Union, types.UnionType):
+            annotation = str if str in args else args[0] if len(args) == 1 else None
+        else:
+            return many, annotation
+
+
+def _type_problems(model: Any, resource: dict[str, Any], read: frozenset[str]) -> list[Located]:
+    """Values of the wrong JSON type (null where a value belongs included) in the elements the core reads. At most
+    _MAX_LISTED + 1 are looked for: past that, the element is already known bad and the rest only costs time."""
+    problems: list[Located] = []
+    fields = _fields(model)
+    # (the parent's loc, key or index, value, what it must be); a loc is built only for a problem or a container.
+    stack = [((), key, resource[key], fields[key])
+             for key in sorted(read, reverse=True) if key in resource and key in fields]
+    while stack and len(problems) <= _MAX_LISTED:
+        parent, key, value, (many, target) = stack.pop()
+        if value is None:
+            problems.append((parent + (key,), "null where a value belongs", True))
+        elif many:
+            if type(value) is not list:
+                problems.append((parent + (key,), "expected a list", True))
+                continue
+            loc = parent + (key,)
+            # Pushed last item first, so that the first items are checked (and listed) first.
+            stack.extend((loc, i, value[i], (False, target)) for i in range(len(value) - 1, -1, -1)
+                         if value[i] is not None)
+        elif target in _JSON_TYPES:
+            if _wrong_json_type(value, target):
+                problems.append((parent + (key,), f"expected {_JSON_TYPES[target][0]}", True))
+        elif type(value) is not dict:
+            problems.append((parent + (key,), "expected an object", True))
+        else:
+            loc, inner = parent + (key,), _fields(target)
+            for name, child in reversed(value.items()):
+                spec = inner.get(name)
+                if spec is None:
+                    continue
+                if child is not None and not spec[0] and spec[1] in _JSON_TYPES:  # a primitive: checked in place
+                    if _wrong_json_type(child, spec[1]):
+                        problems.append((loc + (name,), f"expected {_JSON_TYPES[spec[1]][0]}", True))
+                else:
+                    stack.append((loc, name, child, spec))
+    return sorted(problems)
+
+
+def _wrong_json_type(value: Any, target: Any) -> bool:
+    return not isinstance(value, _JSON_TYPES[target][1]) or (type(value) is bool and target is not bool)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -241,35 +435,38 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _is_read(resource: dict[str, Any], path: str) -> bool:
-    """Whether a problem at `path` lies in an element the ELR core reads (for its extensions: only ones it reads)."""
+def _is_read(resource: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether a problem at `loc` lies in an element the ELR core reads (for its extensions: only ones it reads)."""
     kind = resource.get("resourceType")
-    name = _element(path)
-    if name not in READ_ELEMENTS.get(kind, ()) or _NESTED_EXTENSION.search(path):
+    name = loc[0] if loc else ""
+    if name not in READ_ELEMENTS.get(kind, ()):
+        return False
+    # Extensions inside an element (`identifier[0].extension[1].valueOid`, `_birthDate`) are never read.
+    if any(isinstance(part, str) and (part in ("extension", "modifierExtension") or part.startswith("_")
+                                      or "__ext" in part) for part in loc[1:]):
         return False
     if name == "extension":
-        match = re.match(r"extension\[(\d+)\]", path)
+        # The element itself, or an extension too broken to tell its url, may be the one the core looks for.
         extensions = resource.get("extension")
-        if match is None or not isinstance(extensions, list) or int(match.group(1)) >= len(extensions):
-            return False
-        extension = extensions[int(match.group(1))]
-        return isinstance(extension, dict) and extension.get("url") in READ_EXTENSIONS
+        if len(loc) < 2 or not isinstance(extensions, list):
+            return True
+        extension = extensions[loc[1]] if isinstance(loc[1], int) and loc[1] < len(extensions) else None
+        url = extension.get("url") if isinstance(extension, dict) else None
+        return not isinstance(url, str) or url in READ_EXTENSIONS
     return True
 
 
-def _element(path: str) -> str:
-    """'birthDate' of 'birthDate', 'code' of 'code.coding[0].system'."""
-    return re.split(r"[.\[]", path, maxsplit=1)[0]
-
-
-def _listed(problems: list[tuple[int, str, str, int | None]], index: int, code: str) -> list[Issue]:
-    """One issue per problem (field `entry[i].resource.path`), at most _MAX_LISTED, the rest counted."""
+def _listed(problems: list[_Problem], more: int, index: int, code: str) -> list[Issue]:
+    """One issue per problem (field `entry[i].resource.path`), at most _MAX_LISTED; one more counts the rest."""
     issues = []
-    for position, path, text, _ in problems[:_MAX_LISTED]:
-        where = "entry" if position < 0 else f"entry[{position}]" + (f".resource.{path}" if path else "")
-        issues.append(_issue(index, where, code, f"{where}: {text}"[:300]))
-    if len(problems) > _MAX_LISTED:
-        issues[-1].message += f" (and {len(problems) - _MAX_LISTED} more)"
+    for problem in problems[:_MAX_LISTED]:
+        where = "entry" if problem.entry < 0 else f"entry[{problem.entry}]" + (
+            f".resource.{problem.path}" if problem.path else "")
+        kind = "fhir.invalid_type" if problem.wrong_type and code == "fhir.invalid" else code
+        issues.append(_issue(index, where, kind, f"{where}: {problem.text}"[:300]))
+    more += max(0, len(problems) - _MAX_LISTED)
+    if more:
+        issues.append(_issue(index, "entry", code, f"{more:,} more problems of this kind are not listed"))
     return issues
 
 

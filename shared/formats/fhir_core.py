@@ -1,13 +1,16 @@
 """The ELR core from a FHIR R4 Bundle's resources: which resources and elements are read, and how they map.
 
 `READ_ELEMENTS` is the one list of what the service reads: fhir.py holds model problems there to be errors and
-everywhere else to be warnings. References are followed by fullUrl or `Type/id` (Observation.subject -> Patient,
-.specimen -> Specimen, .performer -> Organization; ServiceRequest.requester -> Practitioner(Role)).
+everywhere else to be warnings. Orders are not results: a MessageHeader with an HL7 v2 order event (O01, O21, ...)
+rejects the item, and an Observation whose status says it has no result is not one. References are followed by
+fullUrl or `Type/id` (Observation.subject -> Patient, .specimen -> Specimen, .performer -> Organization;
+ServiceRequest.requester -> Practitioner(Role)).
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 from shared.formats import codes
@@ -26,17 +29,26 @@ _ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethn
 READ_EXTENSIONS = frozenset(_RACE_URLS + _ETHNICITY_URLS)
 _VALUES = ("valueQuantity", "valueString", "valueCodeableConcept", "valueInteger", "valueBoolean", "valueDateTime",
            "valueTime")
+# MessageHeader.event[x] codes of HL7 v2 table 0003 whose events are orders or order responses (ORM^O01, OML^O21,
+# OML^O33, ...): every 0003 event starting `O` is one. As HL7's `hl7.not_a_result`, such a Bundle is no result.
+_ORDER_EVENT = re.compile(r"O[0-9]{2}", re.IGNORECASE)
+_ORDER_EVENT_URI = re.compile(r"(?:^|[^A-Za-z0-9])O[0-9]{2}$", re.IGNORECASE)  # `.../O21`, `...#OML_O21`
+# Observation.status values that carry no result: not yet produced (registered), not to be (cancelled), or not
+# known. `entered-in-error` stays a result: ReportStream sends such a retraction as an ORU^R01 with OBX-11 `W`,
+# which HL7 reads as a result (tests/samples/real/reportstream/pairs/sample_CO_20240403), so both formats agree.
+NOT_RESULT_STATUSES = frozenset({"registered", "cancelled", "unknown"})
 # Resource type -> the elements the ELR core reads. Resources of other types are checked, then dropped.
 READ_ELEMENTS: dict[str, frozenset[str]] = {
     "Patient": frozenset({"identifier", "name", "birthDate", "gender", "address", "extension"}),
-    "Observation": frozenset({"code", "subject", "specimen", "performer", "effectiveDateTime", "effectivePeriod",
-                              *_VALUES}),
+    "Observation": frozenset({"status", "code", "subject", "specimen", "performer", "effectiveDateTime",
+                              "effectivePeriod", *_VALUES}),
     "Specimen": frozenset({"type", "collection"}),
     "Organization": frozenset({"identifier"}),
     "Practitioner": frozenset({"identifier"}),
     "PractitionerRole": frozenset({"practitioner"}),
     "ServiceRequest": frozenset({"requester"}),
     "DiagnosticReport": frozenset({"performer", "result", "specimen", "effectiveDateTime", "effectivePeriod"}),
+    "MessageHeader": frozenset({"eventCoding", "eventUri"}),
 }
 
 
@@ -46,6 +58,7 @@ class _Resources:
     def __init__(self, resources: list[dict[str, Any]], by_full_url: dict[str, dict[str, Any]]) -> None:
         self.all = resources
         self.used: set[int] = set()  # id() of each resource the core read from: its model problems are errors
+        self.examined: set[int] = set()  # id() of each Observation looked at as a result: wrong types are errors
         # (id(), element) whose model problems stay warnings although read: the value is left null instead.
         self.lenient: set[tuple[int, str]] = set()
         self.warnings: list[Issue] = []
@@ -86,7 +99,7 @@ class _Resources:
         ServiceRequest.supportingInfo instead (HL7 marks them OBX-29 `QST`): they are not results."""
         listed: dict[int, dict[str, Any]] = {}  # by id(): each once, in order
         for report in self.of_type("DiagnosticReport"):
-            for ref in _get(report, "result") or []:
+            for ref in _list(report.get("result")):
                 found = self.find(ref, "Observation")
                 if found is not None:
                     listed.setdefault(id(found), found)
@@ -111,10 +124,19 @@ def normalise(
 
 
 def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: str) -> tuple[NormalisedItem | None, list[Issue]]:
-    observations = resources.observations()
+    order = _order_event(resources, index)
+    if order is not None:
+        return None, [order]  # as in HL7: an order's resources would only produce noise here
+    listed = resources.observations()
     errors: list[Issue] = []
-    if not observations:
+    if not listed:
         errors.append(_issue(index, "Observation", "fhir.missing_resource", "the Bundle has no Observation"))
+        return None, errors
+    observations = [o for o in listed if _is_result(resources, o)]
+    resources.examined.update(id(o) for o in observations)
+    if not observations:
+        errors.append(_issue(index, "Observation.status", "fhir.no_result",
+                             "no Observation is a result: each has status registered, cancelled or unknown"))
         return None, errors
     observation, error = _first_valid_observation(observations, index)
     if error is not None:
@@ -177,6 +199,30 @@ def _core(head: dict[str, Any], resources: _Resources, index: int, report_id: st
     )
 
 
+def _order_event(resources: _Resources, index: int) -> Issue | None:
+    """`fhir.not_a_result` when the MessageHeader's event (eventCoding.code or eventUri) is an HL7 v2 order event."""
+    header = resources.first("MessageHeader")
+    if header is None:
+        return None
+    code, uri = _text(_get(header, "eventCoding", "code")), _text(header.get("eventUri"))
+    if _ORDER_EVENT.fullmatch(code):
+        field = "MessageHeader.eventCoding.code"
+    elif _ORDER_EVENT_URI.search(uri):
+        field = "MessageHeader.eventUri"
+    else:
+        return None
+    return _issue(index, field, "fhir.not_a_result", f"{field} is an HL7 v2 order event: an order, not a result (R01)")
+
+
+def _is_result(resources: _Resources, observation: dict[str, Any]) -> bool:
+    """False for a status that carries no result. A missing status is only a warning (as ReportStream's lenient
+    parser takes it): the Observation stays a result; any status present is read, so a malformed one is an error."""
+    if "status" not in observation:
+        resources.lenient.add((id(observation), "status"))
+        return True
+    return _text(observation.get("status")) not in NOT_RESULT_STATUSES
+
+
 def _birth_date(patient: dict[str, Any]) -> str | None:
     """Patient.birthDate as YYYY-MM-DD; a year or year-month only is not a date and stays null."""
     text = _text(patient.get("birthDate"))
@@ -185,10 +231,10 @@ def _birth_date(patient: dict[str, Any]) -> str | None:
 
 def _extension_code(resource: dict[str, Any], urls: tuple[str, ...], code_set: codes.CodeSet) -> str | None:
     """Race or ethnicity from the US Core extension (ombCategory, else text) or the code-valued form RS and SR use."""
-    for extension in resource.get("extension") or []:
+    for extension in _list(resource.get("extension")):
         if not isinstance(extension, dict) or extension.get("url") not in urls:
             continue
-        for part in extension.get("extension") or []:
+        for part in _list(extension.get("extension")):
             if isinstance(part, dict) and part.get("url") == "ombCategory":
                 return codes.coded_or_text(code_set, _text(_get(part, "valueCoding", "code")), _text(_get(part, "valueCoding", "display")))
         concept = extension.get("valueCodeableConcept")
@@ -196,14 +242,14 @@ def _extension_code(resource: dict[str, Any], urls: tuple[str, ...], code_set: c
         found = codes.coded_or_text(code_set, _text(_get(coding, "code")), _text(_get(coding, "display")) or _text(_get(concept, "text")))
         if found:
             return found
-        for part in extension.get("extension") or []:
+        for part in _list(extension.get("extension")):
             if isinstance(part, dict) and part.get("url") == "text":
                 return codes.coded_or_text(code_set, None, _text(part.get("valueString")))
     return None
 
 
 def _specimen_type(specimen: dict[str, Any] | None) -> str | None:
-    for coding in _get(specimen, "type", "coding") or []:
+    for coding in _list(_get(specimen, "type", "coding")):
         found = codes.specimen_type(_text(_get(coding, "code")), _text(_get(coding, "display")), _text(_get(coding, "system")))
         if found:
             return found
@@ -215,11 +261,11 @@ def _identifiers(resource: dict[str, Any] | None, marks: frozenset[str]) -> list
     ReportStream writes HL7's assigning authority) its `assigning-authority` namespace or universal id is in `marks`.
     """
     candidates = []
-    for identifier in _get(resource, "identifier") or []:
-        found = {_text(_get(identifier, "system"))} | {_text(_get(c, "code")) for c in _get(identifier, "type", "coding") or []}
-        for extension in _get(identifier, "extension") or []:
+    for identifier in _list(_get(resource, "identifier")):
+        found = {_text(_get(identifier, "system"))} | {_text(_get(c, "code")) for c in _list(_get(identifier, "type", "coding"))}
+        for extension in _list(_get(identifier, "extension")):
             if _text(_get(extension, "url")).endswith("/assigning-authority"):
-                found |= {_text(_get(part, "valueString")) for part in _get(extension, "extension") or []}
+                found |= {_text(_get(part, "valueString")) for part in _list(_get(extension, "extension"))}
         candidates.append((_text(_get(identifier, "value")), bool(found & marks)))
     return candidates
 
@@ -227,9 +273,9 @@ def _identifiers(resource: dict[str, Any] | None, marks: frozenset[str]) -> list
 def _performing_lab_clia(resources: _Resources, observation: dict[str, Any]) -> str | None:
     """The CLIA of the Organization performing the Observation (else the DiagnosticReport's performer): an
     identifier of the CLIA shape, else one typed CLIA, else the performer's first identifier."""
-    performers = list(observation.get("performer") or [])
+    performers = list(_list(observation.get("performer")))
     for report in resources.of_type("DiagnosticReport"):
-        performers += resources.use(report).get("performer") or []
+        performers += _list(resources.use(report).get("performer"))
     candidates = [c for ref in performers for c in _identifiers(resources.follow(ref, "Organization"), _CLIA_MARKS)]
     # As HL7's OBX-23.10, the performing organization's identifier is its CLIA even when not typed as one (RADx
     # MARS self-tests use 00Z... pseudo-CLIAs).
@@ -276,7 +322,7 @@ def _observation(resource: dict[str, Any]) -> Observation | None:
 
 def _test_coding(observation: dict[str, Any]) -> Any:
     """The LOINC coding of Observation.code when there is one, else its first coding."""
-    codings = _get(observation, "code", "coding") or []
+    codings = _list(_get(observation, "code", "coding"))
     return next((c for c in codings if isinstance(c, dict) and c.get("system") == _LOINC), _get(codings, 0))
 
 
@@ -300,7 +346,11 @@ def _value(observation: dict[str, Any]) -> tuple[str, str]:
     """(result, units) from the value[x] types a lab result uses; coded values give their code first."""
     quantity = observation.get("valueQuantity")
     if isinstance(quantity, dict):
-        return _text(quantity.get("value")), _text(quantity.get("unit")) or _text(quantity.get("code"))
+        # A FHIR decimal is a JSON number, kept as sent (_text); anything else given is a value too, so that the
+        # Observation counts as read and fhir.py's JSON type check rejects the item rather than drop the result.
+        value = quantity.get("value")
+        text = _text(value) or ("" if value is None or value == "" else "?")
+        return text, _text(quantity.get("unit")) or _text(quantity.get("code"))
     if "valueString" in observation:
         return _text(observation["valueString"]), ""
     concept = observation.get("valueCodeableConcept")
@@ -311,6 +361,8 @@ def _value(observation: dict[str, Any]) -> tuple[str, str]:
         return _text(observation["valueInteger"]), ""
     if isinstance(observation.get("valueBoolean"), bool):
         return ("true" if observation["valueBoolean"] else "false"), ""
+    if observation.get("valueBoolean") is not None:  # not a JSON boolean: read, so its type error rejects the item
+        return _text(observation["valueBoolean"]) or "?", ""
     if "valueDateTime" in observation:  # e.g. an illness onset date asked at order entry
         text = _text(observation["valueDateTime"])
         return iso_from_text(text) or text, ""
@@ -326,7 +378,7 @@ def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[
     with the element wanted is used, as HL7's first SPM with SPM-17 is.
     """
     refs = [observation.get("specimen")] + [
-        ref for report in resources.of_type("DiagnosticReport") for ref in _get(report, "specimen") or []
+        ref for report in resources.of_type("DiagnosticReport") for ref in _list(report.get("specimen"))
     ]
     found = {id(s): s for s in (resources.find(ref, "Specimen") for ref in refs) if s is not None}
     for specimen in resources.of_type("Specimen"):
@@ -385,10 +437,25 @@ def _get(node: Any, *path: str | int) -> Any:
     return node
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array as is; any other JSON type (a model problem fhir.py reports) reads as empty."""
+    return value if isinstance(value, list) else []
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
         return ""
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
     return str(value).strip()
+
+
+def _decimal_text(value: Decimal) -> str:
+    """A JSON number as sent: the parser keeps every digit, and positional notation writes them back (`4.10`,
+    `0.0000001`; str() would give `1E-7`). Only a number sent with a positive exponent keeps one (`1E+2`): written
+    out, `100` would claim more precision than was sent."""
+    exponent = value.as_tuple().exponent
+    return format(value, "f") if isinstance(exponent, int) and exponent <= 0 else str(value)
 
 
 def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
