@@ -1,6 +1,7 @@
 """The README's run command: embedded Azurite (unless one already listens), a local sender, then devhost.
 
-Prints the URL, a sender key and a curl line to try; Ctrl-C stops devhost and the Azurite it started.
+Prints the URL, a sender key and a curl line to try; Ctrl-C stops devhost and the Azurite it started. A run whose
+port is taken stops at once, before touching Azurite, storage or keys.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def start_azurite() -> Azurite | None:
 
 
 def sender_key() -> str:
-    """A fresh key for the local sender: added the first time, rotated afterwards (keys are shown only once)."""
+    """A fresh key for the local sender: added the first time, rotated afterwards (keys are shown only once). The
+    earlier keys keep working for a day, so a service on another port sharing this Azurite keeps its key."""
     admin = [sys.executable, "-m", "shared.admin", "senders"]
     done = subprocess.run([*admin, "add", SENDER], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        done = subprocess.run([*admin, "rotate", SENDER], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run([*admin, "rotate", SENDER, "--grace", "24h"], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"could not create the local sender: {done.stderr.strip()}")
     return json.loads(done.stdout)["key"]
@@ -62,6 +64,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=7071)
     port = parser.parse_args().port
+    if port_open(port):
+        # Before anything else: a second run must not touch the first one's Azurite, storage or keys.
+        print(f"Port {port} is in use (another ./scripts/run?). Nothing was started or changed. Stop the other one "
+              f"with Ctrl-C in its terminal, or run this one on another port: PORT={port + 1} ./scripts/run",
+              file=sys.stderr)
+        return 1
     azurite = start_azurite()
     try:
         key = sender_key()

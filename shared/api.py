@@ -236,7 +236,10 @@ def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Qu
         try:
             since = to_iso(parse_iso(since))
         except (ValueError, OverflowError):  # OverflowError: a valid date that leaves the calendar in UTC
-            raise bad_request("since must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z.", "bad-query") from None
+            hint = (" A '+' in a query string reads as a space: send the offset as %2B (or use Z)."
+                    if " " in since.strip() else "")
+            raise bad_request("since must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z (a date alone means "
+                              f"its midnight UTC; a time without an offset is UTC).{hint}", "bad-query") from None
     limit_text = get("limit") or str(listing.DEFAULT_LIMIT)
     # ASCII digits only: str.isdigit() also takes '²' and '٥'.
     if not ASCII_DIGITS.match(limit_text) or not 1 <= int(limit_text) <= listing.MAX_LIMIT:

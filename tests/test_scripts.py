@@ -70,3 +70,38 @@ def test_scripts_admin_runs_the_cli_from_the_project_environment(tmp_path: Path,
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sender"] == "script-lab"
     assert "bootstrap: up to date" in done.stderr
+
+
+def test_the_python_version_message_names_the_command_the_user_ran(tmp_path: Path) -> None:
+    _copy_script("bootstrap", tmp_path)
+    run = _copy_script("run", tmp_path)
+    old = _fake_python(tmp_path / "python3.10", "3.10.12")
+    done = subprocess.run([str(run)], env={**os.environ, "PYTHON": str(old)}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "PYTHON=python3.11" in done.stderr
+    assert "scripts/run" in done.stderr and "scripts/bootstrap" not in done.stderr
+
+
+def test_a_second_run_on_a_busy_port_touches_nothing(storage: str) -> None:
+    """It used to reuse the first run's Azurite, rotate the `local` sender's key (the first user's curl got 401), then
+    fail on the port."""
+    import socket
+    import sys
+
+    from shared import senders
+    from shared.storage import Storage
+
+    table = Storage.from_connection_string(storage).senders
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        before = [(s.name, s.keys) for s in senders.list_senders(table)]
+        done = subprocess.run([sys.executable, "scripts/local.py", "--port", str(port)], cwd=REPO_ROOT,
+                              env={**os.environ, "AzureWebJobsStorage": storage}, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1 and f"Port {port} is in use" in done.stderr and "Nothing was" in done.stderr
+        assert [(s.name, s.keys) for s in senders.list_senders(table)] == before
+    finally:
+        busy.close()

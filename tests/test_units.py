@@ -169,3 +169,15 @@ def test_commit_ack_answers_the_message_the_parser_reads_first(framing: bytes) -
     ack = hl7_ack.commit_ack(body)
     assert ack is not None and b"MSA|CA|FIRST\r" in ack
     assert len(list(parse_report(body, "application/hl7-v2", "r"))) == 2
+
+
+def test_since_with_an_unencoded_plus_gets_a_hint_and_the_reading_is_said() -> None:
+    from shared.api import parse_list_query
+    from shared.problems import Problem
+
+    with pytest.raises(Problem) as refused:
+        parse_list_query({"since": "2026-01-31T00:00:00 00:00"}, "s")  # `+00:00` as a browser sends it unencoded
+    assert "%2B" in refused.value.detail and "midnight UTC" in refused.value.detail
+    assert parse_list_query({"since": "2026-01-31"}, "s").since == "2026-01-31T00:00:00.000Z"
+    assert parse_list_query({"since": "2026-01-31T10:00:00"}, "s").since == "2026-01-31T10:00:00.000Z"
+    assert parse_list_query({"since": "2026-01-31T10:00:00+02:00"}, "s").since == "2026-01-31T08:00:00.000Z"
