@@ -16,7 +16,7 @@ from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 
-from shared import activity, index, keys, poison, reconcile, reindex, retention, senders, status, work
+from shared import activity, errors, index, keys, poison, reconcile, reindex, retention, senders, status, work
 from shared.clock import to_iso
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_retention(args, storage)
         print(f"{reconcile.reconcile(storage, get_settings())} report(s) re-enqueued")
         return 0
-    except (AdminError, senders.SenderError, keys.KeyRegistryError, SettingsError) as exc:
+    except (AdminError, senders.SenderError, keys.KeyRegistryError, SettingsError, errors.Refused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ClientAuthenticationError as exc:

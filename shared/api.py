@@ -13,12 +13,14 @@ from azure.core.exceptions import AzureError
 
 from shared import (
     auth,
+    errors,
     hl7_ack,
     intake,
     listing,
     logs,
     lookup,
     poison,
+    problems,
     processing,
     reportstream,
     telemetry,
@@ -72,6 +74,8 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         return handler(req, get_storage(), settings)
     except Problem as problem:
         return problem.response()
+    except errors.Refused as refused:
+        return problems.of(refused).response()
     except auth.AuthError as refused:
         return unauthorized(str(refused)).response()
     except tokens.TokenError as refused:

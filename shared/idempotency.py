@@ -21,7 +21,7 @@ from azure.data.tables import TableTransactionError
 from shared import expiry, status, table_batch
 from shared.clock import now_iso, parse_iso
 from shared.config import Settings
-from shared.problems import Problem, unavailable
+from shared.errors import Kind, Refused, unavailable
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,8 @@ def claim(
         if held is not None:
             return held
         if time.monotonic() > deadline:
-            raise Problem(
-                409, "idempotency-key-in-progress", "Conflict",
-                "A request with this Idempotency-Key is still being stored; retry shortly.",
-                {"Retry-After": str(settings.retry_after_seconds)},
-            )
+            raise Refused(Kind.IN_PROGRESS, "A request with this Idempotency-Key is still being stored; retry shortly.",
+                          retry_after=settings.retry_after_seconds)
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
 
@@ -120,10 +117,8 @@ def _held(
         if existing.get("report_id") == entity["report_id"]:
             return str(entity["report_id"])  # our own create, committed although its answer was lost
         if not fingerprint.matches(existing):
-            raise Problem(
-                422, "idempotency-key-reused", "Unprocessable Content",
-                "This Idempotency-Key was already used with a different report body or Content-Type.",
-            )
+            raise Refused(Kind.KEY_REUSED,
+                          "This Idempotency-Key was already used with a different report body or Content-Type.")
         row = status.read(storage.reports, pk, str(existing["report_id"]))
         if row is not None:
             return row

@@ -24,7 +24,7 @@ from shared.clock import now_iso
 from shared.config import Settings
 from shared.formats import FORMATS, media_type
 from shared.models import StatusRecord
-from shared.problems import bad_request, too_large, unavailable, unsupported_media_type
+from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 

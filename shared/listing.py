@@ -19,7 +19,7 @@ from azure.data.tables import TableClient
 
 from shared import index
 from shared.models import StatusRecord
-from shared.problems import Problem, bad_request
+from shared.errors import Refused, bad_request
 from shared.status import Status, entity_to_record
 
 DEFAULT_LIMIT = 50
@@ -61,7 +61,7 @@ def encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode("ascii")).rstrip(b"=").decode("ascii")
 
 
-def _bad_cursor() -> Problem:
+def _bad_cursor() -> Refused:
     return bad_request("cursor is not one this API returned for this query.", "bad-query")
 
 

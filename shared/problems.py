@@ -5,6 +5,8 @@ from __future__ import annotations
 import azure.functions as func
 from pydantic import BaseModel
 
+from shared.errors import Kind, Refused
+
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:lab-intake:problem:"
 
@@ -62,3 +64,20 @@ def unsupported_media_type(detail: str) -> Problem:
 
 def too_large(size: int, limit: int, setting: str) -> Problem:
     return Problem(413, "too-large", "Content Too Large", f"The report is {size} bytes; the limit is {limit} ({setting}).")
+
+
+# The core's refusals as HTTP answers: kind -> (status, title). One table, here at the edge.
+ANSWERS: dict[Kind, tuple[int, str]] = {
+    Kind.BAD_REQUEST: (400, "Bad Request"),
+    Kind.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported Media Type"),
+    Kind.TOO_LARGE: (413, "Content Too Large"),
+    Kind.IN_PROGRESS: (409, "Conflict"),
+    Kind.KEY_REUSED: (422, "Unprocessable Content"),
+    Kind.UNAVAILABLE: (503, "Service Unavailable"),
+}
+
+
+def of(refused: Refused) -> Problem:
+    status, title = ANSWERS[refused.kind]
+    headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after is not None else None
+    return Problem(status, refused.slug, title, refused.detail, headers)

@@ -25,6 +25,8 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from shared.clock import parse_iso
 from shared.formats import FORMATS, media_type
+from shared import problems
+from shared.errors import Refused
 from shared.problems import TYPE_PREFIX, Problem
 
 if TYPE_CHECKING:
@@ -293,7 +295,8 @@ def traced_ingest(handler: F) -> F:
         ) as span:
             try:
                 response = handler(*args, **kwargs)
-            except Problem as problem:  # answered as problem+json by the HTTP edge
+            except (Problem, Refused) as raised:  # answered as problem+json by the HTTP edge
+                problem = raised if isinstance(raised, Problem) else problems.of(raised)
                 span.set_attributes({
                     "http.response.status_code": problem.status, ERROR_TYPE: str(problem.status),
                     PROBLEM: problem.type.removeprefix(TYPE_PREFIX),

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
-from shared import activity, checkpoints, index, listing, reconcile, reindex, senders, status, table_batch
+from shared import activity, checkpoints, index, listing, problems, reconcile, reindex, senders, status, table_batch
 from shared.clock import to_iso
 from shared.config import get_settings
+from shared.errors import Kind, Refused
 from shared.models import StatusRecord
-from shared.problems import Problem
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from tests.history import historical
@@ -124,9 +124,9 @@ def test_the_largest_row_fits_one_transaction(app: Storage) -> None:
 ])
 def test_cursors_the_api_never_returned_are_400(cursor: str) -> None:
     query = listing.Query(sender="x", since="2026-01-01T00:00:00Z", cursor=cursor)
-    with pytest.raises(Problem) as caught:
+    with pytest.raises(Refused) as caught:
         listing.list_reports(None, query)  # type: ignore[arg-type] - refused before any storage call
-    assert caught.value.status == 400
+    assert caught.value.kind is Kind.BAD_REQUEST and problems.of(caught.value).status == 400
 
 
 def stuck(app: Storage, sender: str, minutes_ago: int) -> status.Row:
@@ -156,6 +156,7 @@ def test_reconcile_finds_stuck_reports_of_active_senders_and_moves_its_checkpoin
 
 def test_replay_by_id_finds_the_sender(app: Storage, azurite) -> None:
     row = stuck(app, "ix-replay", minutes_ago=0)
+    app.container.upload_blob(raw_blob_name("ix-replay", row.id), b"x", overwrite=True)  # replay needs the body
     done = admin(azurite.connection_string, "poison", "replay", "--id", row.id)
     assert f"replayed {row.id} (ix-replay)" in done.stdout
     missing = admin(azurite.connection_string, "poison", "replay", "--id", str(ULID()), check=False)

@@ -181,3 +181,23 @@ def test_since_with_an_unencoded_plus_gets_a_hint_and_the_reading_is_said() -> N
     assert parse_list_query({"since": "2026-01-31"}, "s").since == "2026-01-31T00:00:00.000Z"
     assert parse_list_query({"since": "2026-01-31T10:00:00"}, "s").since == "2026-01-31T10:00:00.000Z"
     assert parse_list_query({"since": "2026-01-31T10:00:00+02:00"}, "s").since == "2026-01-31T08:00:00.000Z"
+
+
+def test_the_core_raises_no_http_and_one_table_maps_its_refusals() -> None:
+    """Only the HTTP edge (api.py, problems.py) imports azure.functions or builds a response; every kind of refusal
+    the core raises has its answer in problems.ANSWERS."""
+    import ast
+    from pathlib import Path
+
+    from shared import errors, problems
+
+    edge = {"api.py", "problems.py"}
+    for path in sorted(Path("shared").rglob("*.py")):
+        if path.name in edge:
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "azure.functions" not in imported, path
+        assert "func.HttpResponse(" not in path.read_text(), path
+    assert set(problems.ANSWERS) == set(errors.Kind)
