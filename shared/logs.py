@@ -71,7 +71,10 @@ def _foreign_in_chain(exc: BaseException) -> bool:
 
 def scrub(record: logging.LogRecord) -> logging.LogRecord:
     """Drop the message and traceback of foreign exceptions from a record: logged with exc_info, or passed as an
-    argument to be formatted into the message."""
+    argument to be formatted into the message. The local host's own records (logger `devhost`, in the same process
+    as the app here) are the host's, which the worker's logging never touches on Azure."""
+    if record.name == "devhost" or record.name.startswith("devhost."):
+        return record
     if record.exc_info and record.exc_info[1] is not None and _foreign_in_chain(record.exc_info[1]):
         exc = record.exc_info[1]
         record.msg = f"{record.msg} [{describe(exc).replace('%', '%%')}]"
