@@ -22,8 +22,18 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
-from azure.data.tables._generated._vendor import prep_if_match, prep_if_none_match
-from azure.data.tables._serialize import _add_entity_properties, _get_match_condition, _prepare_key
+
+# The fast path leans on the SDK's private serialisers (pinned in requirements.txt; tests/test_table_batch.py checks
+# every part against the SDK's own). Should a release move them, transactions fall back to the public
+# `TableClient.submit_transaction`: slower (see bench/table_batch.py), never broken.
+try:
+    from azure.data.tables._generated._vendor import prep_if_match, prep_if_none_match
+    from azure.data.tables._serialize import _add_entity_properties, _get_match_condition, _prepare_key
+
+    _PRIVATE_IMPORTS = True
+except ImportError:  # pragma: no cover - exercised by forcing FAST off in the tests
+    _PRIVATE_IMPORTS = False
+_CLIENT_ATTRIBUTES = ("_client", "_primary_hostname", "_cosmos_endpoint")
 
 _STATUS = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _ETAG = re.compile(rb"^ETag: *(.+?)\r?$", re.MULTILINE | re.IGNORECASE)
@@ -107,16 +117,43 @@ def request(table: TableClient, operations: list) -> HttpRequest:
     )
 
 
+def fast_path_works(table: TableClient) -> bool:
+    """Whether every private name the fast path uses exists in this SDK (checked once per client type)."""
+    return _PRIVATE_IMPORTS and all(hasattr(table, name) for name in _CLIENT_ATTRIBUTES) and \
+        hasattr(table._client, "send_request")  # noqa: SLF001
+
+
+FAST = True  # tests turn it off to run the public path
+
+
 def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
     """Commit `operations` atomically; returns each one's {"etag"}.
 
     Raises TableTransactionError naming the failing operation (`index`, `status_code`, `error_code`) as the SDK does.
     """
+    if not (FAST and fast_path_works(table)):
+        return submit_public(table, operations)
     response = table._client.send_request(request(table, operations), stream=True)  # noqa: SLF001 - read below
     body = response.read()
     if response.status_code != 202:
         raise HttpResponseError(response=response)
     return _read(body, response.headers.get("Content-Type", ""), len(operations))
+
+
+def submit_public(table: TableClient, operations: list) -> list[dict[str, Any]]:
+    """The same transaction through the SDK's public API."""
+    if not operations or len(operations) > MAX_OPERATIONS:
+        raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations, not {len(operations)}")
+    answers = table.submit_transaction([_public(op) for op in operations])
+    return [{"etag": answer.get("etag")} for answer in answers]
+
+
+def _public(operation: tuple) -> tuple:
+    kind, entity = str(operation[0]).lower(), operation[1]
+    options = dict(operation[2]) if len(operation) > 2 else {}
+    if kind in ("update", "upsert"):
+        options.setdefault("mode", UpdateMode.MERGE)
+    return (kind, entity, options) if options else (kind, entity)
 
 
 def _frame(parts: list[Part], batch_boundary: str, changeset: str) -> bytes:

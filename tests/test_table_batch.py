@@ -71,8 +71,32 @@ def test_mixed_partitions_and_oversized_transactions_are_refused() -> None:
         table_batch.parts(table, [("create", {"PartitionKey": "a", "RowKey": "1"}, {"timeout": 5})])
 
 
-def test_azurite_commits_the_parts_and_refuses_a_stale_etag(app: Storage) -> None:
-    pk = "batch'test é"  # Azure forbids / \ # ? in keys
+@pytest.fixture(params=["fast", "public"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each transaction test runs on the fast path and on the public SDK path it falls back to."""
+    monkeypatch.setattr(table_batch, "FAST", request.param == "fast")
+    return request.param
+
+
+def test_the_fast_path_is_used_only_where_every_private_name_exists(app: Storage,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release that moves a private name the fast path uses turns it off: transactions go through the public
+    `submit_transaction` and still commit."""
+    assert table_batch.fast_path_works(app.reports)
+    monkeypatch.setattr(table_batch, "_CLIENT_ATTRIBUTES", (*table_batch._CLIENT_ATTRIBUTES, "_renamed_in_12_8"))
+    assert not table_batch.fast_path_works(app.reports)
+    public: list[int] = []
+    real = table_batch.submit_public
+    monkeypatch.setattr(table_batch, "submit_public", lambda t, ops: public.append(len(ops)) or real(t, ops))
+    assert table_batch.submit(app.reports, [("upsert", {"PartitionKey": "batch-moved", "RowKey": "r"})])[0]["etag"]
+    assert public == [1]
+    monkeypatch.setattr(table_batch, "_PRIVATE_IMPORTS", False)
+    monkeypatch.setattr(table_batch, "_CLIENT_ATTRIBUTES", ())
+    assert not table_batch.fast_path_works(app.reports)
+
+
+def test_azurite_commits_the_parts_and_refuses_a_stale_etag(app: Storage, path: str) -> None:
+    pk = f"batch'test é {path}"  # Azure forbids / \ # ? in keys
     when = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
     first = {"PartitionKey": pk, "RowKey": "row'1", "text": "é\u2028", "count": 3, "big": (2**40, EdmType.INT64),
              "at": when, "flag": True}
@@ -94,3 +118,15 @@ def test_azurite_commits_the_parts_and_refuses_a_stale_etag(app: Storage) -> Non
              {"mode": UpdateMode.MERGE, "etag": written[0]["etag"], "match_condition": MatchConditions.IfNotModified})])
     assert stale.value.status_code == 412
     assert app.reports.get_entity(pk, "row'1")["count"] == 4
+
+
+
+def test_a_conflict_names_its_operation_on_both_paths(app: Storage, path: str) -> None:
+    pk = f"batch-conflict-{path}"
+    table_batch.submit(app.reports, [("upsert", {"PartitionKey": pk, "RowKey": "b"})])
+    with pytest.raises(TableTransactionError) as conflict:
+        table_batch.submit(app.reports, [("create", {"PartitionKey": pk, "RowKey": "a"}),
+                                         ("create", {"PartitionKey": pk, "RowKey": "b"})])
+    assert conflict.value.status_code == 409 and conflict.value.index == 1
+    with pytest.raises(ValueError, match="1 to 100"):
+        table_batch.submit(app.reports, [("create", {"PartitionKey": pk, "RowKey": str(n)}) for n in range(101)])
