@@ -88,7 +88,7 @@ def cpu(checks: int) -> dict:
     from shared.storage import get_storage
 
     with Azurite() as azurite:
-        os.environ["AzureWebJobsStorage"] = azurite.connection_string
+        os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 - the host's own spelling
         config.get_settings.cache_clear()
         storage = get_storage()
         conn = azurite.connection_string

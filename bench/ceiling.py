@@ -68,7 +68,7 @@ class Clients:
     queue: QueueClient
 
     @classmethod
-    def create(cls, conn: str) -> "Clients":
+    def create(cls, conn: str) -> Clients:
         # The app's own client factory (same retry, timeout and transport options, base64 queue encoding), so the
         # ceiling follows the app's client configuration whatever it becomes.
         with _bench_names():
@@ -218,7 +218,7 @@ def drain(c: Clients, threads: int, batch: int, duration_s: float, max_messages:
         w.join(timeout=max(0.0, end - time.perf_counter()) + 120)
     elapsed = max(1e-9, last_done[0] - start)
     marks = [start, *sorted(done_times)]
-    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     level = LevelResult(threads, elapsed, counts["ok"], counts["error"], dict(counts), latencies, errors,
                         max(gaps, default=0.0))
     tail_info: dict = {}

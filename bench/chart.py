@@ -23,7 +23,7 @@ def latency_chart(results: dict, path: Path) -> Path | None:
         xs = [lv["concurrency"] for lv in intake if lv["latency"][key] is not None]
         ys = [lv["latency"][key] for lv in intake if lv["latency"][key] is not None]
         ax.plot(xs, ys, marker="o", color=color, label=f"intake via devhost {key[:3]}")
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
         cx = [lv["concurrency"] for lv in ceiling if lv["latency"][key] is not None]
         cy = [lv["latency"][key] for lv in ceiling if lv["latency"][key] is not None]

@@ -121,7 +121,7 @@ def worktree(stack: ExitStack, commit: str) -> Path:
 
 
 def ratios(base: list[float], this: list[float]) -> dict[str, float]:
-    per_round = [t / b for b, t in zip(base, this) if b]
+    per_round = [t / b for b, t in zip(base, this, strict=True) if b]
     return {"base": round(statistics.median(base), 1), "this": round(statistics.median(this), 1),
             "ratio": round(statistics.median(per_round), 3),
             "ratio_low": round(min(per_round), 3), "ratio_high": round(max(per_round), 3)}

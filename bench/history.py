@@ -22,12 +22,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from devhost.azurite import Azurite, connection_string
 from ulid import ULID
 
+from devhost.azurite import Azurite, connection_string
 from shared import activity, admin, intake, listing, processing, reconcile, senders, status
 from shared.clock import to_iso
 from shared.config import Settings, load_settings
@@ -78,7 +78,7 @@ def measure(meter: Meter, run: Callable[[], object], prepare: Callable[[], objec
 def stuck_report(storage: Storage) -> str:
     """A report whose ingest stopped after storing its row: what the reconciler and a replay pick up."""
     report_id = str(ULID())
-    now = to_iso(datetime.now(timezone.utc) - timedelta(seconds=1))
+    now = to_iso(datetime.now(UTC) - timedelta(seconds=1))
     record = StatusRecord(id=report_id, sender=SENDER, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=len(CSV), sha256="0" * 64, received_at=now, updated_at=now)
     activity.record(storage.activity, SENDER, report_id)
@@ -92,7 +92,7 @@ Operation = tuple[Callable[[], object], Callable[[], object] | None]
 def operations(storage: Storage, direct: Storage, settings: Settings) -> dict[str, Operation]:
     """The everyday operations as the app, the host and the admin CLI perform them; preparation goes direct."""
     state: dict[str, str] = {}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     hour_ago, month_ago = to_iso(now - timedelta(hours=1)), to_iso(now - timedelta(days=30))
 
     def ingest() -> None:
@@ -140,7 +140,7 @@ def run_size(storage: Storage, direct: Storage, meter: Meter, settings: Settings
         say(f"seeding {size - seeded:,} reports of history ({seeded:,} -> {size:,})")
         started = time.perf_counter()
         # Spread over the year; a later batch lands between the reports already there.
-        seed(direct.reports, SENDER, size - seeded, datetime.now(timezone.utc) - timedelta(hours=2),
+        seed(direct.reports, SENDER, size - seeded, datetime.now(UTC) - timedelta(hours=2),
              timedelta(days=365))
         say(f"  seeded in {time.perf_counter() - started:.0f} s")
     results = {}

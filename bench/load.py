@@ -155,7 +155,7 @@ def run_level(factory: OpFactory, concurrency: int, duration_s: float, warmup_s:
         # Bounded: an operation in flight at the deadline has its own client timeout.
         t.join(timeout=max(0.0, times["end"] - time.perf_counter()) + 120)
     marks = [times["start"], *sorted(tally.completions), times["end"]]
-    gap = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+    gap = max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
     return tally.result(concurrency, duration_s, gap)
 
 

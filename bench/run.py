@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -48,7 +48,6 @@ from bench.chart import latency_chart
 from bench.load import latency_summary, post_factory, run_count, run_level
 from bench.profiling import Recording, py_spy
 from bench.reports import HL7, big_report, small_report
-from devhost.azurite import REPO_ROOT
 from bench.service import (
     CpuMeter,
     Processes,
@@ -59,6 +58,7 @@ from bench.service import (
     reset_peak,
     wait_health,
 )
+from devhost.azurite import REPO_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TERMINAL = {"processed", "rejected", "failed"}
@@ -112,7 +112,7 @@ class Bench:
         self.profile = profile and py_spy() is not None
         self.procs = Processes(workers=plan.workers)
         self.results: dict = {
-            "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": quick,
             "plan": plan.__dict__,
             "notes": [],
@@ -191,8 +191,8 @@ class Bench:
         for c in p.levels:
             self.check_budget("ceiling")
             level, summary = self.measure(f"ceiling c={c}", self.pids(),
-                                          lambda: run_level(lambda _i: (ops, lambda: None), c, p.ceiling_level_s,
-                                                            p.warmup_s))
+                                          lambda c=c: run_level(lambda _i: (ops, lambda: None), c, p.ceiling_level_s,
+                                                                p.warmup_s))
             out["basic"].append(summary)
             say(f"  ceiling c={c:<2d} {level.rate:7.1f} ops/s  p50 {summary['latency']['p50_ms']} ms"
                 f"  p99 {summary['latency']['p99_ms']} ms  errors {level.errors}  cpu {summary['cpu_cores']}")
@@ -246,7 +246,8 @@ class Bench:
                 rec = Recording(host.process.pid, self.out / "profiles" / f"intake_c{c}.txt",
                                 p.warmup_s + p.level_s + 0.1)
             level, summary = self.measure(f"intake c={c}", self.pids(host),
-                                          lambda: run_level(self.post_factory(host.url), c, p.level_s, p.warmup_s))
+                                          lambda c=c: run_level(self.post_factory(host.url), c, p.level_s,
+                                                                p.warmup_s))
             if rec is not None:
                 profiles[f"intake_c{c}"] = rec.finish()
             levels.append(summary)
@@ -387,9 +388,9 @@ class Bench:
         # The same measures as the SDK ceiling's drain, from the moments reports were completed: Azurite's stalls
         # (gaps with nothing completed) and the rate over the last reports.
         completed = sorted(_seconds(r["completed_at"]) for r in records if r.get("completed_at"))
-        gaps = [b - a for a, b in zip(completed, completed[1:])]
+        gaps = [b - a for a, b in zip(completed, completed[1:], strict=False)]
         stalls = [{"at_s": round(a - completed[0], 1), "seconds": round(g, 1)}
-                  for a, g in zip(completed, gaps) if g >= ceil.STALL_S]
+                  for a, g in zip(completed, gaps, strict=False) if g >= ceil.STALL_S]
         stall_s = sum(g for g in gaps if g >= ceil.STALL_S)
         span_rate = round((len(completed) - 1) / (completed[-1] - completed[0]), 2) if len(completed) > 1 else None
         drain_s = (done_at - ready) if done_at else None
@@ -653,7 +654,7 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.results["summary"] = summary(self.results)
         text = json.dumps(self.results, indent=2, default=str)
-        stamp = (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if self.results["quick"] else "")
+        stamp = (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if self.results["quick"] else "")
                  + kind)
         (self.out / f"latest{kind}.json").write_text(text)
         (self.out / f"{stamp}.json").write_text(text)

@@ -86,10 +86,10 @@ class Azurite:
 
     def service_uri(self, service: str) -> str:
         """The path-style endpoint of one service (`blob`, `queue` or `table`) for the development account."""
-        port = dict(zip(("blob", "queue", "table"), self.ports))[service]
+        port = dict(zip(("blob", "queue", "table"), self.ports, strict=True))[service]
         return f"{'https' if self.cert else 'http'}://127.0.0.1:{port}/{ACCOUNT_NAME}"
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         if self.process and self.process.poll() is None:
             return self
         blob, queue, table = self.ports
@@ -121,7 +121,7 @@ class Azurite:
             fd, name = tempfile.mkstemp(prefix="azurite-", suffix=".log")
             os.close(fd)
             self.log_path, self._own_log = Path(name), True
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process, closed below
         self.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
@@ -167,7 +167,7 @@ class Azurite:
         while any(port_open(p) for p in self.ports) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import azure.functions as func
 from azure.functions._abc import RetryContext, TraceContext  # not re-exported by azure.functions
@@ -110,7 +111,7 @@ class InvocationContext(func.Context):
 
     _local = threading.local()
 
-    def __init__(self, invocation_id: str, fn: "LoadedFunction") -> None:
+    def __init__(self, invocation_id: str, fn: LoadedFunction) -> None:
         self._id, self._fn = invocation_id, fn
 
     @property

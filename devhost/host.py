@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class _UtcFormatter(logging.Formatter):
     """`[2024-05-01T12:00:00.123Z] message`, the prefix `func start` puts on its lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         return f"[{stamp}Z] {super().format(record)}"
 
 
@@ -246,7 +246,7 @@ def worker_process_count() -> int:
     return int(text)
 
 
-def fork_workers(host: "Host", count: int) -> None:
+def fork_workers(host: Host, count: int) -> None:
     """Fork worker processes sharing the listening socket (the kernel spreads connections over them).
 
     Like the real host, which spreads invocations over its workers, every worker runs the HTTP and queue triggers;

@@ -41,7 +41,7 @@ class QueueOptions:
     message_encoding: str = "base64"
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], development: bool, cpu_count: int | None = None) -> "QueueOptions":
+    def from_config(cls, config: dict[str, Any], development: bool, cpu_count: int | None = None) -> QueueOptions:
         q = get_ci(config, "extensions", "queues", default={}) or {}
 
         def opt(key: str, default: Any) -> Any:

@@ -12,8 +12,9 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import azure.functions as func
@@ -55,14 +56,13 @@ class EdgeLimits:
     max_connections: int = 4096
 
     @classmethod
-    def from_settings(cls, get: Callable[[str], str | None]) -> "EdgeLimits":
+    def from_settings(cls, get: Callable[[str], str | None]) -> EdgeLimits:
         """DEVHOST_KEEP_ALIVE_SECONDS, DEVHOST_HEADERS_TIMEOUT_SECONDS, DEVHOST_BODY_GRACE_SECONDS and
         DEVHOST_RESPONSE_TIMEOUT_SECONDS shorten defaults."""
         values: dict[str, float] = {}
         cap = get("DEVHOST_MAX_CONNECTIONS")
-        if cap:
-            if not cap.isdigit() or not 1 <= int(cap) <= cls.max_connections:
-                raise ValueError(f"DEVHOST_MAX_CONNECTIONS must be a whole number from 1 to {cls.max_connections}, "
+        if cap and (not cap.isdigit() or not 1 <= int(cap) <= cls.max_connections):
+            raise ValueError(f"DEVHOST_MAX_CONNECTIONS must be a whole number from 1 to {cls.max_connections}, "
                                  f"got {cap!r}")
         for setting, name in (("DEVHOST_KEEP_ALIVE_SECONDS", "keep_alive_seconds"),
                               ("DEVHOST_HEADERS_TIMEOUT_SECONDS", "headers_seconds"),

@@ -78,14 +78,14 @@ class CronSchedule:
     weekdays: frozenset[int]  # 0 = Sunday
 
     @classmethod
-    def parse(cls, expression: str) -> "CronSchedule":
+    def parse(cls, expression: str) -> CronSchedule:
         parts = expression.split()
         if len(parts) == 5:
             # NCrontab also accepts the classic five fields; the seconds field is then 0.
             parts = ["0", *parts]
         if len(parts) != 6:
             raise CronError(f"expected 6 fields (second minute hour day month day-of-week), got {expression!r}")
-        return cls(*(_parse_field(p, f) for p, f in zip(parts, _FIELDS)))
+        return cls(*(_parse_field(p, f) for p, f in zip(parts, _FIELDS, strict=True)))
 
     def _day_matches(self, t: datetime) -> bool:
         # NCrontab requires both the day-of-month and the day-of-week to match (unlike Vixie cron's OR).

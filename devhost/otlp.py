@@ -36,7 +36,7 @@ class OtlpReceiver(LoopbackServer):
     def endpoint(self) -> str:
         return self.base_url
 
-    def start(self) -> "OtlpReceiver":
+    def start(self) -> OtlpReceiver:
         outer = self
 
         class Handler(QuietHandler):

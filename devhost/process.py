@@ -34,7 +34,7 @@ class DevHostProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "DevHostProcess":
+    def start(self, timeout: float = 60.0) -> DevHostProcess:
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="devhost-", suffix=".log")
             os.close(fd)
@@ -42,7 +42,7 @@ class DevHostProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         # The devhost package lives in the repository, whatever app folder it serves.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process, closed below
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devhost", "--port", str(self.port), "--app-dir", str(self.app_dir)],
             cwd=str(self.app_dir), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -96,7 +96,7 @@ class DevHostProcess:
             proc.kill()
             proc.wait()
 
-    def __enter__(self) -> "DevHostProcess":
+    def __enter__(self) -> DevHostProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,9 @@ import logging
 import random
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
@@ -267,7 +268,7 @@ class QueuePoller:
                 found_since_delay = False
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             found_since_delay = True
@@ -344,7 +345,7 @@ class QueuePoller:
             try:
                 await asyncio.wait_for(done.wait(), wait)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 updated = await self._io(self.client.update_message, receipt.id, receipt.pop_receipt,

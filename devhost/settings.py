@@ -43,7 +43,7 @@ class Settings:
         self._folded = {k.lower(): v for k, v in self._values.items()}
 
     @classmethod
-    def load(cls, app_dir: Path, environ: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, app_dir: Path, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         # Core Tools puts Values into the process environment; what is already set in the environment wins (for the
         # storage connection as a whole: an identity-based one in the environment drops the file's string).

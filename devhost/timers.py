@@ -83,7 +83,7 @@ class TimerRunner:
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # The loop's timers may wake a little early (uvloop counts whole milliseconds, and the loop's
                     # monotonic clock drifts from the wall clock): wait out the rest rather than fire early.
                     continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from azure.data.tables import TableClient, UpdateMode
 from ulid import ULID
@@ -45,7 +45,7 @@ _seen = _Seen()
 
 
 def minute_of(report_id: str) -> datetime:
-    moment = ULID.from_str(report_id).datetime.astimezone(timezone.utc)
+    moment = ULID.from_str(report_id).datetime.astimezone(UTC)
     return moment.replace(second=0, microsecond=0)
 
 
@@ -65,7 +65,7 @@ def record(table: TableClient, sender: str, report_id: str) -> None:
 
 def record_now(table: TableClient, sender: str) -> None:
     """Note that `sender` has a report to look at now (an operator's replay of an old report sets it `received`)."""
-    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
     table.upsert_entity(_mark(sender, minute), mode=UpdateMode.MERGE)
 
 
@@ -85,7 +85,7 @@ def _days(start: date, end: date) -> Iterator[date]:
 
 def senders_between(table: TableClient, start: datetime, end: datetime) -> set[str]:
     """Senders that stored reports in any minute from `start` to `end` (both included): one query per UTC day."""
-    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     found: set[str] = set()
     for day in _days(start.date(), end.date()):
         lo = start.strftime(MINUTE_FORMAT) if day == start.date() else "0000"

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
@@ -188,8 +188,8 @@ def _check_not_at_work(row: status.Row, force: bool) -> None:
                          "second copy beside it. If it is stuck, replay it with --force")
     if row.status is Status.PROCESSING:
         settings = get_settings()
-        free_at = (row.written_at or datetime.now(timezone.utc)) + reconcile.settled_after(settings)
-        if datetime.now(timezone.utc) < free_at:
+        free_at = (row.written_at or datetime.now(UTC)) + reconcile.settled_after(settings)
+        if datetime.now(UTC) < free_at:
             raise AdminError(f"report {row.id} is processing and its invocation may still be running "
                              f"(functionTimeout): --force works from {to_iso(free_at)}")
 

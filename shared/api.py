@@ -28,6 +28,7 @@ from shared import (
 )
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
+from shared.formats import FORMATS, media_type
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
 from shared.problems import (
     Problem,
@@ -38,7 +39,6 @@ from shared.problems import (
     unavailable,
     unsupported_media_type,
 )
-from shared.formats import FORMATS, media_type
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, get_storage, is_transient
 
@@ -85,7 +85,7 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         if is_transient(exc):
             return unavailable(settings.retry_after_seconds if settings else 1).response()
         log.error("storage error during %s %s: %s", req.method, _path(req), logs.describe(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the edge answers every failure as problem+json
         # Type and place only: the message and traceback of a library's exception can quote the request's values.
         log.error("unhandled error during %s %s: %s", req.method, _path(req), logs.describe(exc))
     detail = "The request failed unexpectedly" + (": nothing was stored." if req.method == "POST" else ".")
@@ -351,7 +351,7 @@ def health_guarded(req: func.HttpRequest) -> func.HttpResponse:
     """Health must answer 503 (not 500) whenever storage does not, including on the first, resource-creating call."""
     try:
         return health(req, get_storage(), get_settings())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - health answers 503 for anything storage does
         log.warning("health check: storage unavailable (%s)", type(exc).__name__)
         return Problem(503, "storage-unavailable", "Service Unavailable", "Storage does not answer.",
                        {"Retry-After": "5"}).response()

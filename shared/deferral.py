@@ -6,7 +6,7 @@ failures that may be the processor's own."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings
@@ -34,7 +34,7 @@ def delay_seconds(settings: Settings, message: QueueMessage, now: datetime) -> i
 def defer(storage: Storage, settings: Settings, message: QueueMessage, deliver_only: bool) -> int:
     """Send the report's message again, hidden for the next delay; returns the delay in seconds. A send that fails
     raises, and the host retries the try as usual."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     delay = delay_seconds(settings, message, now)
     again = message.model_copy(update={
         "deferred_since": to_iso(started(message, now)), "deferrals": (message.deferrals or 0) + 1,

@@ -23,7 +23,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
@@ -104,7 +104,7 @@ def find_and_record(
     """Record the report's item fingerprints; return the items that duplicate an earlier one (in this report, or
     one the sender sent within `window`), each with the item it repeats. A retry of the same report is not a
     duplicate of itself."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     duplicates: dict[int, Original] = {}
     first: dict[str, int] = {}
     for index, fp in items:

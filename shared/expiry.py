@@ -5,7 +5,7 @@ the purge reads, in each sender's partition, the range of the days that passed, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
@@ -53,7 +53,7 @@ def purge(table: TableClient, partitions: Callable[[], list[str]], checkpoints_t
     """Once a day: for each day passed since the job last ran, purge that day in every partition."""
     yesterday = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     done = checkpoints.get(checkpoints_table, job)
-    day = (datetime.strptime(done, DAY).replace(tzinfo=timezone.utc) + timedelta(days=1) if done
+    day = (datetime.strptime(done, DAY).replace(tzinfo=UTC) + timedelta(days=1) if done
            else yesterday - timedelta(days=FIRST_LOOKBACK_DAYS))
     names: list[str] | None = None
     deleted = 0

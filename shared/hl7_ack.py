@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ulid import ULID
 
@@ -29,7 +29,7 @@ def commit_ack(body: bytes) -> bytes | None:
         return None
     separator, fields = found
     get = lambda n: fields[n - 1] if len(fields) >= n else ""  # noqa: E731 - MSH-n, 1-based like the standard
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     msh = [
         "MSH", fields[1], RECEIVING_APPLICATION, "", get(3), get(4), now, "", "ACK", str(ULID()),
         get(11) or "P", get(12) or "2.5.1",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from shared import duplicates, expiry, idempotency, poison, reconcile, senders, tokens
 from shared.config import Settings
@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 def run(storage: Storage, settings: Settings) -> None:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("reconcile", lambda: reconcile.reconcile(storage, settings)),
-        ("token ids", lambda: tokens.purge_used(storage.tokenids, storage.checkpoints, datetime.now(timezone.utc))),
+        ("token ids", lambda: tokens.purge_used(storage.tokenids, storage.checkpoints, datetime.now(UTC))),
         ("fingerprints", lambda: duplicates.purge(storage.fingerprints, storage.senders, storage.checkpoints,
-                                                  datetime.now(timezone.utc))),
+                                                  datetime.now(UTC))),
         ("idempotency claims", lambda: expiry.purge(storage.idempotency, lambda: senders.names(storage.senders),
                                                     storage.checkpoints, idempotency.PURGE_JOB,
-                                                    datetime.now(timezone.utc))),
+                                                    datetime.now(UTC))),
         ("poison record", lambda: poison.purge_record(storage.poisoned, storage.checkpoints,
-                                                      datetime.now(timezone.utc))),
+                                                      datetime.now(UTC))),
     ]
     failed: list[str] = []
     for name, step in steps:

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
@@ -66,7 +66,7 @@ def claim(
 ) -> str | status.Row:
     """Claim `key` for `report_id` and return the id; or return the row of the report that already holds it."""
     pk, rk = _row_key(sender, key)
-    expires = expiry.day_of(datetime.now(timezone.utc) + timedelta(days=settings.idempotency_days))
+    expires = expiry.day_of(datetime.now(UTC) + timedelta(days=settings.idempotency_days))
     entity = {"PartitionKey": pk, "RowKey": rk, "report_id": report_id, "sha256": fingerprint.sha256,
               "content_type": fingerprint.content_type, "created_at": now_iso(), expiry.EXPIRES: expires}
     deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
@@ -122,7 +122,7 @@ def _held(
         row = status.read(storage.reports, pk, str(existing["report_id"]))
         if row is not None:
             return row
-        age = (datetime.now(timezone.utc) - parse_iso(str(existing["created_at"]))).total_seconds()
+        age = (datetime.now(UTC) - parse_iso(str(existing["created_at"]))).total_seconds()
         if age <= takeover_after_seconds(settings):
             return None
         # The request that claimed the key stored nothing and cannot still be running: take the claim over.

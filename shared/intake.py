@@ -22,9 +22,9 @@ from ulid import ULID
 from shared import activity, idempotency, status, telemetry, work
 from shared.clock import now_iso
 from shared.config import Settings
+from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
 from shared.formats import FORMATS, media_type
 from shared.models import StatusRecord
-from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
 from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 

@@ -18,8 +18,8 @@ from itertools import islice
 from azure.data.tables import TableClient
 
 from shared import index
-from shared.models import StatusRecord
 from shared.errors import Refused, bad_request
+from shared.models import StatusRecord
 from shared.status import Status, entity_to_record
 
 DEFAULT_LIMIT = 50

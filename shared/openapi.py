@@ -15,8 +15,8 @@ from shared import idempotency, intake, listing, tokens
 from shared.api import HL7, JSON
 from shared.formats import FORMATS
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
-from shared.reportstream import SubmissionHistory
 from shared.problems import PROBLEM_JSON, ProblemDetails
+from shared.reportstream import SubmissionHistory
 from shared.status import Status
 
 REF = "#/components/schemas/{model}"

@@ -21,7 +21,7 @@ import base64
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
@@ -62,7 +62,7 @@ class Waiting:
 def record(storage: Storage, body: bytes, message_id: str, inserted: datetime | None) -> str:
     """Record one poison message (the trigger's work; a retried call records it once), and give its report up.
     Returns what happened, for the log."""
-    arrived = inserted or datetime.now(timezone.utc)
+    arrived = inserted or datetime.now(UTC)
     message = _parse(body)
     entry = {"PartitionKey": arrived.strftime(DAY), "RowKey": f"{arrived:%H%M%S%f}~{message_id}",
              "arrived_at": to_iso(arrived)}
@@ -165,7 +165,7 @@ def purge_record(table: TableClient, checkpoints_table: TableClient, now: dateti
 
     last = (now - timedelta(days=RECORD_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
     done = checkpoints.get(checkpoints_table, PURGE_JOB)
-    day = (datetime.strptime(done, DAY).replace(tzinfo=timezone.utc) + timedelta(days=1) if done
+    day = (datetime.strptime(done, DAY).replace(tzinfo=UTC) + timedelta(days=1) if done
            else last - timedelta(days=7))
     deleted = 0
     while day <= last:

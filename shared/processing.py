@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
@@ -24,8 +24,8 @@ from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
 from shared.formats import ContentError, parse_report
-from shared.logs import TryAgain
 from shared.intake import ALLOW_DUPLICATE
+from shared.logs import TryAgain
 from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, NormalisedItem, QueueMessage
 from shared.status import TERMINAL, Status
 from shared.storage import Storage, result_blob_name
@@ -103,7 +103,7 @@ def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: in
         return _process(storage, settings, body, dequeue_count)
     except TryAgain:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - what leaves an invocation must be value-free
         raise TryAgain(exc) from None
 
 
@@ -168,7 +168,7 @@ def _intake_may_be_running(message: QueueMessage, seconds: float) -> bool:
         sent = ULID.from_str(message.id).datetime
     except ValueError:
         return False
-    return datetime.now(timezone.utc) - sent < timedelta(seconds=seconds)
+    return datetime.now(UTC) - sent < timedelta(seconds=seconds)
 
 
 def _without_row(storage: Storage, settings: Settings, message: QueueMessage) -> str:
@@ -246,7 +246,7 @@ def _download(storage: Storage, message: QueueMessage) -> bytes:
 
 def _parse(raw: bytes, message: QueueMessage, fingerprint: Callable[[NormalisedItem], str] | None) -> Parsed:
     """One pass over the items: accepted ones are spooled as NDJSON, issues collected and capped."""
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 - the caller closes it
     return parse_items(raw, message.content_type, message.id, spool, fingerprint)
 
 
@@ -276,7 +276,7 @@ def _drop_duplicates(storage: Storage, settings: Settings, message: QueueMessage
               message=f"Item {index} repeats item {original.index} of report {original.report_id}: not delivered "
                       "again.")
         for index, original in sorted(found.items())])
-    kept: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    kept: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 - the caller closes it
     parsed.results.seek(0)
     size = 0
     for (index, _), line in zip(parsed.fingerprints, parsed.results, strict=True):
@@ -381,7 +381,7 @@ def storage_throttled(exc: BaseException) -> bool:
 
 def _put_off(storage: Storage, settings: Settings, message: QueueMessage) -> bool:
     """Send the message again for later; False when that fails too, or the window has closed (a failed try)."""
-    if deferral.window_closed(settings, message, datetime.now(timezone.utc)):
+    if deferral.window_closed(settings, message, datetime.now(UTC)):
         return False
     try:
         delay = deferral.defer(storage, settings, message, deliver_only=bool(message.deliver_only))
@@ -398,7 +398,7 @@ def _wait_for_downstream(
     """The results are stored; only the delivery waits. The report stays `processing` with delivery `pending`
     until the downstream takes it, or DELIVERY_RETRY_HOURS have passed (then `failed`, and into the poison
     queue for operators, as a report the host gave up on)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     pending = Delivery(status="pending", at=now_iso(), http_status=deferred.failure.http_status)
     if deferral.window_closed(settings, message, now):
         gave_up = Issue(scope="report", code="delivery.gave_up",
@@ -431,7 +431,7 @@ def _redeliver(storage: Storage, settings: Settings, message: QueueMessage, row:
         _finish(storage, message, row, Status.PROCESSED, record.attempts, items=record.items,
                 errors=_dumped(record.errors), warnings=_dumped(record.warnings))
         return Status.PROCESSED.value
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 - the caller closes it
     try:
         try:
             storage.container.download_blob(result_blob_name(message.sender, message.id)).readinto(spool)
@@ -514,5 +514,5 @@ def _record_exception(
 
     try:
         status.update(storage.reports, message.sender, message.id, change)
-    except Exception as record_exc:  # the original failure matters more; the host retries either way
+    except Exception as record_exc:  # noqa: BLE001 - the original failure matters more; the host retries either way
         log.warning("report %s: could not record the failed try: %s", message.id, type(record_exc).__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import AzureError
 
@@ -44,7 +44,7 @@ def stuck(storage: Storage, sender: str, cutoff: str) -> Iterator[status.Row]:
 
 def reconcile(storage: Storage, settings: Settings, now: datetime | None = None) -> int:
     """Re-enqueue every `received` report older than RECONCILE_AFTER_SECONDS, once each; returns how many."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     after = timedelta(seconds=settings.reconcile_after_seconds)
     cutoff = to_iso(now - after)
     mark = checkpoints.get(storage.checkpoints, JOB)

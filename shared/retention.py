@@ -6,7 +6,7 @@ Status rows stay: they hold no patient data, and say what became of the report."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -48,7 +48,7 @@ class Applied:
 
 def apply(storage: Storage, settings: Settings, now: datetime | None = None) -> Applied:
     """Delete what the policy would (for storage without lifecycle management, such as Azurite)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     done = Applied()
     done.raw = _delete_older(storage, RAW_PREFIX, now - timedelta(days=settings.raw_retention_days), created=True)
     done.results = _delete_older(storage, RESULTS_PREFIX, now - timedelta(days=settings.results_retention_days),

@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
@@ -104,7 +104,7 @@ def authenticate_key(table: TableClient, key: str, cache_seconds: float = 0) -> 
     sender, expires_at = found
     if expires_at is not None:
         # A key in its rotation grace is trusted from the cache no longer than its grace lasts.
-        cache_seconds = min(cache_seconds, (parse_iso(expires_at) - datetime.now(timezone.utc)).total_seconds())
+        cache_seconds = min(cache_seconds, (parse_iso(expires_at) - datetime.now(UTC)).total_seconds())
     _accepted.put(digest, sender, cache_seconds)
     return sender
 
@@ -121,7 +121,7 @@ def _lookup(table: TableClient, digest: str) -> tuple[str, str | None] | None:
     if not row.get("active", False) or not row.get("sender_enabled", False):
         return None
     expires_at = row.get("expires_at") or None
-    if expires_at is not None and parse_iso(str(expires_at)) <= datetime.now(timezone.utc):
+    if expires_at is not None and parse_iso(str(expires_at)) <= datetime.now(UTC):
         return None
     return str(row["sender"]), (str(expires_at) if expires_at else None)
 
@@ -211,7 +211,7 @@ def rotate(table: TableClient, name: str, grace_seconds: float = 0) -> str:
     _save_hashes(table, name, [*old, key_hash(key)])
     _store_key(table, name, key, enabled=bool(row.get("enabled", True)))
     kept = []
-    ends = datetime.now(timezone.utc) + timedelta(seconds=grace_seconds)
+    ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
     for digest in old:
         if grace_seconds > 0 and _give_grace(table, digest, ends):
             kept.append(digest)
@@ -228,7 +228,7 @@ def _give_grace(table: TableClient, digest: str, ends: datetime) -> bool:
     except ResourceNotFoundError:
         return False
     current = parse_iso(str(row["expires_at"])) if row.get("expires_at") else None
-    if current is not None and current <= datetime.now(timezone.utc):
+    if current is not None and current <= datetime.now(UTC):
         return False
     until = min(ends, current) if current is not None else ends
     table.update_entity({"PartitionKey": KEY_PARTITION, "RowKey": digest, "expires_at": to_iso(until)},

@@ -131,11 +131,11 @@ class Storage:
     tables: TableServiceClient
 
     @classmethod
-    def from_connection_string(cls, conn: str) -> "Storage":
+    def from_connection_string(cls, conn: str) -> Storage:
         return cls.connect(StorageConnection("AzureWebJobsStorage", connection_string=conn))
 
     @classmethod
-    def connect(cls, connection: StorageConnection) -> "Storage":
+    def connect(cls, connection: StorageConnection) -> Storage:
         """Clients for a connection string, or for the service URIs with the connection's token credential."""
         shared = {"transport": _transport()}
         blob_options = {**_fast_retry(BlobLinearRetry), **shared}

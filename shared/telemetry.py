@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from shared.clock import parse_iso
-from shared.formats import FORMATS, media_type
 from shared import problems
+from shared.clock import parse_iso
 from shared.errors import Refused
+from shared.formats import FORMATS, media_type
 from shared.problems import TYPE_PREFIX, Problem
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def configure(settings: Settings | None = None) -> Instruments:
                 settings = get_settings()
             try:
                 _current = _set_up(settings)
-            except Exception as exc:  # telemetry must never stop reports being taken or processed
+            except Exception as exc:  # noqa: BLE001 - telemetry must never stop reports being taken or processed
                 log.warning("telemetry: export not set up (%s); running without it", type(exc).__name__)
                 _current = NO_OP
     return _current
@@ -411,7 +411,7 @@ def report_completed(sender: str, content_type: str | None, outcome: str) -> Non
     export if this process has not yet: a timer's give-up path may be the first thing a worker process runs."""
     try:
         instruments = configure()
-    except Exception:  # no valid settings here (a tool, not the app): nothing to export to
+    except Exception:  # noqa: BLE001 - no valid settings here (a tool, not the app): nothing to export to
         return
     if instruments.enabled:
         instruments.completed.add(1, {FORMAT: format_of(content_type), SENDER: sender, OUTCOME: outcome})

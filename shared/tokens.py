@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
 import jwt
@@ -173,7 +173,7 @@ def _use_once(jti_table: TableClient, scope: Scope, claims: dict) -> None:
     """Record the assertion's id until it expires; a second use of it is refused. The row is keyed by a hash, so
     whatever the sender put in jti never becomes a key, and partitioned by the hour of `exp` so expired ids are
     deleted a partition at a time (shared/tokens.purge_used)."""
-    expires = datetime.fromtimestamp(float(claims["exp"]), timezone.utc)
+    expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
     row_key = hashlib.sha256(f"{scope.org}\n{claims['iss']}\n{claims['jti']}".encode()).hexdigest()
     try:
         jti_table.create_entity({"PartitionKey": expires.strftime(JTI_PARTITION_FORMAT), "RowKey": row_key,
@@ -189,7 +189,7 @@ def purge_used(jti_table: TableClient, checkpoint_table: TableClient, now: datet
     newest = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     hour = newest - timedelta(hours=PURGE_LOOKBACK_HOURS)
     if last_done:
-        hour = max(hour, datetime.strptime(last_done, JTI_PARTITION_FORMAT).replace(tzinfo=timezone.utc)
+        hour = max(hour, datetime.strptime(last_done, JTI_PARTITION_FORMAT).replace(tzinfo=UTC)
                    + timedelta(hours=1))
     deleted = 0
     while hour <= newest:

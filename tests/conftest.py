@@ -67,7 +67,7 @@ def storage(azurite: Azurite) -> str:
 
 
 @pytest.fixture
-def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator["Storage"]:
+def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
     """The app's own settings and storage clients pointed at the session Azurite, as the host would set them."""
     from shared import config
     from shared.storage import get_storage

@@ -30,7 +30,7 @@ class Downstream(LoopbackServer):
     def url(self) -> str:
         return f"{self.base_url}/ingest"
 
-    def start(self) -> "Downstream":
+    def start(self) -> Downstream:
         outer = self
 
         class Handler(QuietHandler):

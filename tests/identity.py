@@ -29,7 +29,7 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost, and its key, as PEM files in `folder`."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -77,7 +77,7 @@ class IdentityEndpoint:
         """What App Service sets in a Function App's environment."""
         return {"IDENTITY_ENDPOINT": self.url, "IDENTITY_HEADER": self.header}
 
-    def start(self) -> "IdentityEndpoint":
+    def start(self) -> IdentityEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):

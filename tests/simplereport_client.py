@@ -63,7 +63,7 @@ class UploadResponse:
     warnings: list[FeedbackMessage]
 
     @classmethod
-    def read(cls, body: dict) -> "UploadResponse":
+    def read(cls, body: dict) -> UploadResponse:
         status = body["overallStatus"]
         if status not in STATUSES:
             raise ValueError(f"SimpleReport cannot read overallStatus {status!r}")

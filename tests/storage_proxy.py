@@ -83,7 +83,7 @@ class StorageProxy:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    def __enter__(self) -> "StorageProxy":
+    def __enter__(self) -> StorageProxy:
         self._thread.start()
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -165,7 +165,7 @@ def test_detection_costs_one_transaction_per_49_items_flat_with_history(app: Sto
 
 
 def test_fingerprints_past_the_window_are_purged_by_day_range(app: Storage, detecting: str) -> None:
-    now = datetime(2031, 3, 10, 12, tzinfo=timezone.utc)
+    now = datetime(2031, 3, 10, 12, tzinfo=UTC)
     old, recent = [(0, "1" * 64)], [(0, "2" * 64)]
     duplicates.find_and_record(app.fingerprints, detecting, "OLD", "c" * 64, old, timedelta(days=1),
                                now - timedelta(days=3))

@@ -7,14 +7,14 @@ import json
 from shared.formats import parse_report
 
 PANEL = (
-    "MSH|^~\\&|LIS|STATE LAB^12D3456789^CLIA|||20261120100000||ORU^R01|PANEL-1|P|2.5.1\r"
-    "PID|1||P-77^^^LAB^MR||DOE^ANN||19900101|F|||1 Main St^^Austin^TX\r"
-    "OBR|1||A-1|68991-9^Respiratory panel^LN|||20261119080000\r"
-    "OBX|1|CWE|94500-6^SARS-CoV-2 RNA^LN||260373001^Detected^SCT||||||F\r"
-    "OBX|2|CWE|92142-9^Influenza A RNA^LN||260415000^Not detected^SCT||||||F\r"
-    "OBX|3|NM|2345-7^Glucose^LN||101|mg/dL||||||F\r"
-    "OBX|4|NM|^^LN||5|||||||F\r"  # no identifier: not a result
-).encode()
+    b"MSH|^~\\&|LIS|STATE LAB^12D3456789^CLIA|||20261120100000||ORU^R01|PANEL-1|P|2.5.1\r"
+    b"PID|1||P-77^^^LAB^MR||DOE^ANN||19900101|F|||1 Main St^^Austin^TX\r"
+    b"OBR|1||A-1|68991-9^Respiratory panel^LN|||20261119080000\r"
+    b"OBX|1|CWE|94500-6^SARS-CoV-2 RNA^LN||260373001^Detected^SCT||||||F\r"
+    b"OBX|2|CWE|92142-9^Influenza A RNA^LN||260415000^Not detected^SCT||||||F\r"
+    b"OBX|3|NM|2345-7^Glucose^LN||101|mg/dL||||||F\r"
+    b"OBX|4|NM|^^LN||5|||||||F\r"  # no identifier: not a result
+)
 
 
 def test_every_hl7_obx_result_is_kept_in_order() -> None:

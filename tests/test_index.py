@@ -5,7 +5,7 @@ activity marks, and `admin index rebuild` indexes an older deployment's rows (id
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.core.exceptions import ResourceModifiedError
@@ -25,7 +25,7 @@ from tests.history import historical
 from tests.service import admin
 
 IDS = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2900, 1, 1),
-                   timezones=st.just(timezone.utc)).map(lambda d: str(ULID.from_datetime(d)))
+                   timezones=st.just(UTC)).map(lambda d: str(ULID.from_datetime(d)))
 
 
 @given(IDS, IDS)
@@ -37,7 +37,7 @@ def test_index_keys_sort_the_reverse_way(a: str, b: str) -> None:
 
 
 def new_row(app: Storage, sender: str, size: int = 10) -> status.Row:
-    report_id, now = str(ULID()), to_iso(datetime.now(timezone.utc))
+    report_id, now = str(ULID()), to_iso(datetime.now(UTC))
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=size, sha256="0" * 64, received_at=now, updated_at=now)
     return status.create(app.reports, status.new_entity(record, raw_blob_name(sender, report_id)))
@@ -131,7 +131,7 @@ def test_cursors_the_api_never_returned_are_400(cursor: str) -> None:
 
 def stuck(app: Storage, sender: str, minutes_ago: int) -> status.Row:
     """A report stored `minutes_ago` whose queue message was never sent."""
-    moment = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    moment = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     report_id = str(ULID.from_datetime(moment))
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=3, sha256="0" * 64, received_at=to_iso(moment), updated_at=to_iso(moment))
@@ -143,7 +143,7 @@ def test_reconcile_finds_stuck_reports_of_active_senders_and_moves_its_checkpoin
     checkpoints.clear(app.checkpoints, reconcile.JOB, [""])
     row = stuck(app, "ix-rec", minutes_ago=5)
     app.queue.clear_messages()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert reconcile.reconcile(app, get_settings(), now) == 1
     assert reconcile.reconcile(app, get_settings(), now) == 0
     assert status.read(app.reports, row.sender, row.id).status is Status.QUEUED
@@ -165,7 +165,7 @@ def test_replay_by_id_finds_the_sender(app: Storage, azurite) -> None:
 
 def legacy_rows(app: Storage, sender: str, count: int, received: int = 0) -> list[str]:
     """Rows as the app wrote them before the index: no entries, no marks."""
-    end = datetime.now(timezone.utc) - timedelta(days=3)
+    end = datetime.now(UTC) - timedelta(days=3)
     rows = [historical(sender, end - timedelta(minutes=count - n), n) for n in range(count)]
     for row in rows[:received]:
         row["status"] = Status.RECEIVED.value

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 import json
+import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import azure.functions as func
 import pytest
@@ -283,7 +283,7 @@ def test_an_unknown_outcome_keeps_the_claim(
 def _plant_claim(app: Storage, name: str, key: str, age_seconds: float) -> str:
     """A claim as a request that is storing (or died storing) would leave it, `age_seconds` old."""
     pk, rk = idempotency._row_key(name, key)
-    created = to_iso(datetime.now(timezone.utc) - timedelta(seconds=age_seconds))
+    created = to_iso(datetime.now(UTC) - timedelta(seconds=age_seconds))
     app.idempotency.create_entity({"PartitionKey": pk, "RowKey": rk, "report_id": "01JUNKJUNKJUNKJUNKJUNKJUNK",
                                    "sha256": hashlib.sha256(CSV).hexdigest(), "content_type": "text/csv",
                                    "created_at": created})
@@ -339,7 +339,7 @@ def test_claims_expire_by_day_range_never_by_scan(app: Storage, sender: tuple[st
     assert post(key, **{"idempotency-key": "old-key"}).status_code == 202
     claim = claim_of(app, name, "old-key")
     day = claim[expiry.EXPIRES]
-    expected = (datetime.now(timezone.utc) + timedelta(days=config.get_settings().idempotency_days)).strftime("%Y%m%d")
+    expected = (datetime.now(UTC) + timedelta(days=config.get_settings().idempotency_days)).strftime("%Y%m%d")
     assert day == expected
     pk, rk = idempotency._row_key(name, "old-key")
     assert app.idempotency.get_entity(pk, f"x~{day}~{rk}")
@@ -403,6 +403,6 @@ def test_intake_killed_between_its_steps_acknowledges_nothing_and_its_message_is
     body = json.dumps(orphan).encode()
     assert processing.process(app, config.get_settings(), body, 1) == "deferred"  # its intake may still run
     app.queue.clear_messages()
-    stale = {**orphan, "id": str(ULID.from_datetime(datetime.now(timezone.utc) - timedelta(hours=1)))}
+    stale = {**orphan, "id": str(ULID.from_datetime(datetime.now(UTC) - timedelta(hours=1)))}
     assert processing.process(app, config.get_settings(), json.dumps(stale).encode(), 1) == "unknown"
     assert queued_messages(app) == []

@@ -10,7 +10,6 @@ import logging
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from shared import logs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -19,7 +19,8 @@ from shared.logs import TryAgain
 from shared.storage import Storage
 from shared.work import message_for
 from tests.downstream import Downstream
-from tests.service import EXAMPLES, Service, admin as admin_cli, poll, start_service
+from tests.service import EXAMPLES, Service, poll, start_service
+from tests.service import admin as admin_cli
 from tests.test_processing import run, submit
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
@@ -49,7 +50,7 @@ def poison_as_the_host_does(storage: Storage, sender: str, report_id: str, messa
 
     row = status.read(storage.reports, sender, report_id)
     body = message_for(row).model_dump_json().encode()
-    poison_queue.main(_Poisoned(body, message_id or f"m-{report_id}", datetime.now(timezone.utc)))
+    poison_queue.main(_Poisoned(body, message_id or f"m-{report_id}", datetime.now(UTC)))
 
 
 def open_ids(storage: Storage) -> set[str]:
@@ -150,10 +151,10 @@ def test_a_poison_message_from_before_a_replay_leaves_the_replayed_report_alone(
     message = message_for(row)
     row = status.write(app.reports, row, {"status": "failed"})
     admin.replay_report(app, row)  # the operator replays: the row now is newer than the old poison message
-    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     assert not poison.give_up(app, message, poisoned_at=an_hour_ago)
     assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
-    assert poison.give_up(app, message, poisoned_at=datetime.now(timezone.utc))
+    assert poison.give_up(app, message, poisoned_at=datetime.now(UTC))
     assert status.read(app.reports, "unit-proc", report_id).status.value == "failed"
 
 
@@ -190,7 +191,7 @@ def test_a_report_at_work_is_not_replayed_beside_itself(app: Storage) -> None:
     with pytest.raises(admin.AdminError, match="may still be running"):
         admin.replay_report(app, row, force=True)
     # Once its invocation can no longer be running (functionTimeout past its last write), --force replays it.
-    row.written_at = datetime.now(timezone.utc) - timedelta(hours=1)
+    row.written_at = datetime.now(UTC) - timedelta(hours=1)
     admin.replay_report(app, row, force=True)
     assert status.read(app.reports, "unit-proc", report_id).status.value == "queued"
     app.queue.clear_messages()
@@ -292,7 +293,7 @@ def test_many_copies_of_a_finished_reports_message_wait_as_one_and_are_cleared(
     row = status.read(storage.reports, "lab-q", report_id)
     for _ in range(40):  # e.g. duplicates of work that finished through another copy
         poisoned.send_message(message_for(row).model_dump_json())
-    day = datetime.now(timezone.utc).strftime("%Y%m%d")
+    day = datetime.now(UTC).strftime("%Y%m%d")
 
     def recorded() -> int:
         return sum(1 for e in storage.poisoned.query_entities("PartitionKey eq @d", parameters={"d": day})
@@ -312,7 +313,7 @@ def test_many_copies_of_a_finished_reports_message_wait_as_one_and_are_cleared(
 def test_the_poison_record_is_kept_for_ninety_days_then_dropped_by_day(app: Storage) -> None:
     from shared import checkpoints
 
-    now = datetime(2031, 8, 1, 3, tzinfo=timezone.utc)
+    now = datetime(2031, 8, 1, 3, tzinfo=UTC)
     old_day = (now - timedelta(days=poison.RECORD_DAYS + 1)).strftime("%Y%m%d")
     kept_day = (now - timedelta(days=poison.RECORD_DAYS - 1)).strftime("%Y%m%d")
     for day in (old_day, kept_day):

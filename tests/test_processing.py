@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import process_queue
-from shared.logs import TryAgain
 from shared import intake, processing, status
 from shared.config import get_settings
+from shared.logs import TryAgain
 from shared.storage import Storage, result_blob_name
 from shared.work import message_for
 from tests.service import EXAMPLES
@@ -200,7 +201,7 @@ def test_storage_throttling_is_waited_out_without_spending_a_try(
 
 
 def test_deferral_delays_double_up_to_the_cap_and_stop_at_the_window() -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from shared import deferral
     from shared.clock import to_iso
@@ -208,7 +209,7 @@ def test_deferral_delays_double_up_to_the_cap_and_stop_at_the_window() -> None:
     from shared.models import QueueMessage
 
     settings = load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "DELIVERY_RETRY_HOURS": "1"})
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     message = QueueMessage(id="r", sender="s", blob="b", sha256="0", content_type="text/csv")
     delays = [deferral.delay_seconds(settings, message.model_copy(update={"deferrals": n}), now) for n in range(9)]
     assert delays == [10, 20, 40, 80, 160, 320, 640, 900, 900]

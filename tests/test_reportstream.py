@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -415,11 +416,11 @@ def test_validate_answers_valid_or_error_and_stores_nothing(service: Service, si
 
 
 def test_used_token_ids_are_purged_by_hour_partition_never_by_scan(app) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from shared import checkpoints, tokens
 
-    now = datetime(2031, 5, 4, 10, 30, tzinfo=timezone.utc)
+    now = datetime(2031, 5, 4, 10, 30, tzinfo=UTC)
     hours = {name: (now + timedelta(hours=delta)).strftime(tokens.JTI_PARTITION_FORMAT)
              for name, delta in (("old", -3), ("last", -1), ("current", 0), ("next", 1))}
     for partition in hours.values():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -69,7 +69,7 @@ def test_apply_deletes_what_azure_would_and_nothing_else(own_storage: Storage) -
     for name in ("raw/lab/01A", "results/lab/01A.ndjson", "other/keep"):
         own_storage.container.upload_blob(name, b"x")
     rules = settings(RAW_RETENTION_DAYS="1", RESULTS_RETENTION_DAYS="3")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert retention.apply(own_storage, rules, now) == retention.Applied(0, 0)  # nothing is old yet
     assert retention.apply(own_storage, rules, now + timedelta(days=2)) == retention.Applied(1, 0)
     assert retention.apply(own_storage, rules, now + timedelta(days=4)) == retention.Applied(0, 1)

@@ -12,9 +12,9 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import TableClient
 
-from shared.logs import TryAgain
 from shared import processing, row_limits, status, table_batch
 from shared.formats import ItemResult
+from shared.logs import TryAgain
 from shared.models import Issue
 from shared.storage import Storage
 from tests.service import EXAMPLES

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from azure.core import MatchConditions
@@ -20,7 +20,7 @@ KEYS = st.text(st.characters(blacklist_categories=["Cs", "Cc"], blacklist_charac
                max_size=40)
 VALUES = st.one_of(st.text(max_size=50), st.integers(-(2**31), 2**31 - 1), st.booleans(),
                    st.floats(allow_nan=False, allow_infinity=False), st.none(),
-                   st.datetimes(timezones=st.just(timezone.utc)), st.binary(max_size=20),
+                   st.datetimes(timezones=st.just(UTC)), st.binary(max_size=20),
                    st.integers(2**31, 2**62).map(lambda v: (v, EdmType.INT64)))
 PROPERTIES = st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True), VALUES, max_size=8)
 
@@ -97,7 +97,7 @@ def test_the_fast_path_is_used_only_where_every_private_name_exists(app: Storage
 
 def test_azurite_commits_the_parts_and_refuses_a_stale_etag(app: Storage, path: str) -> None:
     pk = f"batch'test é {path}"  # Azure forbids / \ # ? in keys
-    when = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     first = {"PartitionKey": pk, "RowKey": "row'1", "text": "é\u2028", "count": 3, "big": (2**40, EdmType.INT64),
              "at": when, "flag": True}
     written = table_batch.submit(app.reports, [("create", first),

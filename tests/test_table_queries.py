@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -63,7 +63,7 @@ def wait_terminal(client: httpx.Client, report_id: str) -> dict:
 def stuck_report(storage: Storage, sender: str) -> str:
     """A report whose ingest died after storing its row (and whose blob is gone): what the reconciler is for."""
     report_id = str(ULID())
-    now = to_iso(datetime.now(timezone.utc))
+    now = to_iso(datetime.now(UTC))
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=3, sha256="0" * 64, received_at=now, updated_at=now)
     activity.record(storage.activity, sender, report_id)
@@ -114,7 +114,7 @@ def test_everyday_work_makes_only_bounded_table_queries(wire: Wire, monkeypatch:
         for report_id in ids:
             wait_terminal(client, report_id)
 
-        hour_ago = to_iso(datetime.now(timezone.utc) - timedelta(hours=1))
+        hour_ago = to_iso(datetime.now(UTC) - timedelta(hours=1))
         cursor, seen = None, []
         while True:
             page = client.get("/api/reports", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
@@ -157,7 +157,7 @@ def test_everyday_work_makes_only_bounded_table_queries(wire: Wire, monkeypatch:
 
 @pytest.mark.parametrize("days", [365])
 def test_a_listing_page_costs_one_query_with_a_year_of_history(wire: Wire, days: int) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     direct = Storage.from_connection_string(wire.azurite.connection_string)  # seeding need not be recorded
     key = add_sender(wire.conn, "lab-year")
     seed(direct.reports, "lab-year", 20_000, now - timedelta(minutes=1), timedelta(days=days))

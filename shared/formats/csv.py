@@ -154,7 +154,7 @@ def _header(reader: Iterator[list[str]], lines: _Lines) -> tuple[list[str], _Dia
     # Matching is case-insensitive and ignores surrounding spaces: "Patient_ID " is the patient_id column.
     lowered = [name.strip().lower() for name in header]
     dialect = _dialect(set(lowered))
-    columns = [low if low in dialect.known else name.strip() for name, low in zip(header, lowered)]
+    columns = [low if low in dialect.known else name.strip() for name, low in zip(header, lowered, strict=True)]
     seen: set[str] = set()
     duplicates: set[str] = set()
     for name in columns:
@@ -202,7 +202,7 @@ def _hint(header: list[str]) -> str:
 
 def _dialect(names: set[str]) -> _Dialect:
     """The minimal CSV when its required columns are all there, else SimpleReport's when the header looks like it."""
-    if _REQUIRED_SET <= names or not simplereport.recognises(names):
+    if names >= _REQUIRED_SET or not simplereport.recognises(names):
         return MINIMAL
     return SIMPLEREPORT
 
@@ -216,7 +216,7 @@ def _row(row: list[str], columns: list[str], dialect: _Dialect, index: int, line
             message = f"line {line}: the row has {len(row)} cells where the header has {len(columns)}"
             return _failed(index, "csv.column_count", message)
     known = dialect.known
-    values = {name: cell.strip() for name, cell in zip(columns, row) if name in known}
+    values = {name: cell.strip() for name, cell in zip(columns, row, strict=False) if name in known}
     result = dialect.row(values, index, line, report_id)
     if surplus > 0:
         message = f"line {line}: {surplus} cell(s) beyond the header were ignored"

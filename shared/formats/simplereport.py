@@ -32,9 +32,7 @@ _DATE_TIME = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})(?: ([0-9]{1,2}):(
 
 # US states and territories ("NA" is SimpleReport's "unknown / outside the US") and Canadian provinces.
 _STATES = frozenset(
-    "AK AL AR AS AZ CA CO CT DC DE FL FM GA GU HI IA ID IL IN KS KY LA MA MD ME MH MI MN MO MP MS MT NC ND NE NH NJ "
-    "NM NV NY OH OK OR PA PR PW RI SC SD TN TX UT VA VI VT WA WI WV WY NA "
-    "AB BC MB NB NL NT NS NU ON PE QC SK YT".split()
+    ["AK", "AL", "AR", "AS", "AZ", "CA", "CO", "CT", "DC", "DE", "FL", "FM", "GA", "GU", "HI", "IA", "ID", "IL", "IN", "KS", "KY", "LA", "MA", "MD", "ME", "MH", "MI", "MN", "MO", "MP", "MS", "MT", "NC", "ND", "NE", "NH", "NJ", "NM", "NV", "NY", "OH", "OK", "OR", "PA", "PR", "PW", "RI", "SC", "SD", "TN", "TX", "UT", "VA", "VI", "VT", "WA", "WI", "WV", "WY", "NA", "AB", "BC", "MB", "NB", "NL", "NT", "NS", "NU", "ON", "PE", "QC", "SK", "YT"]
 )
 # Time zone words SimpleReport accepts after a time, besides IANA zone ids (America/Chicago, US/Eastern, ...).
 # A standard or daylight abbreviation is that fixed offset (Arizona writes MST all year; SimpleReport would read a
