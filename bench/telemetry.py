@@ -28,7 +28,7 @@ from shared import status, telemetry, work
 
 class _Message:
     def __init__(self, body: bytes) -> None:
-        self._body, self.dequeue_count = body, 1
+        self._body, self.dequeue_count, self.id = body, 1, None
 
     def get_body(self) -> bytes:
         return self._body

@@ -8,4 +8,4 @@ from shared.storage import get_storage
 
 
 def main(msg: func.QueueMessage) -> None:
-    processing.process(get_storage(), get_settings(), msg.get_body(), msg.dequeue_count or 1)
+    processing.process(get_storage(), get_settings(), msg.get_body(), msg.dequeue_count or 1, msg.id)

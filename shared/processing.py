@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from ulid import ULID
@@ -52,7 +52,7 @@ class PermanentFailure(Exception):
 class DeliveryDeferred(Exception):
     """The results are stored but the downstream is down for now: the delivery waits (shared/deferral.py)."""
 
-    def __init__(self, failure: DeliveryError, errors: list[dict], warnings: list[dict]) -> None:
+    def __init__(self, failure: DeliveryError, errors: list[dict[str, Any]], warnings: list[dict[str, Any]]) -> None:
         super().__init__(str(failure))
         self.failure = failure
         self.errors = errors
@@ -73,7 +73,7 @@ class IssueList:
             else:
                 self.left_out += 1
 
-    def listed(self) -> list[dict]:
+    def listed(self) -> list[dict[str, Any]]:
         out = [i.model_dump() for i in self.kept]
         return out + [row_limits.issues_marker(self.left_out)] if self.left_out else out
 
@@ -96,18 +96,21 @@ class Parsed:
 
 
 @telemetry.traced_processing
-def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
+def process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int,
+            message_id: str | None = None) -> str:
     """Handle one queue message; returns what happened (for the log). Raises TryAgain to ask the host for a retry:
-    the host records the message and stack of what an invocation raises, so it carries no report value."""
+    the host records the message and stack of what an invocation raises, so it carries no report value.
+    `message_id` is the queue message's own id: it tells a redelivery of this message from another copy."""
     try:
-        return _process(storage, settings, body, dequeue_count)
+        return _process(storage, settings, body, dequeue_count, message_id)
     except TryAgain:
         raise
     except Exception as exc:  # noqa: BLE001 - what leaves an invocation must be value-free
         raise TryAgain(exc) from None
 
 
-def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int) -> str:
+def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: int,
+             message_id: str | None = None) -> str:
     message = QueueMessage.model_validate_json(body)
     row = _row_of(storage, message)
     if row is None:
@@ -121,7 +124,11 @@ def _process(storage: Storage, settings: Settings, body: bytes, dequeue_count: i
     # whichever is further along.
     attempt = max(int(row.entity.get("attempts") or 0) + 1, dequeue_count)
     telemetry.processing_started(row.entity.get("received_at"), message.content_type, attempt)
-    started = _mark_processing(storage, message, row, attempt) if _is_long(row) else row
+    try:
+        started = _mark_processing(storage, settings, message, row, attempt, message_id) if _is_long(row) else row
+    except AtWork:
+        log.info("report %s: another copy of its work is running; this message is acknowledged", message.id)
+        return "ignored"
     if started is None or started.status in TERMINAL:
         return "ignored"
     progress = Progress()
@@ -188,13 +195,38 @@ def _is_long(row: status.Row) -> bool:
     return int(row.entity.get("size_bytes") or 0) > MARK_PROCESSING_OVER_BYTES
 
 
-def _mark_processing(storage: Storage, message: QueueMessage, row: status.Row, attempt: int) -> status.Row | None:
-    def start(current: status.Row) -> dict | None:
+class AtWork(Exception):
+    """Another message for the report is being processed (its `processing` mark is another message's, and recent)."""
+
+
+WORKER = "worker"  # row property: the queue message whose try marked the report `processing`
+
+
+def _mark_processing(storage: Storage, settings: Settings, message: QueueMessage, row: status.Row, attempt: int,
+                     message_id: str | None) -> status.Row | None:
+    """Mark the report `processing` for this message. The row's ETag decides between two copies of the work (a
+    duplicate message, a forced replay): the one whose write lands works; the other, finding the mark of another
+    message that may still be running, stands down. A redelivery of the same message (its try crashed) takes over,
+    as does any message once the mark is older than an invocation can run."""
+
+    def start(current: status.Row) -> dict[str, Any] | None:
         if current.status in TERMINAL:
             return None
-        return {"status": Status.PROCESSING, "attempts": attempt}
+        holder = current.entity.get(WORKER)
+        if (current.status is Status.PROCESSING and message_id and holder and holder != message_id
+                and _recent(current, settings)):
+            raise AtWork
+        changes: dict[str, Any] = {"status": Status.PROCESSING, "attempts": attempt}
+        if message_id:
+            changes[WORKER] = message_id
+        return changes
 
     return status.update(storage.reports, message.sender, message.id, start, known=row)
+
+
+def _recent(row: status.Row, settings: Settings) -> bool:
+    written = row.written_at
+    return written is None or datetime.now(UTC) - written < reconcile.settled_after(settings)
 
 
 def _run(
@@ -293,13 +325,13 @@ def _drop_duplicates(storage: Storage, settings: Settings, message: QueueMessage
     return Parsed(counts, errors, parsed.warnings, kept, size, parsed.fingerprints)
 
 
-class Discard(io.RawIOBase):
+class Discard(io.BytesIO):
     """A results sink that keeps nothing: a dry run (POST /api/validate) parses exactly as processing does."""
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:  # type: ignore[override]  # parse_items only ever writes bytes
         return len(data)
 
     def truncate(self, size: int | None = None) -> int:
@@ -457,7 +489,7 @@ def _redeliver(storage: Storage, settings: Settings, message: QueueMessage, row:
     return Status.PROCESSED.value
 
 
-def _dumped(issues: list[Issue]) -> list[dict]:
+def _dumped(issues: list[Issue]) -> list[dict[str, Any]]:
     return [issue.model_dump() for issue in issues]
 
 
@@ -468,8 +500,8 @@ def _finish(
     outcome: Status,
     attempt: int,
     items: ItemCounts | None = None,
-    errors: list[dict] | None = None,
-    warnings: list[dict] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    warnings: list[dict[str, Any]] | None = None,
     delivery: Delivery | None = None,
 ) -> None:
     changes: dict[str, object] = {"status": outcome, "attempts": attempt, "completed_at": now_iso(),
@@ -479,7 +511,7 @@ def _finish(
     if delivery is not None:
         changes["delivery"] = delivery.model_dump()
 
-    def change(row: status.Row) -> dict | None:
+    def change(row: status.Row) -> dict[str, Any] | None:
         return None if row.status in TERMINAL else changes
 
     status.update(storage.reports, message.sender, message.id, change, known=started)
@@ -491,7 +523,7 @@ def _record_exception(
     entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__,
                            message=logs.safe_message(exc)[:300])
 
-    def change(row: status.Row) -> dict | None:
+    def change(row: status.Row) -> dict[str, Any] | None:
         if row.status in TERMINAL:
             return None
         record = row.record()

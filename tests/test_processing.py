@@ -38,6 +38,7 @@ class _Message:
 
     def __init__(self, body: bytes, dequeue_count: int) -> None:
         self._body, self.dequeue_count = body, dequeue_count
+        self.id = None  # the host's message id (a real QueueMessage always has one)
 
     def get_body(self) -> bytes:
         return self._body
@@ -217,3 +218,18 @@ def test_deferral_delays_double_up_to_the_cap_and_stop_at_the_window() -> None:
                                       "deferrals": 8})
     assert deferral.delay_seconds(settings, late, now) <= 31 and not deferral.window_closed(settings, late, now)
     assert deferral.window_closed(settings, late, now + timedelta(seconds=31))
+
+
+def test_a_second_copy_of_the_work_stands_down_while_the_first_may_run(app: Storage) -> None:
+    """Two messages for one report (a duplicate, a forced replay): the row's ETag decides who works. A message that
+    finds another message's recent `processing` mark acknowledges itself; a redelivery of the marking message (its
+    try crashed) takes over."""
+    rows = b"".join(b"P%d,T1,pos,2026-01-01\n" % i for i in range(processing.MARK_PROCESSING_OVER_BYTES // 20))
+    report_id = submit(app, CSV_HEADER + rows, "text/csv")
+    row = status.read(app.reports, "unit-proc", report_id)
+    body = message_for(row).model_dump_json().encode()
+    status.write(app.reports, row, {"status": "processing", processing.WORKER: "message-A"})
+    settings = get_settings()
+    assert processing.process(app, settings, body, 1, "message-B") == "ignored"
+    assert status.read(app.reports, "unit-proc", report_id).status.value == "processing"
+    assert processing.process(app, settings, body, 2, "message-A") == "rejected"  # it ran (over the item cap)

@@ -117,7 +117,7 @@ def _post(key: str, body: bytes, content_type: str, **headers: str) -> func.Http
 
 class _Message:
     def __init__(self, body: bytes, dequeue_count: int = 1) -> None:
-        self._body, self.dequeue_count = body, dequeue_count
+        self._body, self.dequeue_count, self.id = body, dequeue_count, None
 
     def get_body(self) -> bytes:
         return self._body
@@ -375,6 +375,7 @@ report_id = json.loads(ingest_http.main(request).get_body())["id"]
 
 class Message:
     dequeue_count = 1
+    id = None
     def get_body(self):
         row = status.read(storage.reports, "otel-azmon", report_id)
         return work.message_for(row).model_dump_json(exclude_none=True).encode()
