@@ -25,7 +25,8 @@ DEFAULT_PORTS = (10000, 10001, 10002)
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -75,7 +76,7 @@ class Azurite:
     key: Path | None = None
     oauth: bool = False
     account_key: str = ACCOUNT_KEY
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     _own_log: bool = False
 
     @property

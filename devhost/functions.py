@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ def discover(app_dir: Path) -> list[FunctionInfo]:
     return found
 
 
-class _Out(func.Out):
+class _Out(func.Out[Any]):
     """The object a function gets for a named output binding (`func.Out[T]`)."""
 
     def __init__(self) -> None:
@@ -206,7 +206,7 @@ class LoadedFunction:
         try:
             value = self.callable(**kwargs)
             if inspect.isawaitable(value):
-                value = asyncio.run(value)  # a sync def that returns a coroutine: run it to completion here
+                value = asyncio.run(_awaited(value))  # a sync def that returns a coroutine: run it to completion here
         except BaseException as exc:  # noqa: BLE001 - the host reports every failure, SystemExit included
             self._log_end(False, invocation_id, t0, exc)
             return Outcome(False)
@@ -227,6 +227,10 @@ class LoadedFunction:
             return Outcome(False)
         self._log_end(True, invocation_id, t0, None)
         return Outcome(True, value, {n: o.get() for n, o in outs.items()})
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def _format_exc(exc: BaseException) -> list[str]:
@@ -259,7 +263,7 @@ def _import_entry_point(info: FunctionInfo, app_dir: Path) -> Callable[..., Any]
         module = importlib.import_module(module_name)
     except BaseException as exc:  # noqa: BLE001 - a broken function must not stop the others
         raise FunctionLoadError(f"cannot import '{module_name}': {type(exc).__name__}: {exc}") from exc
-    target = getattr(module, entry, None)
+    target: object = getattr(module, entry, None)
     if not callable(target):
         raise FunctionLoadError(f"'{module_name}' has no callable entry point '{entry}'")
     return target

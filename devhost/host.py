@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,8 +170,11 @@ class Host:
         limits = self.limits
         app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual, limits)
         protocol = functools.partial(EdgeProtocol, limits=limits)
-        config = uvicorn.Config(app, http=protocol, lifespan="off", access_log=False, log_config=None,
-                                timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]
+        # uvicorn annotates `http` as a protocol class and `timeout_keep_alive` as int; it only calls the first
+        # (a partial binding the limits does as well) and hands the second to loop.call_later (a float is kept).
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None,
+                                http=protocol,  # type: ignore[arg-type]  # only ever called, as a class is
+                                timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  # float ok
                                 timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS), backlog=2048,
                                 server_header=False)
         server = _make_server(config)
@@ -312,7 +316,7 @@ def _make_server(config: Any) -> Any:
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[override]
+        def capture_signals(self) -> Generator[None, None, None]:
             yield
 
     return Server(config)

@@ -9,14 +9,13 @@ from typing import Any
 from devhost.settings import Settings
 
 # host.json reading is shared with the app (maxDequeueCount, functionTimeout), so both read it alike.
-from shared.hostjson import (  # noqa: F401 - re-exported for devhost's modules and tests
-    DEFAULT_FUNCTION_TIMEOUT,
-    apply_overrides,
-    function_timeout,
-    get_ci,
-    load_host_config,
-    parse_timespan,
-)
+# Re-exported for devhost's modules and tests (`name as name` marks an explicit re-export).
+from shared.hostjson import DEFAULT_FUNCTION_TIMEOUT as DEFAULT_FUNCTION_TIMEOUT
+from shared.hostjson import apply_overrides as apply_overrides
+from shared.hostjson import function_timeout as function_timeout
+from shared.hostjson import get_ci as get_ci
+from shared.hostjson import load_host_config as load_host_config
+from shared.hostjson import parse_timespan as parse_timespan
 
 
 def route_prefix(config: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -33,6 +33,9 @@ ADMIN_FUNCTIONS = "/admin/functions/"
 VALID_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9!$&'()*+,;=._~%-]+)(?::[0-9]{0,5})?$")
 CLOSE = [(b"connection", b"close")]
 BODY_TOO_SLOW = "devhost.body_too_slow"  # set in the ASGI scope by EdgeProtocol when it gives up on a slow body
+# ASGI's receive and send callables (messages are plain dicts, as uvicorn passes them).
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class EdgeLimits:
                     # Shorter only: devhost may be made stricter for tests, never kinder than the real front end.
                     raise ValueError(f"{setting} must be more than 0 and at most {getattr(cls, name)} (the host's "
                                      f"own limit), got {text!r}")
+        # values holds only the float fields named above; max_connections is the one int
         return cls(**values, **({"max_connections": int(cap)} if cap else {}))  # type: ignore[arg-type]
 
 
@@ -99,7 +103,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self.started = 0.0  # when the current request's headers, then its body, began
         self.body_received = 0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         super().connection_made(transport)
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         if len(_OPEN) >= self.limits.max_connections and not _evict_idle():
@@ -161,7 +165,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cycle.scope[BODY_TOO_SLOW] = True  # type: ignore[literal-required]
+            cycle.scope[BODY_TOO_SLOW] = True  # type: ignore[literal-required]  # devhost's own key; the scope is a dict
             self._refuse(not cycle.response_started)
 
     def _headers_timed_out(self) -> None:
@@ -241,7 +245,7 @@ class HttpApp:
     """ASGI callable; kept minimal because HTTP intake is the benchmarked hot path."""
 
     def __init__(self, router: Router, dispatcher: Dispatcher, state: Callable[[], str],
-                 manual: dict[str, Callable[[str], Awaitable[Any]]] | None = None,
+                 manual: dict[str, Callable[[str], Coroutine[Any, Any, Any]]] | None = None,
                  limits: EdgeLimits = EdgeLimits()) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -252,7 +256,7 @@ class HttpApp:
         self._manual_tasks: set[asyncio.Task[Any]] = set()
         self._late: set[asyncio.Task[Any]] = set()  # invocations still running after their 502
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
@@ -344,7 +348,7 @@ class HttpApp:
                 return 413
         return None
 
-    async def _admin(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def _admin(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """The host's admin API, for this machine only: devhost has no master key to guard it with."""
         if not _is_loopback(scope.get("client")):
             await _respond(send, 403, _close_unless_bodiless(scope), b"")
@@ -366,7 +370,7 @@ class HttpApp:
         else:
             await _respond(send, 404, _close_unless_bodiless(scope), b"")
 
-    async def _read_body(self, scope: dict[str, Any], receive: Callable) -> bytes:
+    async def _read_body(self, scope: dict[str, Any], receive: Receive) -> bytes:
         """The whole body, or BodyRefused: cut short or too slow (the connection is gone), or over the limit (413)."""
         chunks: list[bytes] = []
         received = 0
@@ -383,7 +387,7 @@ class HttpApp:
             if not message.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _run_manually(self, name: str, body: bytes, send: Callable) -> None:
+    async def _run_manually(self, name: str, body: bytes, send: Send) -> None:
         """The host's admin API for non-HTTP functions: 202 at once, the invocation runs in the background."""
         run = self.manual.get(name.lower())
         if run is None:
@@ -415,7 +419,7 @@ def _close_unless_bodiless(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return []
 
 
-async def _respond(send: Callable, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -12,7 +12,8 @@ _MONTH_FULL = ["january", "february", "march", "april", "may", "june", "july", "
 _DAY_FULL = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
 
 # (name, low, high, names → value)
-_FIELDS = [
+_Field = tuple[str, int, int, dict[str, int]]
+_FIELDS: list[_Field] = [
     ("second", 0, 59, {}),
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
@@ -26,7 +27,7 @@ class CronError(ValueError):
     """The expression is not a valid NCRONTAB schedule."""
 
 
-def _value(text: str, field: tuple) -> int:
+def _value(text: str, field: _Field) -> int:
     name, low, high, names = field
     key = text.strip().lower()
     if key in names:
@@ -41,7 +42,7 @@ def _value(text: str, field: tuple) -> int:
     return value
 
 
-def _parse_field(text: str, field: tuple) -> frozenset[int]:
+def _parse_field(text: str, field: _Field) -> frozenset[int]:
     name, low, high, _ = field
     values: set[int] = set()
     for item in text.split(","):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
@@ -57,18 +58,18 @@ class OtlpReceiver(LoopbackServer):
 
     def spans(self) -> list[Span]:
         with self.lock:
-            return [s for r in self.requests["/v1/traces"] for rs in r.resource_spans for ss in rs.scope_spans
-                    for s in ss.spans]
+            requests = cast(list[ExportTraceServiceRequest], self.requests["/v1/traces"])  # REQUESTS' type for the path
+            return [s for r in requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
     def metrics(self) -> list[Metric]:
         with self.lock:
-            return [m for r in self.requests["/v1/metrics"] for rm in r.resource_metrics for sm in rm.scope_metrics
-                    for m in sm.metrics]
+            requests = cast(list[ExportMetricsServiceRequest], self.requests["/v1/metrics"])
+            return [m for r in requests for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
 
     def logs(self) -> list[LogRecord]:
         with self.lock:
-            return [lr for r in self.requests["/v1/logs"] for rl in r.resource_logs for sl in rl.scope_logs
-                    for lr in sl.log_records]
+            requests = cast(list[ExportLogsServiceRequest], self.requests["/v1/logs"])
+            return [lr for r in requests for rl in r.resource_logs for sl in rl.scope_logs for lr in sl.log_records]
 
     def everything(self) -> str:
         """All that was received, as bytes decoded loosely and as JSON: for searching for what must not be there."""

@@ -73,10 +73,10 @@ class QueueOutputs:
         self.settings = settings
         self.encoding = encoding
         self._clients: dict[tuple[str, str], QueueClient] = {}
-        self._listeners: dict[str, set[Callable[[], None]]] = {}
+        self._listeners: dict[str, set[Callable[[], object]]] = {}
         self._lock = threading.Lock()
 
-    def listen(self, queue_name: str, wake: Callable[[], None]) -> None:
+    def listen(self, queue_name: str, wake: Callable[[], object]) -> None:
         with self._lock:
             self._listeners.setdefault(queue_name.lower(), set()).add(wake)
 
@@ -152,7 +152,9 @@ def make_client(connection: StorageConnection, queue_name: str) -> QueueClient:
     # The host's .NET storage client retries 3 times from 0.8 s, exponentially; the Python SDK's default starts at
     # 15 s, which would keep a poll (and a shutdown) waiting for a minute while storage refuses or is down.
     options = {"transport": RequestsTransport(session=session, session_owner=False),
-               "retry_policy": ExponentialRetry(initial_backoff=0.8, increment_base=2, retry_total=3)}
+               # The SDK annotates initial_backoff as int; its backoff arithmetic takes a float as well.
+               "retry_policy": ExponentialRetry(initial_backoff=0.8,  # type: ignore[arg-type]  # float is fine
+                                                increment_base=2, retry_total=3)}
     # No encode/decode policy: devhost sees and forwards the stored text exactly (poison copies stay byte-exact).
     if connection.connection_string is not None:
         return QueueClient.from_connection_string(connection.connection_string, queue_name, **options)
@@ -169,7 +171,7 @@ class _Receipt:
     """The message identity and its current pop receipt (renewals replace the receipt)."""
 
     id: str
-    pop_receipt: str
+    pop_receipt: str | None  # as the SDK gives and takes it
     content: str
     dequeue_count: int
 
@@ -289,7 +291,7 @@ class QueuePoller:
             return body.decode("utf-8")
         if annotation is bytes or annotation == "bytes":
             return body
-        return FuncQueueMessage(
+        return FuncQueueMessage(  # type: ignore[no-untyped-call]  # azure.functions leaves its __init__ unannotated
             id=message.id, body=body, dequeue_count=message.dequeue_count, expiration_time=message.expires_on,
             insertion_time=message.inserted_on, time_next_visible=message.next_visible_on,
             pop_receipt=message.pop_receipt,

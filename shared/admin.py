@@ -13,6 +13,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 
@@ -103,7 +104,7 @@ def cmd_keys(args: argparse.Namespace, storage: Storage) -> None:
             print(json.dumps(_describe_key(key)))
 
 
-def _describe_key(key: keys.PublicKey) -> dict:
+def _describe_key(key: keys.PublicKey) -> dict[str, Any]:
     return {"scope": key.scope, "kid": key.kid, "kty": key.kty, "algorithms": list(key.algorithms),
             "thumbprint": keys.thumbprint(key), "created_at": key.created_at}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import azure.functions as func
@@ -228,8 +228,8 @@ def _list(req: func.HttpRequest, storage: Storage, sender: str) -> func.HttpResp
     return _json(ReportPage(reports=page.reports, next_cursor=page.next_cursor).model_dump(mode="json"), 200)
 
 
-def parse_list_query(params: dict[str, str] | object, sender: str) -> listing.Query:
-    get = params.get  # type: ignore[attr-defined]
+def parse_list_query(params: Mapping[str, str], sender: str) -> listing.Query:
+    get = params.get
     status_value = get("status") or None
     try:
         wanted = Status(status_value) if status_value else None
@@ -343,6 +343,8 @@ def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
 
 def health(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     queue_depth = storage.queue.get_queue_properties().approximate_message_count
+    if queue_depth is None:  # Azure always sends the count; without it, storage did not really answer (503)
+        raise RuntimeError("the queue's properties carry no message count")
     poison_depth = poison.depth(storage)
     return _json(Health(status="ok", queue_depth=queue_depth, poison_depth=poison_depth).model_dump(mode="json"), 200)
 

@@ -55,7 +55,7 @@ class _Standing:
     within that time). Only successes are kept."""
 
     def __init__(self) -> None:
-        self._cache: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=300)
+        self._cache: TTLCache[tuple[str, str, str], float] = TTLCache(maxsize=10_000, ttl=300)
         self._lock = threading.Lock()
 
     def check(self, storage: Storage, claims: tokens.AccessClaims, sender: str | None, seconds: float) -> bool:

@@ -146,7 +146,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_dequeue, values["function_timeout_seconds"] = _host_json(env)
         if max_dequeue is not None:
             values["max_dequeue_count"] = max_dequeue
-        return Settings(**values)
+        return Settings.model_validate(values)
     except ValueError as exc:
         raise SettingsError(_describe(exc)) from None
 

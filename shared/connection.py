@@ -85,7 +85,9 @@ _credentials: dict[tuple[str | None, str | None, str | None], Any] = {}
 _credentials_lock = threading.Lock()
 # azure-identity retries a token request up to 10 times with back-off (over a minute when the identity endpoint is
 # down), while a sender waits. A token is fetched about once a day; two quick retries cover a blip.
-TOKEN_REQUEST = {"retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 2, "connection_timeout": 5}
+TOKEN_REQUEST: dict[str, Any] = {
+    "retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 2, "connection_timeout": 5,
+}
 # After a failed token request, requests within this many seconds fail at once with the same error: every storage
 # call (and every SDK retry of it) asks for a token, and each would otherwise wait out the endpoint again.
 TOKEN_FAILURE_HOLD_SECONDS = 5.0

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
@@ -129,7 +130,7 @@ def _chunks(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int,
         yield items[start:start + size]
 
 
-def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[tuple[str, dict]]:
+def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[tuple[str, dict[str, Any]]]:
     return [("upsert", {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
                         "first_seen": to_iso(now), expiry.EXPIRES: expires}),
             ("upsert", expiry.entry(sender, f"{DIGEST}{sha256}", expires))]
@@ -145,13 +146,13 @@ def _same_body(table: TableClient, sender: str, report_id: str, sha256: str, now
     return str(row["report_id"])
 
 
-def _expired_row(row: dict, now: datetime) -> bool:
+def _expired_row(row: dict[str, Any], now: datetime) -> bool:
     expires = row.get(expiry.EXPIRES)
     return bool(expires) and str(expires) < now.strftime(DAY)
 
 
 def _item_ops(sender: str, report_id: str, index: int, fp: str, now: datetime, expires: str,
-              kind: str = "create") -> list[tuple[str, dict]]:
+              kind: str = "create") -> list[tuple[str, dict[str, Any]]]:
     return [(kind, {"PartitionKey": sender, "RowKey": f"{ITEM}{fp}", "report_id": report_id, "index": index,
                     "first_seen": to_iso(now), expiry.EXPIRES: expires}),
             ("upsert", expiry.entry(sender, f"{ITEM}{fp}", expires))]
@@ -159,7 +160,7 @@ def _item_ops(sender: str, report_id: str, index: int, fp: str, now: datetime, e
 
 def _record_chunk(
     table: TableClient, sender: str, report_id: str, chunk: list[tuple[int, str]], now: datetime, expires: str,
-    extra: list[tuple[str, dict]],
+    extra: list[tuple[str, dict[str, Any]]],
 ) -> dict[int, Original]:
     ops = [op for index, fp in chunk for op in _item_ops(sender, report_id, index, fp, now, expires)] + extra
     try:

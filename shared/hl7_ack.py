@@ -28,7 +28,11 @@ def commit_ack(body: bytes) -> bytes | None:
     if found is None or len(found[1]) < 2:
         return None
     separator, fields = found
-    get = lambda n: fields[n - 1] if len(fields) >= n else ""  # noqa: E731 - MSH-n, 1-based like the standard
+
+    def get(n: int) -> str:
+        """MSH-n, 1-based like the standard."""
+        return fields[n - 1] if len(fields) >= n else ""
+
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     msh = [
         "MSH", fields[1], RECEIVING_APPLICATION, "", get(3), get(4), now, "", "ACK", str(ULID()),

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 OVERRIDE_PREFIX = "azurefunctionsjobhost"
+
+
+class NamedValues(Protocol):
+    """Settings as name/value pairs: a Mapping[str, str] (os.environ) or devhost's case-insensitive Settings."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 _TIMESPAN = re.compile(
     r"^\s*(?P<sign>-)?(?:(?P<days>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2})(?::(?P<s>\d{1,2})(?:\.(?P<frac>\d{1,7}))?)?\s*$"
@@ -51,7 +57,7 @@ def get_ci(mapping: Any, *path: str, default: Any = None) -> Any:
     return node
 
 
-def apply_overrides(config: dict[str, Any], settings: Mapping[str, str]) -> dict[str, Any]:
+def apply_overrides(config: dict[str, Any], settings: NamedValues) -> dict[str, Any]:
     """Settings `AzureFunctionsJobHost__a__b` (or `AzureFunctionsJobHost:a:b`) replace host.json's `a.b`."""
     for name, value in settings.items():
         parts = [p for p in re.split(r"__|:", name)]
@@ -69,7 +75,7 @@ def apply_overrides(config: dict[str, Any], settings: Mapping[str, str]) -> dict
     return config
 
 
-def load_host_config(app_dir: Path, settings: Mapping[str, str]) -> dict[str, Any]:
+def load_host_config(app_dir: Path, settings: NamedValues) -> dict[str, Any]:
     path = app_dir / "host.json"
     config = json.loads(path.read_text(encoding="utf-8-sig")) if path.exists() else {"version": "2.0"}
     return apply_overrides(config, settings)

@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
@@ -46,7 +47,7 @@ class Fingerprint:
     def of(cls, sha256: str, content_type: str | None) -> Fingerprint:
         return cls(sha256, re.sub(r"\s+", "", (content_type or "").lower()))
 
-    def matches(self, claim: dict) -> bool:
+    def matches(self, claim: dict[str, Any]) -> bool:
         # Claims written before Content-Type was part of the fingerprint carry only the digest.
         stored_type = claim.get("content_type")
         return claim.get("sha256") == self.sha256 and (stored_type is None or stored_type == self.content_type)
@@ -90,7 +91,7 @@ def claim(
         pause = min(pause * 2, 0.5)
 
 
-def _create(storage: Storage, settings: Settings, entity: dict) -> bool:
+def _create(storage: Storage, settings: Settings, entity: dict[str, Any]) -> bool:
     """The claim and its expiry entry, in one transaction (one round trip, as the claim alone was)."""
     ops = [("create", entity), ("upsert", _expiry_entry(entity))]
     try:
@@ -104,12 +105,12 @@ def _create(storage: Storage, settings: Settings, entity: dict) -> bool:
         raise unavailable(settings.retry_after_seconds) from None
 
 
-def _expiry_entry(entity: dict) -> dict:
+def _expiry_entry(entity: dict[str, Any]) -> dict[str, Any]:
     return expiry.entry(str(entity["PartitionKey"]), str(entity["RowKey"]), str(entity[expiry.EXPIRES]))
 
 
 def _held(
-    storage: Storage, settings: Settings, pk: str, rk: str, fingerprint: Fingerprint, entity: dict
+    storage: Storage, settings: Settings, pk: str, rk: str, fingerprint: Fingerprint, entity: dict[str, Any]
 ) -> str | status.Row | None:
     """Look at the existing claim: its report's row, our id after a takeover, or None to wait."""
     try:

@@ -23,7 +23,12 @@ import logging
 import re
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared import table_batch
@@ -86,7 +91,7 @@ def status_key(status: str, updated_at: str, report_id: str) -> str:
 STATUS_ONLY = frozenset({"received"})
 
 
-def keys(row: dict) -> list[str]:
+def keys(row: dict[str, Any]) -> list[str]:
     """The index keys of a row as it stands: a `received` row is in the status index only."""
     report_id, updated_at, state = str(row["RowKey"]), str(row["updated_at"]), str(row["status"])
     by_status = status_key(state, updated_at, report_id)
@@ -95,21 +100,21 @@ def keys(row: dict) -> list[str]:
     return [newest_key(report_id), updated_key(updated_at, report_id), by_status]
 
 
-def is_indexed(row: dict) -> bool:
+def is_indexed(row: dict[str, Any]) -> bool:
     return row.get(VERSION_FIELD) == VERSION
 
 
-def is_entry(entity: dict) -> bool:
+def is_entry(entity: dict[str, Any]) -> bool:
     return str(entity.get("RowKey", ""))[:1].islower()
 
 
-def entries(row: dict) -> list[dict]:
+def entries(row: dict[str, Any]) -> list[dict[str, Any]]:
     """One copy of the row per index key."""
     body = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey", VERSION_FIELD)}
     return [{**body, "PartitionKey": row["PartitionKey"], "RowKey": key, ENTRY_ID: row["RowKey"]} for key in keys(row)]
 
 
-def operations(old: dict | None, new: dict) -> list[Operation]:
+def operations(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Operation]:
     """What turns `old`'s entries into `new`'s: one upsert per entry (each holds the record, which changed) and a
     delete per old key that is gone. `old` is None, or not yet indexed, when there are no entries to remove."""
     ops: list[Operation] = [("upsert", entry, {"mode": UpdateMode.REPLACE}) for entry in entries(new)]
@@ -119,7 +124,7 @@ def operations(old: dict | None, new: dict) -> list[Operation]:
     return ops
 
 
-def submit(table: TableClient, ops: list[Operation]) -> list[dict]:
+def submit(table: TableClient, ops: list[Operation]) -> list[dict[str, Any]]:
     """Commit row and index operations atomically; returns each operation's metadata (ETags).
 
     The first operation's failure is raised as the error a single write would raise (ResourceModifiedError for a
@@ -143,7 +148,7 @@ def submit(table: TableClient, ops: list[Operation]) -> list[dict]:
 def _as_single_write_error(exc: TableTransactionError) -> Exception:
     if exc.index != 0:
         return exc
-    kinds: dict[int, type[Exception]] = {
+    kinds: dict[int, type[HttpResponseError]] = {
         412: ResourceModifiedError, 409: ResourceExistsError, 404: ResourceNotFoundError
     }
     kind = kinds.get(exc.status_code or 0)

@@ -13,10 +13,11 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-import http_sfv
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 from azure.storage.blob import ContentSettings
+from http_sfv.dictionary import Dictionary as StructuredDictionary
 from ulid import ULID
 
 from shared import activity, idempotency, status, telemetry, work
@@ -85,7 +86,7 @@ def _declares_length(header: str, length: int) -> bool:
 def verify_content_digest(header: str, body: bytes, sha256: bytes | None = None) -> None:
     """RFC 9530: every sha-256 / sha-512 digest given must match the body; other algorithms are ignored.
     `sha256` is the body's SHA-256 when already computed (intake hashes a body once)."""
-    parsed = http_sfv.Dictionary()
+    parsed = StructuredDictionary()
     try:
         parsed.parse(header.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
@@ -211,7 +212,7 @@ def _surely_not_written(exc: AzureError) -> bool:
     return not isinstance(exc, RowWriteUnknown)
 
 
-def _create_row(storage: Storage, entity: dict) -> status.Row:
+def _create_row(storage: Storage, entity: dict[str, Any]) -> status.Row:
     try:
         return status.create(storage.reports, entity)
     except HttpResponseError as exc:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient
@@ -77,14 +78,14 @@ class PublicKey:
     kid: str
     kty: str
     algorithms: tuple[str, ...]
-    jwk: dict
+    jwk: dict[str, Any]
     created_at: str
 
     def verifier(self) -> PyJWK:
         return PyJWK(self.jwk)
 
 
-def load_public_key(data: bytes) -> list[dict]:
+def load_public_key(data: bytes) -> list[dict[str, Any]]:
     """The public keys in a PEM file, a JWK or a JWKS, as JWK dicts; refuses private keys' secrets, weak or other keys."""
     text = data.decode("utf-8", errors="replace").strip()
     if text.startswith("-----BEGIN"):
@@ -117,19 +118,21 @@ def load_public_key(data: bytes) -> list[dict]:
     return found
 
 
-def _to_jwk(key: object) -> dict:
+def _to_jwk(key: object) -> dict[str, Any]:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise KeyRegistryError(f"an RSA key must have at least {MIN_RSA_BITS} bits; this one has {key.key_size}")
-        return json.loads(RSAAlgorithm.to_jwk(key))
+        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(key))
+        return jwk
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP384R1):
             raise KeyRegistryError(f"an EC key must be on P-384 (ES384); this one is on {key.curve.name}")
-        return json.loads(ECAlgorithm.to_jwk(key))
+        jwk = json.loads(ECAlgorithm.to_jwk(key))
+        return jwk
     raise KeyRegistryError("only RSA (2048 bits or more) and EC P-384 public keys are accepted")
 
 
-def _algorithms(jwk: dict) -> tuple[str, ...]:
+def _algorithms(jwk: dict[str, Any]) -> tuple[str, ...]:
     return RSA_ALGORITHMS if jwk["kty"] == "RSA" else EC_ALGORITHMS
 
 
@@ -174,7 +177,7 @@ def list_keys(table: TableClient, scope_text: str | None = None) -> list[PublicK
     return [_from_entity(row) for row in rows if SCOPE.match(str(row["PartitionKey"]))]
 
 
-def _from_entity(entity: dict) -> PublicKey:
+def _from_entity(entity: dict[str, Any]) -> PublicKey:
     jwk = json.loads(str(entity["jwk"]))
     return PublicKey(scope=str(entity["PartitionKey"]), kid=str(entity["RowKey"]), kty=str(jwk["kty"]),
                      algorithms=_algorithms(jwk), jwk=jwk, created_at=str(entity.get("created_at", "")))

@@ -86,7 +86,7 @@ def scrub(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
-def _bare(exc: BaseException) -> tuple | None:
+def _bare(exc: BaseException) -> tuple[type[BaseException], BaseException, None] | None:
     """An exc_info of the same type with no message and no traceback, so handlers still record the exception's type
     (Application Insights' exception.type); None where the type cannot be made empty."""
     try:

@@ -62,7 +62,7 @@ def _schemas() -> dict[str, Any]:
                                          SubmissionHistory)],
         ref_template=REF,
     )
-    schemas = defs["$defs"]
+    schemas: dict[str, Any] = defs["$defs"]
     for schema in schemas.values():
         # Every field is always in the JSON the service sends (null when unset), defaults or not.
         schema["required"] = list(schema.get("properties", {}))

@@ -58,7 +58,7 @@ def _rebuild_sender(storage: Storage, sender: str, totals: Totals, progress: Cal
         batch = list(page)
         if not batch:
             continue
-        todo = [status.Row(dict(e), e.metadata["etag"]) for e in batch if not index.is_indexed(e)]
+        todo = [status.Row(dict(e), status.etag(e)) for e in batch if not index.is_indexed(e)]
         # Marks first, as intake writes them: whatever is indexed can be found by id.
         activity.record_many(storage.activity, sender, [row.id for row in todo])
         for start in range(0, len(todo), ROWS_PER_TRANSACTION):

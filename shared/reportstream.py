@@ -4,7 +4,7 @@ clients read, built from the status record. The status mapping lives here and no
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from ulid import ULID
@@ -22,7 +22,7 @@ class FeedbackMessage(BaseModel):
     """One consolidated error or warning: the same problem on several items is one entry with their indices."""
 
     scope: Literal["parameter", "report", "item"]
-    indices: list[int] | None = Field(None, description="1-based item numbers (item scope only)")
+    indices: list[int] | None = Field(default=None, description="1-based item numbers (item scope only)")
     trackingIds: list[str] | None = None
     field: str | None = None
     message: str
@@ -37,17 +37,17 @@ class Destination(BaseModel):
     itemCountBeforeQualityFiltering: int
     sending_at: str | None = None
     filteredReportRows: list[str] = Field(default_factory=list)
-    filteredReportItems: list[dict] = Field(default_factory=list)
-    sentReports: list[dict] = Field(default_factory=list)
-    downloadedReports: list[dict] = Field(default_factory=list)
+    filteredReportItems: list[dict[str, Any]] = Field(default_factory=list)
+    sentReports: list[dict[str, Any]] = Field(default_factory=list)
+    downloadedReports: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class SubmissionHistory(BaseModel):
     """ReportStream's `DetailedSubmissionHistory`, field for field as its clients read it."""
 
     id: str | None = Field(description="The report id as a UUID (the ULID's 128 bits); null for a validation")
-    submissionId: int | None = Field(None, description="Always null: use id (ReportStream's numeric action id has "
-                                                       "no counterpart here)")
+    submissionId: int | None = Field(default=None, description="Always null: use id (ReportStream's numeric action "
+                                                               "id has no counterpart here)")
     reportId: str | None = None
     overallStatus: OverallStatus
     timestamp: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from typing import Any
 
 MAX_PROPERTY_BYTES = 64 * 1024  # a string property: 32 K UTF-16 code units
 MAX_ENTITY_BYTES = 1024 * 1024
@@ -37,27 +38,27 @@ def json_bytes(value: object) -> int:
     return utf16_bytes(json.dumps(value, separators=(",", ":")))
 
 
-def _clip(entry: dict) -> dict:
+def _clip(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v[:MAX_TEXT_CHARS] if isinstance(v, str) else v for k, v in entry.items()}
 
 
-def omitted(marker: dict | None) -> int:
+def omitted(marker: dict[str, Any] | None) -> int:
     """How many issues a truncation marker says were left out (0 for anything else)."""
     match = _COUNT.match(str((marker or {}).get("message", "")))
     return int(match.group(1)) if match else 0
 
 
-def issues_marker(left_out: int) -> dict:
+def issues_marker(left_out: int) -> dict[str, Any]:
     return {"scope": "report", "index": None, "field": None, "code": ISSUES_TRUNCATED,
             "message": f"{left_out} more not listed"}
 
 
-def fit_issues(issues: list[dict]) -> list[dict]:
+def fit_issues(issues: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the first issues that fit MAX_LISTED_ISSUES and LIST_BUDGET_BYTES, then one marker counting the rest."""
     left_out = 0
     if issues and issues[-1].get("code") == ISSUES_TRUNCATED:
         left_out, issues = omitted(issues[-1]), issues[:-1]
-    kept: list[dict] = []
+    kept: list[dict[str, Any]] = []
     size = json_bytes(issues_marker(10**9))  # room for the marker, whatever its count
     for issue in issues:
         issue = _clip(issue)
@@ -69,7 +70,7 @@ def fit_issues(issues: list[dict]) -> list[dict]:
     return kept + [issues_marker(left_out)] if left_out else kept
 
 
-def fit_exceptions(entries: list[dict]) -> list[dict]:
+def fit_exceptions(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the first try and the latest ones within MAX_LISTED_EXCEPTIONS and LIST_BUDGET_BYTES; the tries
     between are replaced by one marker that counts them (and names the first one left out)."""
     entries = [_clip(e) for e in entries]
@@ -79,7 +80,7 @@ def fit_exceptions(entries: list[dict]) -> list[dict]:
     marker = rest.pop(0) if rest[0].get("type") == EXCEPTIONS_OMITTED else None
     left, since = omitted(marker), marker
 
-    def listed() -> list[dict]:
+    def listed() -> list[dict[str, Any]]:
         if not left or since is None:
             return [first, *rest]
         shown = {"attempt": since.get("attempt", 0), "at": since.get("at", ""), "type": EXCEPTIONS_OMITTED,
@@ -114,7 +115,7 @@ def property_bytes(value: object) -> int:
     return 4 + utf16_bytes(str(value))
 
 
-def entity_bytes(entity: dict) -> int:
+def entity_bytes(entity: dict[str, Any]) -> int:
     """Azure's size formula: 4 + keys + per property 8 + 2 x name length + value size."""
     size = 4
     for name, value in entity.items():
@@ -124,7 +125,7 @@ def entity_bytes(entity: dict) -> int:
     return size
 
 
-def check(entity: dict) -> None:
+def check(entity: dict[str, Any]) -> None:
     """Raise RowTooLarge if Azure would refuse `entity` (every property and the whole)."""
     for name, value in entity.items():
         if isinstance(value, (str, bytes)) and property_bytes(value) - 4 > MAX_PROPERTY_BYTES:

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
@@ -145,7 +146,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def key_hashes(table: TableClient, row: dict) -> list[str]:
+def key_hashes(table: TableClient, row: dict[str, Any]) -> list[str]:
     """The hashes of a sender's active keys, from its row. A sender registered before rows kept that list gets it
     once, from a query of the key partition (`admin index rebuild` does this for every sender)."""
     if "keys" in row:
@@ -191,7 +192,7 @@ def add(table: TableClient, name: str) -> str:
     return key
 
 
-def _get(table: TableClient, name: str) -> dict:
+def _get(table: TableClient, name: str) -> dict[str, Any]:
     try:
         return table.get_entity(SENDER_PARTITION, _check_name(name))
     except ResourceNotFoundError:

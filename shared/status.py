@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableEntity, UpdateMode
 
 from shared import index, row_limits, telemetry
 from shared.clock import now_iso
@@ -69,7 +70,7 @@ def can_move(current: Status | str, new: Status | str) -> bool:
 class Row:
     """A status row as read, with the ETag that guards the next write."""
 
-    entity: dict
+    entity: dict[str, Any]
     etag: str
     written_at: datetime | None = None  # the service's Timestamp of the last write, when read from storage
 
@@ -89,7 +90,7 @@ class Row:
         return entity_to_record(self.entity)
 
 
-def new_entity(record: StatusRecord, blob: str) -> dict:
+def new_entity(record: StatusRecord, blob: str) -> dict[str, Any]:
     entity = record_to_entity(record)
     entity["blob"] = blob
     row_limits.check(entity)
@@ -107,7 +108,7 @@ def _to_property(name: str, value: object) -> object:
     return value
 
 
-def record_to_entity(record: StatusRecord) -> dict:
+def record_to_entity(record: StatusRecord) -> dict[str, Any]:
     data = record.model_dump(mode="json")
     entity: dict[str, object] = {"PartitionKey": data.pop("sender"), "RowKey": data.pop("id")}
     for name, value in data.items():
@@ -115,7 +116,7 @@ def record_to_entity(record: StatusRecord) -> dict:
     return {k: v for k, v in entity.items() if v is not None}
 
 
-def entity_to_record(entity: dict) -> StatusRecord:
+def entity_to_record(entity: dict[str, Any]) -> StatusRecord:
     """The record of a row, or of one of its index entries (which name the report in `id`)."""
     data = {name: entity.get(name) for name in RECORD_FIELDS
             if name in entity and not (name in CLEARABLE and entity[name] == "")}
@@ -127,11 +128,17 @@ def entity_to_record(entity: dict) -> StatusRecord:
     return StatusRecord.model_validate(data)
 
 
-def create(table: TableClient, entity: dict) -> Row:
+def create(table: TableClient, entity: dict[str, Any]) -> Row:
     """Store a new row with its index entries; raises ResourceExistsError if the id is taken."""
     entity = {**entity, index.VERSION_FIELD: index.VERSION}
     written = index.submit(table, [("create", entity), *index.operations(None, entity)])
     return Row(entity, written[0]["etag"])
+
+
+def etag(entity: TableEntity) -> str:
+    """The ETag of an entity read from a table. The SDK types it Optional (an entity made locally has none); the
+    service sends one with every entity it returns."""
+    return cast(str, entity.metadata["etag"])
 
 
 def read(table: TableClient, sender: str, report_id: str) -> Row | None:
@@ -139,14 +146,14 @@ def read(table: TableClient, sender: str, report_id: str) -> Row | None:
         entity = table.get_entity(sender, report_id)
     except ResourceNotFoundError:
         return None
-    return Row(dict(entity), entity.metadata["etag"], entity.metadata.get("timestamp"))
+    return Row(dict(entity), etag(entity), entity.metadata.get("timestamp"))
 
 
 def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
     """Merge `changes` into the row if nobody changed it since it was read; raises ResourceModifiedError if so."""
-    new_status = changes.get("status")
+    new_status = None if changes.get("status") is None else Status(changes["status"])
     if new_status is not None and not can_move(row.status, new_status):
-        raise TransitionError(f"{row.status.value} -> {Status(new_status).value} is not allowed")
+        raise TransitionError(f"{row.status.value} -> {new_status.value} is not allowed")
     patch: dict[str, object] = {"PartitionKey": row.sender, "RowKey": row.id, "updated_at": now_iso()}
     for name, value in changes.items():
         patch[name] = _to_property(name, value)
@@ -155,8 +162,8 @@ def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
     row_limits.check(merged)
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
     written = index.submit(table, [("update", patch, guarded), *index.operations(row.entity, merged)])
-    if new_status is not None and Status(new_status) in TERMINAL:
-        telemetry.report_completed(row.sender, row.entity.get("content_type"), Status(new_status).value)
+    if new_status is not None and new_status in TERMINAL:
+        telemetry.report_completed(row.sender, row.entity.get("content_type"), new_status.value)
     return Row(merged, written[0]["etag"])
 
 

@@ -6,8 +6,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 
 import requests
 from azure.core.exceptions import (
@@ -76,14 +78,14 @@ def _transport() -> RequestsTransport:
     return RequestsTransport(session=session, session_owner=False, **_connection_options())
 
 
-def _connection_options() -> dict:
+def _connection_options() -> dict[str, Any]:
     """Timeouts, and the CA bundle requests would have read from the environment (azure-core passes `verify` on
     every call, so it must be given here)."""
     bundle = next((os.environ[name] for name in CA_BUNDLE_SETTINGS if os.environ.get(name)), None)
     return {**TIMEOUTS, **({"connection_verify": bundle} if bundle else {})}
 
 
-def _fast_retry(policy: type) -> dict:
+def _fast_retry(policy: type) -> dict[str, Any]:
     return {"retry_policy": policy(backoff=0.3, random_jitter_range=0.2, retry_total=2)}
 
 
@@ -179,8 +181,8 @@ class Storage:
     def ensure(self) -> bool:
         """Create the container, tables and queues if missing. Each is tried on its own, so one service being down
         (say, queues) does not stop work on the others; returns whether all now exist."""
-        steps = [self.container.create_container]
-        steps += [lambda t=t: self.tables.create_table_if_not_exists(t) for t in TABLES]
+        steps: list[Callable[[], object]] = [self.container.create_container]
+        steps += [partial(self.tables.create_table_if_not_exists, t) for t in TABLES]
         steps += [self.queue.create_queue, self.poison.create_queue]
         complete = True
         for step in steps:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -44,16 +45,20 @@ MINIMAL_METADATA = "application/json;odata=minimalmetadata"
 MAX_OPERATIONS = 100  # Azure's limit per entity-group transaction
 
 Part = tuple[str, str, list[tuple[str, str]], str]  # method, URL, headers, body
+# As TableClient.submit_transaction takes them: (kind, entity) or (kind, entity, options).
+Operation = tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Mapping[str, Any]]
 
 
-def _entity_url(base: str, entity: dict) -> str:
+def _entity_url(base: str, entity: Mapping[str, Any]) -> str:
     partition = quote(_prepare_key(entity["PartitionKey"]), safe="")
     row = quote(_prepare_key(entity["RowKey"]), safe="")
     return f"{base}(PartitionKey='{partition}',RowKey='{row}')"
 
 
 def _conditions(etag: str | None, match_condition: MatchConditions | None) -> list[tuple[str, str]]:
-    condition = _get_match_condition(etag=etag, match_condition=match_condition or MatchConditions.Unconditionally)
+    condition = _get_match_condition(  # type: ignore[no-untyped-call]  # SDK private helper, checked at import
+        etag=etag, match_condition=match_condition or MatchConditions.Unconditionally
+    )
     headers = []
     if (if_match := prep_if_match(etag, condition)) is not None:
         headers.append(("If-Match", if_match))
@@ -62,7 +67,7 @@ def _conditions(etag: str | None, match_condition: MatchConditions | None) -> li
     return headers
 
 
-def _part(base: str, version: str, operation: tuple) -> Part:
+def _part(base: str, version: str, operation: Operation) -> Part:
     """One operation as the SDK's TableBatchOperations would frame it (create, update, upsert, delete)."""
     kind, entity = str(operation[0]).lower(), operation[1]
     options: dict[str, Any] = dict(operation[2]) if len(operation) > 2 else {}
@@ -88,7 +93,7 @@ def _part(base: str, version: str, operation: tuple) -> Part:
     return method, _entity_url(base, entity), headers, body
 
 
-def parts(table: TableClient, operations: list) -> list[Part]:
+def parts(table: TableClient, operations: Sequence[Operation]) -> list[Part]:
     """The parts of a transaction committing `operations` (all in one partition)."""
     if not operations or len(operations) > MAX_OPERATIONS:
         raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations, not {len(operations)}")
@@ -100,7 +105,7 @@ def parts(table: TableClient, operations: list) -> list[Part]:
     return [_part(base, table.api_version, op) for op in operations]
 
 
-def request(table: TableClient, operations: list) -> HttpRequest:
+def request(table: TableClient, operations: Sequence[Operation]) -> HttpRequest:
     """The `$batch` request committing `operations` (as for `TableClient.submit_transaction`)."""
     batch_boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
     return HttpRequest(
@@ -126,7 +131,7 @@ def fast_path_works(table: TableClient) -> bool:
 FAST = True  # tests turn it off to run the public path
 
 
-def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
+def submit(table: TableClient, operations: Sequence[Operation]) -> list[dict[str, Any]]:
     """Commit `operations` atomically; returns each one's {"etag"}.
 
     Raises TableTransactionError naming the failing operation (`index`, `status_code`, `error_code`) as the SDK does.
@@ -140,7 +145,7 @@ def submit(table: TableClient, operations: list) -> list[dict[str, Any]]:
     return _read(body, response.headers.get("Content-Type", ""), len(operations))
 
 
-def submit_public(table: TableClient, operations: list) -> list[dict[str, Any]]:
+def submit_public(table: TableClient, operations: Sequence[Operation]) -> list[dict[str, Any]]:
     """The same transaction through the SDK's public API."""
     if not operations or len(operations) > MAX_OPERATIONS:
         raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations, not {len(operations)}")
@@ -148,7 +153,7 @@ def submit_public(table: TableClient, operations: list) -> list[dict[str, Any]]:
     return [{"etag": answer.get("etag")} for answer in answers]
 
 
-def _public(operation: tuple) -> tuple:
+def _public(operation: Operation) -> Operation:
     kind, entity = str(operation[0]).lower(), operation[1]
     options = dict(operation[2]) if len(operation) > 2 else {}
     if kind in ("update", "upsert"):
@@ -173,11 +178,14 @@ def _read(body: bytes, content_type: str, count: int) -> list[dict[str, Any]]:
     """Each part's ETag, or the failing part raised as TableTransactionError."""
     outer = _BOUNDARY.search(content_type.encode("latin-1"))
     inner = _BOUNDARY.search(body[body.find(b"Content-Type: multipart/mixed") :]) if outer else None
-    marker = b"--" + (inner or outer).group(1) if (inner or outer) else b"\r\n--"
-    parts = [chunk for chunk in body.split(marker) if _STATUS.search(chunk)]
+    boundary = inner or outer
+    marker = b"--" + boundary.group(1) if boundary else b"\r\n--"
     results: list[dict[str, Any]] = []
-    for chunk in parts:
-        status = int(_STATUS.search(chunk).group(1))  # type: ignore[union-attr]
+    for chunk in body.split(marker):
+        found = _STATUS.search(chunk)
+        if found is None:
+            continue  # not a part (the preamble, a closing boundary)
+        status = int(found.group(1))
         if not 200 <= status < 300:
             raise _failure(chunk, status)
         etag = _ETAG.search(chunk)
@@ -200,5 +208,5 @@ def _failure(chunk: bytes, status: int) -> TableTransactionError:
             pass
     exc = TableTransactionError(message=message or f"0:transaction failed with HTTP {status}")
     exc.status_code = status
-    exc.error_code = code  # type: ignore[assignment]
+    exc.error_code = code  # type: ignore[attr-defined]  # set at run time, as the SDK's own _decode_error does
     return exc

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
@@ -117,7 +118,7 @@ def issue(table: TableClient, jti_table: TableClient, fields: dict[str, str], au
                  expires_at=now + ACCESS_TOKEN_SECONDS, scope=scope.text)
 
 
-def _verify_assertion(table: TableClient, assertion: str, scope: Scope, audiences: list[str]) -> tuple[dict, keys.PublicKey]:
+def _verify_assertion(table: TableClient, assertion: str, scope: Scope, audiences: list[str]) -> tuple[dict[str, Any], keys.PublicKey]:
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.InvalidTokenError:
@@ -155,7 +156,7 @@ def _describe(exc: jwt.InvalidTokenError) -> str:
     return "it cannot be read or verified"
 
 
-def _check_claims(claims: dict, scope: Scope) -> None:
+def _check_claims(claims: dict[str, Any], scope: Scope) -> None:
     iss = claims.get("iss")
     if not isinstance(iss, str) or not (iss == scope.org or iss.startswith(scope.org + ".")):
         raise _refused(f"The assertion's iss must be the organisation {scope.org} or one of its senders.")
@@ -169,7 +170,7 @@ def _check_claims(claims: dict, scope: Scope) -> None:
         raise _refused(f"The assertion's jti must be a string of 1 to {MAX_JTI} characters.")
 
 
-def _use_once(jti_table: TableClient, scope: Scope, claims: dict) -> None:
+def _use_once(jti_table: TableClient, scope: Scope, claims: dict[str, Any]) -> None:
     """Record the assertion's id until it expires; a second use of it is refused. The row is keyed by a hash, so
     whatever the sender put in jti never becomes a key, and partitioned by the hour of `exp` so expired ids are
     deleted a partition at a time (shared/tokens.purge_used)."""

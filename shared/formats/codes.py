@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Literal
 
 SNOMED_SYSTEMS = frozenset({"SCT", "SNM", "SNOMED", "SNOMED-CT", "SNOMEDCT", "HTTP://SNOMED.INFO/SCT", "2.16.840.1.113883.6.96"})
 SNOMED_ID = re.compile(r"\d{6,18}")
@@ -41,6 +42,7 @@ class CodeSet:
 
     names: Mapping[str, str]
     aliases: Mapping[str, str] = field(default_factory=dict)
+    _lookup: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         lookup = {_key(code): code for code in self.names}
@@ -52,7 +54,7 @@ class CodeSet:
         """The code for a code or a known name (any case); None when the value is not in the set."""
         if not value:
             return None
-        return self._lookup.get(_key(value))  # type: ignore[attr-defined]
+        return self._lookup.get(_key(value))
 
     def name(self, code: str | None) -> str | None:
         return self.names.get(code) if code else None
@@ -64,13 +66,14 @@ class CodeSet:
 
 # HL7 table 0001 (administrative sex). v2.5.1 also has A (ambiguous) and N (not applicable): HL7's own v2 -> FHIR
 # concept map sends both to `other`, so they become O here.
-_SEX = {
+Sex = Literal["F", "M", "O", "U"]
+_SEX: dict[str, Sex] = {
     "f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O", "a": "O", "n": "O",
     "ambiguous": "O", "not applicable": "O", "u": "U", "unknown": "U", "unk": "U",
 }
 
 
-def sex(value: str | None) -> str | None:
+def sex(value: str | None) -> Sex | None:
     """F, M, O or U from an HL7 0001 letter or a FHIR AdministrativeGender word; None when it is neither."""
     return _SEX.get(_key(value)) if value else None
 

@@ -10,6 +10,7 @@ import csv as _csv
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from shared.formats import ContentError, ItemResult, codes, simplereport
 from shared.formats._dates import iso_from_text
@@ -242,7 +243,7 @@ def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: st
     if result.errors:
         return result
     value, result_code, result_text = codes.result_values(values["result"])
-    test = {
+    test: _Test = {
         "test_code": values["test_code"],
         "test_name": values.get("test_name") or None,
         "result": value,
@@ -273,6 +274,17 @@ def _minimal_row(values: Mapping[str, str], index: int, line: int, report_id: st
         observations=[Observation(**test)],
     )
     return result
+
+
+class _Test(TypedDict):
+    """The first result's fields, which are both the item's top-level test fields and its one Observation."""
+
+    test_code: str
+    test_name: str | None
+    result: str
+    result_code: str | None
+    result_text: str | None
+    result_units: str | None
 
 
 MINIMAL = _Dialect("the minimal CSV", _KNOWN, REQUIRED, _minimal_row, whole_rows=False)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from functools import cache
+from typing import TypedDict
 from zoneinfo import ZoneInfo, available_timezones
 
 from shared.formats import ItemResult, codes
@@ -147,15 +148,23 @@ def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
     return lambda value: pattern.fullmatch(value) is not None
 
 
-_state = dict(check=_in(frozenset(s.lower() for s in _STATES)), expected="a two-letter US state or Canadian province")
-_zip = dict(check=_matches(_ZIP), expected="a 5 or 9 digit ZIP code (12345 or 12345-6789)")
-_phone = dict(check=_matches(_PHONE), expected="a phone number written 000-000-0000")
-_date = dict(check=iso_date, expected="a date written M/D/YYYY", code="csv.bad_date")
-_date_time = dict(
+class _Rule(TypedDict, total=False):
+    """A value rule several columns share, spread into Column(...)."""
+
+    check: Callable[[str], object]
+    expected: str
+    code: str
+
+
+_state = _Rule(check=_in(frozenset(s.lower() for s in _STATES)), expected="a two-letter US state or Canadian province")
+_zip = _Rule(check=_matches(_ZIP), expected="a 5 or 9 digit ZIP code (12345 or 12345-6789)")
+_phone = _Rule(check=_matches(_PHONE), expected="a phone number written 000-000-0000")
+_date = _Rule(check=iso_date, expected="a date written M/D/YYYY", code="csv.bad_date")
+_date_time = _Rule(
     check=iso_date_time, expected="a date written M/D/YYYY, optionally with H:mm and a time zone", code="csv.bad_date"
 )
-_yes_no = dict(check=_in(_YES_NO_UNKNOWN), expected="Y, YES, N, NO, U or UNK")
-_loinc = dict(check=_matches(_LOINC), expected="a LOINC code (00000-0)")
+_yes_no = _Rule(check=_in(_YES_NO_UNKNOWN), expected="Y, YES, N, NO, U or UNK")
+_loinc = _Rule(check=_matches(_LOINC), expected="a LOINC code (00000-0)")
 
 # In SimpleReport's order (TestResultRow), which is also the order of errors within a row.
 COLUMNS: tuple[Column, ...] = (
@@ -271,7 +280,7 @@ def row(values: Mapping[str, str], index: int, line: int, report_id: str) -> Ite
     return result
 
 
-def _item(values: Mapping[str, str], index: int, report_id: str, sex: str | None) -> NormalisedItem:
+def _item(values: Mapping[str, str], index: int, report_id: str, sex: codes.Sex | None) -> NormalisedItem:
     result, result_code, result_text = codes.result_values(values["test_result"])
     observation = Observation(
         test_code=values["test_performed_code"],
