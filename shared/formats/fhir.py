@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from typing import Any, NamedTuple
 
 import ijson
@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from shared.formats import ItemResult
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
+from shared.formats.fhir_fast import CACHEABLE, ProblemCache, by_element, conforms
 from shared.models import Issue
 
 # A report's items are capped at 10,000 (DESIGN section 5); a Bundle's entries likewise, so that one item cannot
@@ -44,6 +45,8 @@ BUNDLE_TYPES = frozenset({"message", "collection", "transaction", "batch"})
 _MAX_LISTED = 20  # model problems listed per item and severity; one more issue counts the rest
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The model's findings for the sender's own resources that recur verbatim between bundles (fhir_fast.ProblemCache).
+PROBLEMS = ProblemCache()
 
 
 def parse_bundle(raw: bytes, report_id: str) -> Iterator[ItemResult]:
@@ -166,6 +169,55 @@ def _unchecked(bundle: Bundle, used: set[int], index: int) -> list[Issue]:
 
 
 def _read(data: bytes, where: str) -> Bundle:
+    """The Bundle's top-level values and kept resources: from the standard parser when that is sure to give what
+    streaming gives (_loaded), else streamed."""
+    bundle = _loaded(data)
+    if bundle is None:
+        bundle = _streamed(data, where)
+    _check_head(bundle.head)
+    return bundle
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN, Infinity: not JSON (the streaming parser refuses them)
+
+
+def _loaded(data: bytes) -> Bundle | None:
+    """The Bundle read whole by the standard parser (json.loads: some ten times the streaming parser's speed with
+    the values built), for a body too small for any value in it to reach MAX_ENTRY_VALUES: memory then stays
+    bounded as when streamed, and building cannot be refused. Where both parsers take a body they give the same
+    values (numbers as int or Decimal, last of duplicate keys in the first one's place); None whenever streaming
+    could answer otherwise, which it then does: a body json.loads refuses (bad JSON or UTF-8, NaN, too deep), a
+    `\\u` escape (lone surrogates, a key spelled with escapes), a second `entry` (streaming reads both), `entry`
+    not a list, not an object, or more entries or Observations than the caps (refused mid-stream, in order)."""
+    count = data.count
+    # Parser events in the whole body, bounded from above: every value but the first follows `[`, `,` or `:`;
+    # each container has a start and an end; each key is followed by `:` (characters in strings only add).
+    if 1 + 2 * count(b"[") + count(b"{") + count(b",") + 2 * count(b":") > MAX_ENTRY_VALUES:
+        return None
+    if b"\\u" in data or count(b'"entry"') > 1:
+        return None
+    try:
+        top = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    if type(top) is not dict:
+        return None
+    entries = top.pop("entry", [])
+    if type(entries) is not list or len(entries) > MAX_ENTRIES:
+        return None
+    observations = sum(1 for entry in entries if type(entry) is dict and type(entry.get("resource")) is dict
+                       and entry["resource"].get("resourceType") == "Observation")
+    if observations > MAX_OBSERVATIONS:
+        return None
+    bundle = Bundle(head=top)
+    for position, entry in enumerate(entries):
+        _keep(bundle, position, entry)
+    bundle.entries = len(entries)
+    return bundle
+
+
+def _streamed(data: bytes, where: str) -> Bundle:
     """Stream the Bundle: top-level values kept, each entry built, checked and kept only when the core reads it."""
     bundle = Bundle()
     events = ijson.basic_parse(data, use_float=False)
@@ -184,7 +236,6 @@ def _read(data: bytes, where: str) -> Bundle:
             raise ijson.JSONError("trailing data")
     except (ijson.JSONError, UnicodeDecodeError, RecursionError):
         raise _Refused(None, "fhir.invalid_json", f"{where} is not valid JSON{_position(data)}") from None
-    _check_head(bundle.head)
     return bundle
 
 
@@ -304,18 +355,35 @@ def _model_problems(resource: dict[str, Any], read: frozenset[str]) -> list[Loca
         shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
         wrong_type = kind is not None and not isinstance(kind, str)
         return [(("resourceType",), f"resourceType {shown} is not an R4 resource", wrong_type)]
-    try:
-        problems = _validated(model, resource)
-    except RecursionError:
+    problems = [] if conforms(model, resource) else _found(model, resource, kind)
+    if problems is None:
         return [((), "nested too deeply to check", False)]
-    except Exception:  # noqa: BLE001 - the library's own validators fail on some wrong types (a number for a url)
-        problems = _validated_by_element(model, resource)
     typed = _type_problems(model, resource, read)
     if not typed:
         return problems
     # The same value found twice: the type problem says more than what the library made of the value.
     found = {loc for loc, _, _ in typed}
     return typed + [p for p in problems if not any(p[0][:n] in found for n in range(1, len(p[0]) + 1))]
+
+
+def _found(model: Any, resource: dict[str, Any], kind: str) -> list[Located] | None:
+    """The full model's findings (None: nested too deeply to check), kept for resources that recur verbatim."""
+    key = PROBLEMS.key(resource) if kind in CACHEABLE else None
+    if key is not None:
+        problems = PROBLEMS.get(key)
+        if problems is not None:
+            return problems
+    problems = by_element(model, resource, _validated)
+    if problems is None:
+        try:
+            problems = _validated(model, resource)
+        except RecursionError:
+            return None
+        except Exception:  # noqa: BLE001 - the library's own validators fail on some wrong types (a number for a url)
+            problems = _validated_by_element(model, resource)
+    if key is not None:
+        PROBLEMS.put(key, problems)
+    return problems
 
 
 def _validated(model: Any, resource: dict[str, Any]) -> list[Located]:
@@ -356,7 +424,7 @@ _JSON_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields(model: Any) -> dict[str, tuple[bool, Any]]:
     """JSON name -> (is a list, the model class or the _JSON_TYPES key) of each element of a model."""
     fields = {}
