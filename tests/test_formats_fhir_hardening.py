@@ -240,3 +240,25 @@ def test_reportstream_orders_are_not_results() -> None:
     for name in ("sample_orm_20230809-001.hl7", "sample_oml_20240319-001.hl7"):
         [result] = list(parse_report((RS / "hl7-invalid" / name).read_bytes(), "application/hl7-v2", "rs"))
         assert [i.code for i in result.errors] == ["hl7.not_a_result"]
+
+
+def test_a_large_malformed_body_is_not_parsed_a_second_time_for_its_error_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error's line and column came from parsing the whole body again with json.loads, which builds ~6.5x the
+    bytes before the break in objects; a small body keeps its position, a large one is refused without it."""
+    from shared.formats import fhir
+
+    small = b'{"resourceType": "Bundle", "type": "collection", "entry": [\n{"resource": }]}'
+    [result] = list(parse_report(small, FHIR, "r1"))
+    assert "line 2" in result.errors[0].message
+    entry = json.dumps({"resource": {"resourceType": "Patient", "name": [{"family": "X"}]}})
+    large = ('{"resourceType": "Bundle", "type": "collection", "entry": [' + ",".join([entry] * 9_000)).encode()
+    large += b" " * fhir.MAX_POSITION_BYTES  # whitespace: past the bound without more entries
+    assert len(large) > fhir.MAX_POSITION_BYTES
+    whole_reads: list[int] = []
+    real_loads = fhir.json.loads
+    monkeypatch.setattr(fhir.json, "loads", lambda data, *a, **k: whole_reads.append(len(data)) or real_loads(data))
+    [result] = list(parse_report(large + b", }", FHIR, "r1"))
+    assert result.errors[0].code == "fhir.invalid_json" and "line" not in result.errors[0].message
+    assert not [n for n in whole_reads if n > fhir.MAX_POSITION_BYTES], "the large body was parsed whole again"

@@ -239,8 +239,15 @@ def _streamed(data: bytes, where: str) -> Bundle:
     return bundle
 
 
+# Where JSON breaks is found by parsing it again with the standard parser, which builds what it reads (about 6.5x the
+# bytes before the break): only small bodies get a position, so a malformed 50 MB body costs no second copy.
+MAX_POSITION_BYTES = 1_000_000
+
+
 def _position(data: bytes) -> str:
-    """Where the JSON breaks, from the standard parser (it stops there, so it costs at most what was read)."""
+    """Where the JSON breaks (line and column, never its text), for bodies up to MAX_POSITION_BYTES."""
+    if len(data) > MAX_POSITION_BYTES:
+        return ""
     try:
         json.loads(data)
     except json.JSONDecodeError as exc:
