@@ -262,3 +262,15 @@ def test_a_large_malformed_body_is_not_parsed_a_second_time_for_its_error_positi
     [result] = list(parse_report(large + b", }", FHIR, "r1"))
     assert result.errors[0].code == "fhir.invalid_json" and "line" not in result.errors[0].message
     assert not [n for n in whole_reads if n > fhir.MAX_POSITION_BYTES], "the large body was parsed whole again"
+
+
+def test_pretty_printed_ndjson_is_one_report_error_not_one_per_line() -> None:
+    """A pretty-printed file sent as NDJSON used to get an item error per line (3,060 for one real file)."""
+    from shared.formats import ContentError
+
+    pretty = json.dumps(json.loads((REAL / "simplereport-fhir" / "bundle.json").read_text()), indent=2).encode()
+    with pytest.raises(ContentError) as refused:
+        list(parse_report(pretty + b"\n" + pretty, "application/fhir+ndjson", "r1"))
+    assert refused.value.issue.code == "fhir.not_ndjson" and "one line" in refused.value.issue.message
+    one_per_line = json.dumps(json.loads(pretty)).encode()
+    assert [r.item is not None for r in parse_report(one_per_line, "application/fhir+ndjson", "r1")] == [True]

@@ -25,7 +25,7 @@ import ijson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from shared.formats import ItemResult
+from shared.formats import ContentError, ItemResult
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
 from shared.formats.fhir_fast import CACHEABLE, ProblemCache, by_element, conforms
 from shared.models import Issue
@@ -60,8 +60,19 @@ def parse_ndjson(raw: bytes, report_id: str) -> Iterator[ItemResult]:
     for line_no, line in _lines(raw):
         if not line.strip():
             continue
+        if index == 0 and _opens_a_pretty_printed_value(line):
+            # Thousands of "line N is not valid JSON" would hide the one mistake: the file is not NDJSON.
+            raise ContentError(
+                "fhir.not_ndjson", "The body looks like pretty-printed JSON: application/fhir+ndjson needs each "
+                "Bundle on one line (or send one Bundle as application/fhir+json).")
         yield _item(line, index, report_id, f"line {line_no}")
         index += 1
+
+
+def _opens_a_pretty_printed_value(line: bytes) -> bool:
+    """A first line that only opens an object or a list, as a pretty-printer writes it (`{`, `[`, `{"a": {`)."""
+    text = line.strip().lstrip(_UTF8_BOM).strip()
+    return text in (b"{", b"[") or (text.startswith(b"{") and text.endswith((b"{", b"[")) and text.count(b"\"") <= 2)
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
