@@ -19,6 +19,7 @@ from shared import (
     listing,
     logs,
     lookup,
+    openapi,
     poison,
     problems,
     processing,
@@ -29,6 +30,7 @@ from shared import (
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
 from shared.formats import FORMATS, media_type
+from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
 from shared.problems import (
     Problem,
@@ -44,8 +46,6 @@ from shared.storage import Storage, get_storage, is_transient
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-HL7 = "application/hl7-v2"
 ROUTE_PREFIX = "/api"
 # The only hosts that may go into a Location: a DNS name or IP literal, then an optional port.
 HOST_PORT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>\d{1,5}))?$")
@@ -333,8 +333,6 @@ def validate(req: func.HttpRequest, storage: Storage, settings: Settings) -> fun
 
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
     """Anonymous and storage-free: the document is built from the code alone."""
-    from shared import openapi
-
     return _json(openapi.document(), 200)
 
 

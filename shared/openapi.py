@@ -12,8 +12,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from shared import idempotency, intake, listing, tokens
-from shared.api import HL7, JSON
 from shared.formats import FORMATS
+from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
 from shared.problems import PROBLEM_JSON, ProblemDetails
 from shared.reportstream import SubmissionHistory

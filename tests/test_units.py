@@ -201,3 +201,23 @@ def test_the_core_raises_no_http_and_one_table_maps_its_refusals() -> None:
         assert "azure.functions" not in imported, path
         assert "func.HttpResponse(" not in path.read_text(), path
     assert set(problems.ANSWERS) == set(errors.Kind)
+
+
+def test_no_two_modules_of_the_app_import_each_other() -> None:
+    import ast
+    from pathlib import Path
+
+    imports: dict[str, set[str]] = {}
+    for path in Path("shared").rglob("*.py"):
+        module = ".".join(path.with_suffix("").parts).removesuffix(".__init__")
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shared"):
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name.startswith("shared"))
+        imports[module] = found
+    pairs = sorted((a, b) for a in imports for b in imports[a] if b in imports and a in imports.get(b, set()) and a < b
+                   and not b.startswith(a + "."))  # a package dispatching to its own submodules is no cycle
+    assert pairs == []

@@ -34,6 +34,11 @@ class ContentError(Exception):
         self.issue = Issue(scope="report", code=code, message=message, field=field)
 
 
+def item_issue(index: int, field: str | None, code: str, message: str) -> Issue:
+    """An error or warning about one item: the one shape every format's parser reports in."""
+    return Issue(scope="item", index=index, field=field, code=code, message=message)
+
+
 def media_type(content_type: str) -> str:
     """`text/csv; charset=utf-8` -> `text/csv`."""
     return content_type.split(";", 1)[0].strip().lower()

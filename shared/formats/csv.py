@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from shared.formats import ContentError, ItemResult, codes, simplereport
+from shared.formats import item_issue as _issue
 from shared.formats._dates import iso_from_text
-from shared.models import Issue, NormalisedItem, Observation
+from shared.models import NormalisedItem, Observation
 
 REQUIRED = ("patient_id", "test_code", "result", "specimen_collected_at")
 # The minimal CSV's optional columns are the ELR core fields of the same name; values go through the code sets.
@@ -296,6 +297,3 @@ SIMPLEREPORT = _Dialect(
 def _failed(index: int, code: str, message: str) -> ItemResult:
     return ItemResult(index=index, item=None, errors=[_issue(index, None, code, message)])
 
-
-def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
-    return Issue(scope="item", index=index, field=field, code=code, message=message)

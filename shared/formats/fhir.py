@@ -26,6 +26,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from shared.formats import ContentError, ItemResult
+from shared.formats import item_issue as _issue
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
 from shared.formats.fhir_fast import CACHEABLE, ProblemCache, by_element, conforms
 from shared.models import Issue
@@ -555,6 +556,3 @@ def _listed(problems: list[_Problem], more: int, index: int, code: str) -> list[
         issues.append(_issue(index, "entry", code, f"{more:,} more problems of this kind are not listed"))
     return issues
 
-
-def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
-    return Issue(scope="item", index=index, field=field, code=code, message=message)

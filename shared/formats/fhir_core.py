@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from shared.formats import codes
+from shared.formats import item_issue as _issue
 from shared.formats._dates import iso_from_text
 from shared.models import Issue, NormalisedItem, Observation
 
@@ -457,6 +458,3 @@ def _decimal_text(value: Decimal) -> str:
     exponent = value.as_tuple().exponent
     return format(value, "f") if isinstance(exponent, int) and exponent <= 0 else str(value)
 
-
-def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
-    return Issue(scope="item", index=index, field=field, code=code, message=message)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from shared.formats import ContentError, ItemResult, codes
+from shared.formats import item_issue as _issue
 from shared.formats._dates import date_from_hl7, iso_from_hl7
 from shared.models import Issue, NormalisedItem, Observation
 
@@ -599,6 +600,3 @@ def _specimen_type_code(message: _Message) -> str | None:
             return codes.specimen_type(None, name)
     return None
 
-
-def _issue(index: int, field: str | None, code: str, message: str) -> Issue:
-    return Issue(scope="item", index=index, field=field, code=code, message=message)

@@ -15,8 +15,9 @@ from typing import TypedDict
 from zoneinfo import ZoneInfo, available_timezones
 
 from shared.formats import ItemResult, codes
+from shared.formats import item_issue as _issue
 from shared.formats._dates import iso_from_text
-from shared.models import Issue, NormalisedItem, Observation
+from shared.models import NormalisedItem, Observation
 
 _ZIP = re.compile(r"[0-9]{5}(?:-[0-9]{4})?")
 _PHONE = re.compile(r"[1-9][0-9]{2}-[0-9]{3}-[0-9]{4}")
@@ -313,6 +314,3 @@ def _item(values: Mapping[str, str], index: int, report_id: str, sex: codes.Sex 
         observations=[observation],
     )
 
-
-def _issue(index: int, field: str, code: str, message: str) -> Issue:
-    return Issue(scope="item", index=index, field=field, code=code, message=message)
