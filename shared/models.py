@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class QueueMessage(BaseModel):
-    """The work signal on the `reports` queue (DESIGN section 3): small, versioned, never the report itself.
+    """The work signal on the `reports` queue : small, versioned, never the report itself.
 
     Optional fields are left out of the JSON when unset, and unknown ones are ignored, so older and newer
     processors read each other's messages."""
@@ -122,7 +122,7 @@ class Observation(BaseModel):
 
 
 class NormalisedItem(BaseModel):
-    """One accepted item, as one line of `results/{sender}/{id}.ndjson`: the ELR core (DESIGN section 5).
+    """One accepted item, as one line of `results/{sender}/{id}.ndjson`: the ELR core (docs/formats.md).
 
     Field order is fixed and every field is always written, so the same raw report always gives the same bytes.
     The same values come out whatever the source format; a field the source does not carry is null, never guessed.

@@ -1,4 +1,4 @@
-"""Storage names (DESIGN section 3) and the clients for them, created once per process and reused."""
+"""Storage names (docs/benchmarks.md, "Storage and cost over time") and the clients for them, created once per process and reused."""
 
 from __future__ import annotations
 

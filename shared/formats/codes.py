@@ -1,7 +1,7 @@
 """The ELR code sets, defined once: sex letters, result and specimen-type SNOMED CT codes, CDC race and ethnicity.
 
 Every parser maps what its format carries (a FHIR gender word, an HL7 code, a CSV name) through these tables, so
-the same result normalises to the same ELR core values whatever the source format (DESIGN section 5).
+the same result normalises to the same ELR core values whatever the source format (docs/formats.md).
 """
 
 from __future__ import annotations

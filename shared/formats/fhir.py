@@ -31,7 +31,7 @@ from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
 from shared.formats.fhir_fast import CACHEABLE, ProblemCache, by_element, conforms
 from shared.models import Issue
 
-# A report's items are capped at 10,000 (DESIGN section 5); a Bundle's entries likewise, so that one item cannot
+# A report's items are capped at 10,000; a Bundle's entries likewise, so that one item cannot
 # hold more than a report may. An entry may hold at most this many JSON values: a bound on the memory one entry's
 # model check takes (about 30 bytes of models per byte of JSON), far above any real resource (RS's largest: ~3,000).
 MAX_ENTRIES = 10_000

@@ -341,7 +341,7 @@ def unescape(value: str, seps: _Separators) -> str:
 def _normalise(
     message: _Message, index: int, report_id: str, warnings: list[Issue]
 ) -> tuple[NormalisedItem | None, list[Issue]]:
-    """Apply the ORU^R01 rules of DESIGN section 5 and map the fields onto the ELR core."""
+    """Apply the ORU^R01 rules (docs/formats.md) and map the fields onto the ELR core."""
     errors: list[Issue] = []
     msh = message.msh
     errors.extend(_check_type(message, msh, index))
