@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 HL7 = "application/hl7-v2"
-MAX_ITEMS = 10_000  # the app rejects a report with more items (DESIGN section 5)
+MAX_ITEMS = 10_000  # the app rejects a report with more items
 
 _TESTS = (
     ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "NM", "mg/dL", "70-99"),

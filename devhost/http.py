@@ -1,6 +1,6 @@
 """The HTTP front: an ASGI app that routes to HTTP-triggered functions, with the real front end's edge rules.
 
-The edge rules (DESIGN section 7) are Kestrel's, which the Functions host runs behind: a body over 100 MB is refused
+The edge rules (docs/local.md) are Kestrel's, which the Functions host runs behind: a body over 100 MB is refused
 before it is read, a body cut short never reaches a function, slow or idle connections time out, a malformed Host is
 a 400, and the admin API is not open to the network.
 """

@@ -1,4 +1,4 @@
-"""The storage connection settings (DESIGN section 6): a connection string or an identity-based connection, one
+"""The storage connection settings (docs/configuration.md): a connection string or an identity-based connection, one
 typed settings object, and a bad combination refused naming the setting."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every table query the app, devhost and the admin CLI make is one Azure can answer by seeking (DESIGN section 3),
+"""Every table query the app, devhost and the admin CLI make is one Azure can answer by seeking,
 and a listing page costs the same with a year of history: checked on the wire, by a recording proxy in front of
 Azurite's table endpoint."""
 
