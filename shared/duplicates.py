@@ -15,33 +15,30 @@ body's digest (`d~<sha256>`) in the same transaction, so a whole file sent again
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
 from cachetools import TTLCache
 
 from shared import expiry, senders, table_batch
 from shared.clock import to_iso
 from shared.models import NormalisedItem
+from shared.service_secrets import ServiceSecret
 
 log = logging.getLogger(__name__)
 
 ITEM, DIGEST = "f~", "d~"
 DAY = expiry.DAY
 ITEMS_PER_BATCH = table_batch.MAX_OPERATIONS // 2 - 1  # two rows an item, plus the body's digest and its expiry
-SERVICE_PARTITION = "~service"
 
-KEY_ROW = "fingerprint-key"
 # The ELR core fields that make two items the same result; message ids and report ids are left out on purpose: a
 # re-exported file gets new ones (ReportStream's deduplication design excluded them too).
 KEY_FIELDS = ("patient_id", "patient_birth_date", "patient_sex", "patient_postal_code", "specimen_collected_at",
@@ -62,40 +59,12 @@ def fingerprint(key: bytes, item: NormalisedItem) -> str:
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
-class _Key:
-    """The fingerprint key: the setting, else one made once per storage account and kept for the process."""
-
-    def __init__(self) -> None:
-        self._key: bytes | None = None
-        self._lock = threading.Lock()
-
-    def get(self, keys_table: TableClient, configured: str | None) -> bytes:
-        if configured:
-            return configured.encode("utf-8")
-        if self._key is None:
-            with self._lock:
-                if self._key is None:
-                    self._key = _load_or_create(keys_table)
-        return self._key
+_service_key = ServiceSecret("fingerprint-key")
 
 
-def _load_or_create(table: TableClient) -> bytes:
-    for _ in range(3):
-        try:
-            return base64.b64decode(str(table.get_entity(SERVICE_PARTITION, KEY_ROW)["secret"]))
-        except ResourceNotFoundError:
-            pass
-        try:
-            made = secrets.token_bytes(32)
-            table.create_entity({"PartitionKey": SERVICE_PARTITION, "RowKey": KEY_ROW,
-                                 "secret": base64.b64encode(made).decode()})
-            return made
-        except ResourceExistsError:
-            continue
-    raise RuntimeError("could not read or create the fingerprint key")
-
-
-service_key = _Key()
+def fingerprint_key(keys_table: TableClient, configured: str | None) -> bytes:
+    """FINGERPRINT_KEY when set, else the key the service made once and keeps in table `keys`."""
+    return configured.encode("utf-8") if configured else _service_key.get(keys_table)
 
 
 def find_and_record(

@@ -64,3 +64,28 @@ def purge(table: TableClient, partitions: Callable[[], list[str]], checkpoints_t
         checkpoints.put(checkpoints_table, job, "", day_of(day))
         day += timedelta(days=1)
     return deleted
+
+
+def drop_partitions(table: TableClient, checkpoints_table: TableClient, job: str, name_format: str, step: timedelta,
+                    newest: datetime, lookback: timedelta, rows: tuple[str, str] = ("0", "~")) -> int:
+    """Delete whole partitions named by period (`name_format` of each `step` up to `newest`) that passed since the job
+    last ran, looking back at most `lookback` (so a pass after a long stop stays bounded). Each is read by its key
+    range `rows`, never found by a scan. Returns how many rows went."""
+    done = checkpoints.get(checkpoints_table, job)
+    period = newest - lookback
+    if done:
+        period = max(period, datetime.strptime(done, name_format).replace(tzinfo=UTC) + step)
+    deleted = 0
+    while period <= newest:
+        partition = period.strftime(name_format)
+        for row in table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                        parameters={"pk": partition, "lo": rows[0], "hi": rows[1]},
+                                        select=["RowKey"]):
+            try:
+                table.delete_entity(partition, str(row["RowKey"]))
+                deleted += 1
+            except ResourceNotFoundError:
+                pass
+        checkpoints.put(checkpoints_table, job, "", partition)
+        period += step
+    return deleted

@@ -28,7 +28,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from pydantic import ValidationError
 
-from shared import status
+from shared import expiry, status
 from shared.clock import now_iso, to_iso
 from shared.models import Delivery, ExceptionEntry, QueueMessage
 from shared.status import TERMINAL, Status
@@ -160,24 +160,8 @@ PURGE_JOB = "poisoned-purge"
 
 
 def purge_record(table: TableClient, checkpoints_table: TableClient, now: datetime) -> int:
-    """Once a day: drop the day partitions older than RECORD_DAYS (a day's range at a time, by name). The open
-    entries stay until an operator replays or clears them."""
-    from shared import checkpoints
-
+    """Once a day: drop the day partitions older than RECORD_DAYS, by name. The open entries stay until an operator
+    replays or clears them."""
     last = (now - timedelta(days=RECORD_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
-    done = checkpoints.get(checkpoints_table, PURGE_JOB)
-    day = (datetime.strptime(done, DAY).replace(tzinfo=UTC) + timedelta(days=1) if done
-           else last - timedelta(days=7))
-    deleted = 0
-    while day <= last:
-        partition = day.strftime(DAY)
-        for row in table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                                        parameters={"pk": partition, "lo": "0", "hi": "~"}, select=["RowKey"]):
-            try:
-                table.delete_entity(partition, str(row["RowKey"]))
-                deleted += 1
-            except ResourceNotFoundError:
-                pass
-        checkpoints.put(checkpoints_table, PURGE_JOB, "", partition)
-        day += timedelta(days=1)
-    return deleted
+    return expiry.drop_partitions(table, checkpoints_table, PURGE_JOB, DAY, timedelta(days=1), last,
+                                  timedelta(days=7))

@@ -292,7 +292,7 @@ def _detects_duplicates(storage: Storage, settings: Settings, row: status.Row) -
 
 
 def _fingerprinter(storage: Storage, settings: Settings) -> Callable[[NormalisedItem], str]:
-    key = duplicates.service_key.get(storage.keys, settings.fingerprint_key)
+    key = duplicates.fingerprint_key(storage.keys, settings.fingerprint_key)
     return lambda item: duplicates.fingerprint(key, item)
 
 

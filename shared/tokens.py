@@ -9,10 +9,8 @@ AUTH_CACHE_SECONDS (shared/auth.py).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,11 +18,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
-from shared import checkpoints, keys
+from shared import expiry, keys
 from shared.keys import KeyRegistryError, Scope
+from shared.service_secrets import ServiceSecret
 
 GRANT_TYPE = "client_credentials"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -37,8 +36,6 @@ MAX_JTI = 255
 MAX_FORM_BYTES = 16_384
 ISSUER = "lab-intake"
 ACCESS_ALGORITHM = "HS256"
-SERVICE_PARTITION = "~service"  # not a scope, so never listed as a sender's key
-SIGNING_ROW = "token-signing"
 JTI_PARTITION_FORMAT = "%Y%m%d%H"
 PURGE_JOB = "tokenids-purge"
 PURGE_LOOKBACK_HOURS = 48  # a first purge, or one after a long stop, looks this far back
@@ -185,69 +182,17 @@ def _use_once(jti_table: TableClient, scope: Scope, claims: dict[str, Any]) -> N
 
 def purge_used(jti_table: TableClient, checkpoint_table: TableClient, now: datetime) -> int:
     """Delete the used-id partitions of the hours that have passed since the last purge (each holds ids that expired
-    in that hour): a few partitions by name, never a scan of the table. Returns how many ids went."""
-    last_done = checkpoints.get(checkpoint_table, PURGE_JOB)
+    in that hour). Row keys are hex digests, which the key range says. Returns how many ids went."""
     newest = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    hour = newest - timedelta(hours=PURGE_LOOKBACK_HOURS)
-    if last_done:
-        hour = max(hour, datetime.strptime(last_done, JTI_PARTITION_FORMAT).replace(tzinfo=UTC)
-                   + timedelta(hours=1))
-    deleted = 0
-    while hour <= newest:
-        partition = hour.strftime(JTI_PARTITION_FORMAT)
-        # Row keys are hex digests: the bounds say so, and keep the query a seek however Azure plans it.
-        rows = jti_table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                                        parameters={"pk": partition, "lo": "0", "hi": "g"}, select=["RowKey"])
-        for row in rows:
-            try:
-                jti_table.delete_entity(partition, str(row["RowKey"]))
-                deleted += 1
-            except ResourceNotFoundError:
-                pass
-        checkpoints.put(checkpoint_table, PURGE_JOB, "", partition)
-        hour += timedelta(hours=1)
-    return deleted
+    return expiry.drop_partitions(jti_table, checkpoint_table, PURGE_JOB, JTI_PARTITION_FORMAT, timedelta(hours=1),
+                                  newest, timedelta(hours=PURGE_LOOKBACK_HOURS), rows=("0", "g"))
 
 
 # --- access tokens ----------------------------------------------------------------------------------------------
 
 
-class _SigningSecret:
-    """The service's token-signing secret, made once per storage account (the first instance to need it creates
-    it; the others read it) and kept in memory for the process."""
-
-    def __init__(self) -> None:
-        self._secret: bytes | None = None
-        self._lock = threading.Lock()
-
-    def get(self, table: TableClient) -> bytes:
-        if self._secret is None:
-            with self._lock:
-                if self._secret is None:
-                    self._secret = _load_or_create_secret(table)
-        return self._secret
-
-    def reset(self) -> None:
-        self._secret = None
-
-
-def _load_or_create_secret(table: TableClient) -> bytes:
-    for _ in range(3):
-        try:
-            return base64.b64decode(str(table.get_entity(SERVICE_PARTITION, SIGNING_ROW)["secret"]))
-        except ResourceNotFoundError:
-            pass
-        try:
-            secret = secrets.token_bytes(32)
-            table.create_entity({"PartitionKey": SERVICE_PARTITION, "RowKey": SIGNING_ROW,
-                                 "secret": base64.b64encode(secret).decode()})
-            return secret
-        except ResourceExistsError:
-            continue  # another instance made it first: read theirs
-    raise RuntimeError("could not read or create the token-signing secret")
-
-
-signing_secret = _SigningSecret()
+# The service signs access tokens with its own secret (HS256): checking one costs no storage call.
+signing_secret = ServiceSecret("token-signing")
 
 
 def _sign_access(table: TableClient, scope: Scope, kid: str, now: int) -> str:
