@@ -29,14 +29,12 @@ from shared import (
 )
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
-from shared.formats import FORMATS, media_type
 from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
 from shared.problems import (
     Problem,
     bad_request,
     not_found,
-    too_large,
     unauthorized,
     unavailable,
     unsupported_media_type,
@@ -311,14 +309,9 @@ def validate(req: func.HttpRequest, storage: Storage, settings: Settings) -> fun
     """A dry run: processing's own parsing and validation, synchronously, with nothing stored or logged."""
     principal = authenticate(req, storage, settings, sending=False)
     content_type = checked_content_type(req.headers.get("content-type")) or ""
-    kind = media_type(content_type)
-    if kind not in FORMATS:
-        raise unsupported_media_type(f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.")
+    intake.check_format(content_type)
     body = req.get_body() or b""
-    if not body:
-        raise bad_request("The report body is empty.", "empty-body")
-    if len(body) > settings.validate_max_bytes:
-        raise too_large(len(body), settings.validate_max_bytes, "VALIDATE_MAX_BYTES")
+    intake.check_size(body, settings.validate_max_bytes, "VALIDATE_MAX_BYTES")
     parsed = processing.parse_items(body, content_type, "validation", processing.Discard())
     result = reportstream.validation(
         principal.sender, content_type, now_iso(), parsed.counts.total,

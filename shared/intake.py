@@ -61,20 +61,30 @@ class Accepted:
 
 def check(sub: Submission, settings: Settings) -> str:
     """The cheap checks; returns the media type. Never parses the report."""
-    kind = media_type(sub.content_type or "")
-    if kind not in FORMATS:
-        raise unsupported_media_type(f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.")
+    kind = check_format(sub.content_type)
     if sub.content_length is not None and not _declares_length(sub.content_length, len(sub.body)):
         raise bad_request("The body is not as long as its Content-Length says; nothing was stored.", "incomplete-body")
-    if not sub.body:
-        raise bad_request("The report body is empty.", "empty-body")
-    if len(sub.body) > settings.max_report_bytes:
-        raise too_large(len(sub.body), settings.max_report_bytes, "MAX_REPORT_BYTES")
+    check_size(sub.body, settings.max_report_bytes, "MAX_REPORT_BYTES")
     if sub.external_name is not None and not EXTERNAL_NAME.match(sub.external_name):
         raise bad_request(f"payloadName must be 1-{MAX_EXTERNAL_NAME} printable characters.", "bad-payload-name")
     if sub.idempotency_key is not None and not idempotency.KEY.match(sub.idempotency_key):
         raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters.", "bad-idempotency-key")
     return kind
+
+
+def check_format(content_type: str | None) -> str:
+    """The media type of a report the service reads (intake and validation alike), else refused."""
+    kind = media_type(content_type or "")
+    if kind not in FORMATS:
+        raise unsupported_media_type(f"Content-Type must be one of {', '.join(FORMATS)}; got {kind or 'none'!r}.")
+    return kind
+
+
+def check_size(body: bytes, limit: int, setting: str) -> None:
+    if not body:
+        raise bad_request("The report body is empty.", "empty-body")
+    if len(body) > limit:
+        raise too_large(len(body), limit, setting)
 
 
 def _declares_length(header: str, length: int) -> bool:

@@ -62,10 +62,6 @@ def unsupported_media_type(detail: str) -> Problem:
     return Problem(415, "unsupported-media-type", "Unsupported Media Type", detail)
 
 
-def too_large(size: int, limit: int, setting: str) -> Problem:
-    return Problem(413, "too-large", "Content Too Large", f"The report is {size} bytes; the limit is {limit} ({setting}).")
-
-
 # The core's refusals as HTTP answers: kind -> (status, title). One table, here at the edge.
 ANSWERS: dict[Kind, tuple[int, str]] = {
     Kind.BAD_REQUEST: (400, "Bad Request"),
