@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -143,7 +142,7 @@ class Host:
     async def serve(self) -> int:
         import uvicorn
 
-        from devhost.http import EdgeProtocol, HttpApp
+        from devhost.http import HttpApp, edge_protocol
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -169,7 +168,7 @@ class Host:
         manual = {timer.fn.name: timer.run_now for timer in self.timers}
         limits = self.limits
         app = HttpApp(self.router, self.dispatcher, lambda: self.state, manual, limits)
-        protocol = functools.partial(EdgeProtocol, limits=limits)
+        protocol = edge_protocol(limits)
         # uvicorn annotates `http` as a protocol class and `timeout_keep_alive` as int; it only calls the first
         # (a partial binding the limits does as well) and hands the second to loop.call_later (a float is kept).
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None,

@@ -8,6 +8,7 @@ a 400, and the admin API is not open to the network.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import azure.functions as func
 from azure.functions.http import HttpRequest as WorkerHttpRequest
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from devhost.functions import HOST_API_REASON, Dispatcher, LoadedFunction
 from devhost.routing import Router
@@ -83,6 +84,40 @@ class EdgeLimits:
                                      f"own limit), got {text!r}")
         # values holds only the float fields named above; max_connections is the one int
         return cls(**values, **({"max_connections": int(cap)} if cap else {}))  # type: ignore[arg-type]
+
+
+# What EdgeProtocol uses of uvicorn beyond its public `http=` protocol option: the httptools protocol's callbacks,
+# the state its __init__ sets, and its request cycle's. uvicorn is pinned (requirements-dev.txt); a release that
+# renames any of these turns the edge timers off with a warning (`edge_protocol`) instead of breaking connections.
+UVICORN_CALLBACKS = ("connection_made", "data_received", "on_message_begin", "on_headers_complete", "on_body",
+                     "on_message_complete", "connection_lost", "timeout_keep_alive_handler")
+UVICORN_STATE = ("loop", "transport", "cycle", "timeout_keep_alive", "timeout_keep_alive_task")
+UVICORN_CYCLE_STATE = ("scope", "more_body", "response_started", "response_complete")
+
+
+def uvicorn_gaps(protocol: type = HttpToolsProtocol, cycle: type = RequestResponseCycle) -> list[str]:
+    """The names EdgeProtocol needs that this uvicorn lacks (none with the pinned release). State is looked for
+    among the attributes each class's __init__ assigns."""
+    assigned, cycle_assigned = _assigned_in_init(protocol), _assigned_in_init(cycle)
+    return ([f"{protocol.__name__}.{name}" for name in UVICORN_CALLBACKS if not callable(getattr(protocol, name, None))]
+            + [f"{protocol.__name__}.{name}" for name in UVICORN_STATE if name not in assigned]
+            + [f"{cycle.__name__}.{name}" for name in UVICORN_CYCLE_STATE if name not in cycle_assigned])
+
+
+def _assigned_in_init(cls: type) -> set[str]:
+    init = cls.__dict__.get("__init__")
+    return set(init.__code__.co_names) if init is not None else set()
+
+
+def edge_protocol(limits: EdgeLimits, gaps: list[str] | None = None) -> Callable[..., asyncio.Protocol]:
+    """The protocol factory for uvicorn's `http=` option: EdgeProtocol, or uvicorn's own when this uvicorn lacks a
+    name EdgeProtocol relies on (then only uvicorn's keep-alive timeout and no connection cap apply)."""
+    gaps = uvicorn_gaps() if gaps is None else gaps
+    if gaps:
+        log.warning("This uvicorn lacks %s: devhost serves without its header and body timeouts and connection cap "
+                    "(pin uvicorn as requirements-dev.txt does)", ", ".join(gaps))
+        return HttpToolsProtocol
+    return functools.partial(EdgeProtocol, limits=limits)
 
 
 class EdgeProtocol(HttpToolsProtocol):

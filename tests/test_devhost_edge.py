@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 import time
@@ -11,9 +12,10 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devhost.functions import Dispatcher
-from devhost.http import EdgeLimits, HttpApp
+from devhost.http import EdgeLimits, HttpApp, edge_protocol, uvicorn_gaps
 from devhost.process import DevHostProcess
 from devhost.routing import Route, Router
 from tests.apps.support import APPS, serving, wait_until
@@ -286,3 +288,52 @@ def test_the_connection_cap_can_be_lowered_never_raised() -> None:
     for bad in ("0", "5000", "many"):
         with pytest.raises(ValueError, match="DEVHOST_MAX_CONNECTIONS"):
             EdgeLimits.from_settings({"DEVHOST_MAX_CONNECTIONS": bad}.get)
+
+
+def test_the_pinned_uvicorn_has_every_name_the_edge_protocol_uses() -> None:
+    assert uvicorn_gaps() == []
+    assert isinstance(edge_protocol(EdgeLimits()), functools.partial)
+
+
+def test_an_uvicorn_without_those_names_is_found_out() -> None:
+    class Renamed:  # a release that renamed a callback, and a request cycle that renamed its state
+        def __init__(self) -> None:
+            self.loop = self.transport = self.cycle = None
+            self.timeout_keep_alive = self.timeout_keep_alive_task = None
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.scope = self.more_body = self.response_started = None
+
+    gaps = uvicorn_gaps(Renamed, Cycle)
+    assert "Renamed.data_received" in gaps and "Cycle.response_complete" in gaps
+    assert "Renamed.loop" not in gaps
+
+
+def test_without_those_names_devhost_serves_with_uvicorns_own_protocol(caplog: pytest.LogCaptureFixture) -> None:
+    """The fallback still answers requests: the edge timers are off, the service is not."""
+    import threading
+
+    import uvicorn
+
+    async def app(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol = edge_protocol(EdgeLimits(), gaps=["HttpToolsProtocol.on_body"])
+    assert protocol is HttpToolsProtocol
+    assert "lacks HttpToolsProtocol.on_body" in caplog.text
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=protocol, lifespan="off", log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10)
+        answer = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}/", timeout=5)
+        assert (answer.status_code, answer.text) == (200, "ok")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive()
