@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 from azure.data.tables import TableClient, UpdateMode
+from cachetools import TTLCache
 from ulid import ULID
+
+from shared import registry
 
 DAY_FORMAT = "%Y%m%d"
 MINUTE_FORMAT = "%H%M"
@@ -23,25 +26,26 @@ SEP = "~"  # not allowed in sender names
 
 
 class _Seen:
-    """Marks this process has written; bounded, since only the current minute's matter."""
-
-    MAX_ENTRIES = 10_000
+    """Marks this process has written, kept for two minutes: only the current minute's matter."""
 
     def __init__(self) -> None:
-        self._marks: set[tuple[str, str]] = set()
+        self._marks: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=10_000, ttl=120)
         self._lock = threading.Lock()
 
     def __contains__(self, mark: tuple[str, str]) -> bool:
-        return mark in self._marks
+        with self._lock:
+            return mark in self._marks
 
     def add(self, mark: tuple[str, str]) -> None:
         with self._lock:
-            if len(self._marks) >= self.MAX_ENTRIES:
-                self._marks.clear()
-            self._marks.add(mark)
+            self._marks[mark] = True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._marks.clear()
 
 
-_seen = _Seen()
+_seen = registry.cache(_Seen())
 
 
 def minute_of(report_id: str) -> datetime:

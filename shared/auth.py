@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from shared import keys, senders, tokens
+from shared import keys, registry, senders, tokens
 from shared.keys import Scope
 from shared.storage import Storage
 
@@ -78,7 +78,7 @@ class _Standing:
             self._cache.clear()
 
 
-standing = _Standing()
+standing = registry.cache(_Standing())
 
 
 def credential(authorization: str | None) -> str | None:

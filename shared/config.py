@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared import hostjson
+from shared import hostjson, registry
 from shared.connection import DEVELOPMENT_STORAGE, ConnectionSettingError, StorageConnection, resolve
 
 __all__ = ["APP_ROOT", "DEVELOPMENT_STORAGE", "Settings", "SettingsError", "get_settings", "load_settings"]
@@ -164,6 +163,6 @@ def _describe(exc: ValueError) -> str:
     return "invalid settings: " + "; ".join(problems)
 
 
-@lru_cache(maxsize=1)
+@registry.once
 def get_settings() -> Settings:
     return load_settings()

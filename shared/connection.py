@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared import registry
+
 # Azurite's published development account: what `UseDevelopmentStorage=true` stands for. The Python storage SDKs
 # do not understand that shorthand, so it is expanded here.
 DEVELOPMENT_STORAGE = (
@@ -81,7 +83,7 @@ class StorageConnection:
             return credential
 
 
-_credentials: dict[tuple[str | None, str | None, str | None], Any] = {}
+_credentials: dict[tuple[str | None, str | None, str | None], Any] = registry.cache({})
 _credentials_lock = threading.Lock()
 # azure-identity retries a token request up to 10 times with back-off (over a minute when the identity endpoint is
 # down), while a sender waits. A token is fetched about once a day; two quick retries cover a blip.

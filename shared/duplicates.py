@@ -28,7 +28,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
 from cachetools import TTLCache
 
-from shared import expiry, senders, table_batch
+from shared import expiry, registry, senders, table_batch
 from shared.clock import to_iso
 from shared.models import NormalisedItem
 from shared.service_secrets import ServiceSecret
@@ -59,7 +59,7 @@ def fingerprint(key: bytes, item: NormalisedItem) -> str:
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
-_service_key = ServiceSecret("fingerprint-key")
+_service_key = registry.cache(ServiceSecret("fingerprint-key"))
 
 
 def fingerprint_key(keys_table: TableClient, configured: str | None) -> bytes:
@@ -193,7 +193,7 @@ class SenderPolicy:
             self._cache.clear()
 
 
-policy = SenderPolicy()
+policy = registry.cache(SenderPolicy())
 
 
 PURGE_JOB = "fingerprints-purge"

@@ -20,7 +20,9 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
+from cachetools import TLRUCache
 
+from shared import registry
 from shared.clock import now_iso, parse_iso, to_iso
 
 SENDER_PARTITION = "sender"
@@ -60,25 +62,28 @@ class _AcceptedKeys:
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[str, float]] = {}
+        # Each entry lives for the seconds it was put with: (sender, seconds).
+        self._entries: TLRUCache[str, tuple[str, float]] = TLRUCache(
+            maxsize=self.MAX_ENTRIES, ttu=lambda _digest, entry, now: now + entry[1], timer=time.monotonic)
         self._lock = threading.Lock()
 
     def get(self, digest: str) -> str | None:
-        entry = self._entries.get(digest)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
+        with self._lock:
+            entry = self._entries.get(digest)
+        return None if entry is None else entry[0]
 
     def put(self, digest: str, sender: str, seconds: float) -> None:
         if seconds <= 0:
             return
         with self._lock:
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[digest] = (sender, time.monotonic() + seconds)
+            self._entries[digest] = (sender, seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
-_accepted = _AcceptedKeys()
+_accepted = registry.cache(_AcceptedKeys())
 
 
 def authenticate(table: TableClient, authorization: str | None, cache_seconds: float = 0) -> str | None:

@@ -28,7 +28,7 @@ class ServiceSecret:
                     self._value = self._load_or_create(table)
         return self._value
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         self._value = None
 
     def _load_or_create(self, table: TableClient) -> bytes:

@@ -35,6 +35,7 @@ from azure.storage.queue import (
 )
 from requests.adapters import HTTPAdapter
 
+from shared import registry
 from shared.config import get_settings
 from shared.connection import StorageConnection
 
@@ -204,8 +205,9 @@ def _storage(conn: StorageConnection) -> Storage:
     return Storage.connect(conn)
 
 
-_ensured: set[StorageConnection] = set()
-_last_try: dict[StorageConnection, float] = {}
+_ensured: set[StorageConnection] = registry.cache(set())
+_last_try: dict[StorageConnection, float] = registry.cache({})
+registry.remember(_storage, _storage.cache_clear)
 # While storage is down, creating resources is not retried on every request: each try costs a round of retries.
 ENSURE_RETRY_SECONDS = 5.0
 

@@ -21,7 +21,7 @@ import jwt
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
-from shared import expiry, keys
+from shared import expiry, keys, registry
 from shared.keys import KeyRegistryError, Scope
 from shared.service_secrets import ServiceSecret
 
@@ -192,7 +192,7 @@ def purge_used(jti_table: TableClient, checkpoint_table: TableClient, now: datet
 
 
 # The service signs access tokens with its own secret (HS256): checking one costs no storage call.
-signing_secret = ServiceSecret("token-signing")
+signing_secret = registry.cache(ServiceSecret("token-signing"))
 
 
 def _sign_access(table: TableClient, scope: Scope, kid: str, now: int) -> str:

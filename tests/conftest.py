@@ -69,16 +69,16 @@ def storage(azurite: Azurite) -> str:
 @pytest.fixture
 def app(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
     """The app's own settings and storage clients pointed at the session Azurite, as the host would set them."""
-    from shared import config
+    from shared import registry
     from shared.storage import get_storage
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     for name in ("DELIVERY_URL", "PUBLIC_BASE_URL", "MAX_REPORT_BYTES", "RECONCILE_AFTER_SECONDS",
                  "APPLICATIONINSIGHTS_CONNECTION_STRING", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    config.get_settings.cache_clear()
+    registry.reset()  # a fresh process's state: settings read anew, caches empty
     yield get_storage()
-    config.get_settings.cache_clear()
+    registry.reset()
 
 
 @pytest.fixture
