@@ -1,8 +1,8 @@
 """OpenTelemetry for the service: one trace per report (ingest -> queue -> processing -> delivery) and its metrics.
 
-Exports to Azure Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set, to an OTLP collector (http/protobuf)
-when OTEL_EXPORTER_OTLP_ENDPOINT is set, and nowhere when neither is (the API's no-op objects). Attributes carry
-ids, sizes, counts, formats, outcomes and exception type names: never report content or exception messages.
+The hooks record through the providers that shared/telemetry_export.py sets up, or through the API's no-op objects
+when there is nowhere to export to. Attributes carry ids, sizes, counts, formats, outcomes and exception type names:
+never report content or exception messages.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import functools
 import inspect
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,21 +22,22 @@ from urllib.parse import urlsplit
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from shared import problems
+from shared import problems, telemetry_export
 from shared.clock import parse_iso
 from shared.errors import Refused
 from shared.formats import FORMATS, media_type
 from shared.problems import TYPE_PREFIX, Problem
 
-if TYPE_CHECKING:
-    from opentelemetry.sdk._logs import LogRecordProcessor
+# The export set-up that the tests and bench/telemetry.py reach through this module, with the hooks.
+from shared.telemetry_export import APP_LOGGER as APP_LOGGER
+from shared.telemetry_export import attach_log_export as attach_log_export
+from shared.telemetry_export import exception_detail_scrubber as exception_detail_scrubber
+from shared.telemetry_export import otlp_pipeline as otlp_pipeline
 
+if TYPE_CHECKING:
     from shared.config import Settings
 
 PREFIX = "lab_intake"
-SERVICE_NAME = "lab-report-intake"
-# The app's own loggers (`shared.*`): the only logs exported. They name ids and exception types, never content.
-APP_LOGGER = "shared"
 # The queue message field and status row property that carry the W3C trace context of the report's ingest.
 TRACEPARENT = "traceparent"
 QUEUE = "reports"
@@ -56,11 +56,6 @@ ERROR_TYPE = "error.type"
 
 # Seconds, from a small report's milliseconds to a backlog of hours.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-# The Azure Monitor distro's library instrumentations, all off: the service's own spans tell the story, and
-# instrumented storage calls would also trace devhost's queue polling.
-DISTRO_INSTRUMENTATIONS = (
-    "azure_sdk", "django", "fastapi", "flask", "httpx", "httpx2", "psycopg2", "requests", "urllib", "urllib3",
-)
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -140,118 +135,9 @@ def configure(settings: Settings | None = None) -> Instruments:
 
 
 def _set_up(settings: Settings) -> Instruments:
-    if isinstance(trace.get_tracer_provider(), _sdk_tracer_provider_class()):
-        # The Functions worker (or another part of the process) already set up OpenTelemetry: use its providers.
-        return instruments_from(trace.get_tracer_provider(), metrics.get_meter_provider())
-    if settings.applicationinsights_connection_string:
-        _set_up_azure_monitor(settings.applicationinsights_connection_string)
-    elif settings.otlp_endpoint:
-        _set_up_otlp()
-    else:
+    if not telemetry_export.set_up(settings):
         return NO_OP
-    log.info("telemetry: exporting to %s", "Azure Monitor" if settings.applicationinsights_connection_string else "OTLP")
     return instruments_from(trace.get_tracer_provider(), metrics.get_meter_provider())
-
-
-def _sdk_tracer_provider_class() -> type:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    return TracerProvider
-
-
-def _resource() -> Any:
-    from opentelemetry.sdk.resources import SERVICE_NAME as SERVICE_NAME_KEY
-    from opentelemetry.sdk.resources import Resource
-
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence (Resource.create reads them).
-    return Resource.create({SERVICE_NAME_KEY: SERVICE_NAME})
-
-
-def _set_up_azure_monitor(connection_string: str) -> None:
-    from azure.monitor.opentelemetry import configure_azure_monitor
-
-    options: dict[str, Any] = {}
-    if not os.environ.get("OTEL_TRACES_SAMPLER"):
-        # The distro's default samples by rate, deciding afresh in each process as the rate moves: a report's ingest
-        # span could be dropped while its processing span is kept. A fixed ratio decides by trace id, the same way
-        # for every span of the trace (OTEL_TRACES_SAMPLER=microsoft.fixed_percentage and _ARG lower it).
-        options["sampling_ratio"] = 1.0
-    configure_azure_monitor(
-        connection_string=connection_string,
-        resource=_resource(),
-        logger_name=APP_LOGGER,
-        log_record_processors=[exception_detail_scrubber()],
-        instrumentation_options={name: {"enabled": False} for name in DISTRO_INSTRUMENTATIONS},
-        **options,
-    )
-
-
-def _set_up_otlp() -> None:
-    from opentelemetry._logs import set_logger_provider
-
-    tracer_provider, meter_provider, logger_provider = otlp_pipeline()
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-    set_logger_provider(logger_provider)
-    attach_log_export(logger_provider)
-
-
-def otlp_pipeline() -> tuple[Any, Any, Any]:
-    """Tracer, meter and logger providers exporting OTLP over http/protobuf. The exporters read
-    OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) and the processors OTEL_BSP_*, OTEL_BLRP_* and
-    OTEL_METRIC_EXPORT_INTERVAL themselves, as every OpenTelemetry SDK does."""
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = _resource()
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
-    logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(exception_detail_scrubber())
-    logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
-    return tracer_provider, meter_provider, logger_provider
-
-
-def attach_log_export(logger_provider: Any) -> logging.Handler:
-    """Export the app's own log records (those of `shared.*`) through this provider."""
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler
-
-    handler = LoggingHandler(logger_provider=logger_provider)
-    logging.getLogger(APP_LOGGER).addHandler(handler)
-    return handler
-
-
-def exception_detail_scrubber() -> LogRecordProcessor:
-    """A log record processor that keeps a logged exception's type and drops its message and stack trace, which
-    can quote the values being handled. It must run before the exporting processor."""
-    from opentelemetry.sdk._logs import LogRecordProcessor
-
-    class ScrubExceptionDetail(LogRecordProcessor):
-        def on_emit(self, log_record: Any) -> None:
-            attributes = log_record.log_record.attributes
-            if attributes:
-                for key in ("exception.message", "exception.stacktrace"):
-                    if key in attributes:
-                        del attributes[key]
-
-        def shutdown(self) -> None:
-            pass
-
-        def force_flush(self, timeout_millis: int = 30000) -> bool:
-            return True
-
-    return ScrubExceptionDetail()
-
-
-# --- what the service records ----------------------------------------------------------------------------------
 
 
 def format_of(content_type: str | None) -> str:
