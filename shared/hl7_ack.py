@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from ulid import ULID
 
-from shared.formats import hl7v2
+from shared.formats.hl7_segments import first_header
 
 RECEIVING_APPLICATION = "LAB-INTAKE"
 
@@ -14,7 +14,7 @@ RECEIVING_APPLICATION = "LAB-INTAKE"
 def first_msh(body: bytes) -> tuple[str, list[str]] | None:
     """The field separator and fields of the first MSH segment (fields[n - 1] is MSH-n for n >= 2), or None. The
     segment is the one the parser takes for the first message (a BOM, MLLP framing, FHS/BHS before it)."""
-    line = hl7v2.first_header(body)
+    line = first_header(body)
     if line is None:
         return None
     segment = line.decode("latin-1")

@@ -10,6 +10,7 @@ from datetime import date, datetime
 _DTM = re.compile(
     r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?(?:([+-])(\d{2})(\d{2}))?"
 )
+_ISO_YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-[0-9]{2})?")
 
 
 def iso_from_text(text: str) -> str | None:
@@ -60,3 +61,14 @@ def date_from_hl7(text: str) -> str | None:
         return date(int(text[:4]), int(text[4:6]), int(text[6:8])).isoformat()
     except ValueError:
         return None
+
+
+def hl7_year_or_month(text: str) -> bool:
+    """A legal HL7 DT/DTM of year or month precision only (`2024`, `202401`; `0000` is how de-identified feeds blank
+    a date): no date, and not to be guessed into one."""
+    return text.isdigit() and len(text) in (4, 6)
+
+
+def iso_year_or_month(text: str) -> bool:
+    """A legal FHIR date of year or year-month precision only (`2024`, `2024-01`): no date, as for HL7."""
+    return _ISO_YEAR_OR_MONTH.fullmatch(text) is not None

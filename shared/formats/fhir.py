@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import ijson
 from fhir.resources.R4B import get_fhir_model_class
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from shared.formats import ContentError, ItemResult
 from shared.formats import item_issue as _issue
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
-from shared.formats.fhir_fast import CACHEABLE, ProblemCache, by_element, conforms
+from shared.formats.fhir_fast import CACHEABLE, Loc, Located, Model, ProblemCache, by_element, conforms
 from shared.models import Issue
 
 # A report's items are capped at 10,000; a Bundle's entries likewise, so that one item cannot
@@ -95,6 +95,14 @@ class _Refused(Exception):
         self.field, self.code = field, code
 
 
+class _Kept(NamedTuple):
+    """A resource kept for the ELR core: only the elements it reads (with resourceType and id)."""
+
+    entry: int
+    full_url: str | None
+    resource: dict[str, Any]
+
+
 class _Problem(NamedTuple):
     """One way a resource departs from the model. `tie` is the id() of the kept copy when the problem lies in an
     element the ELR core reads (judged once the core has run); `element` is the top-level element it lies in."""
@@ -112,7 +120,7 @@ class Bundle:
     """What the ELR core needs of one Bundle: its header values and the resources of the types it reads."""
 
     head: dict[str, Any] = field(default_factory=dict)
-    resources: list[tuple[int, str | None, dict[str, Any]]] = field(default_factory=list)  # (entry, fullUrl, resource)
+    resources: list[_Kept] = field(default_factory=list)
     problems: list[_Problem] = field(default_factory=list)  # the first _MAX_LISTED tied and untied ones
     listed: list[int] = field(default_factory=lambda: [0, 0])  # problems listed: [untied, tied]
     overflow: Counter[tuple[int | None, str]] = field(default_factory=Counter)  # the rest, by (tie, element)
@@ -121,7 +129,7 @@ class Bundle:
     observations: int = 0
     entries: int = 0
 
-    def add(self, entry: int, loc: tuple[Any, ...], text: str, tie: int | None, wrong_type: bool = False) -> None:
+    def add(self, entry: int, loc: Loc, text: str, tie: int | None, wrong_type: bool = False) -> None:
         """Keep the problem when under the cap, else only count it: memory stays bounded whatever is sent."""
         self.found += 1
         element = str(loc[0]) if loc else ""
@@ -190,7 +198,7 @@ def _read(data: bytes, where: str) -> Bundle:
     return bundle
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(name)  # NaN, Infinity: not JSON (the streaming parser refuses them)
 
 
@@ -320,7 +328,7 @@ def _keep(bundle: Bundle, position: int, entry: Any) -> None:
             bundle.add(position, loc, text, tie, wrong_type)
     if kept is not None:
         full_url = entry.get("fullUrl")
-        bundle.resources.append((position, full_url if isinstance(full_url, str) else None, kept))
+        bundle.resources.append(_Kept(position, full_url if isinstance(full_url, str) else None, kept))
 
 
 def _build(events: Iterator[tuple[str, Any]], first: tuple[str, Any] | None, budget: int) -> Any:
@@ -357,7 +365,6 @@ def _build(events: Iterator[tuple[str, Any]], first: tuple[str, Any] | None, bud
     raise ijson.IncompleteJSONError("the value ends early")
 
 
-Located = tuple[tuple[Any, ...], str, bool]  # (loc, value-free text, a wrong JSON type)
 # Pydantic error types saying the JSON value has the wrong type (rather than a wrong value of the right type).
 _TYPE_ERRORS = re.compile(r".*_type|.*_parsing|date_from_datetime_inexact|int_from_float|model_validation_format")
 
@@ -366,11 +373,7 @@ def _model_problems(resource: dict[str, Any], read: frozenset[str]) -> list[Loca
     """Each way the resource departs from the FHIR R4 model. The model library coerces some wrong JSON types it is
     given (`"7"` for an integer, `true` for a decimal): in the elements the core reads those are found here too."""
     kind = resource.get("resourceType")
-    try:
-        model = get_fhir_model_class(kind) if isinstance(kind, str) else None
-    except (KeyError, ValueError, TypeError):
-        model = None
-    if model is None:
+    if not isinstance(kind, str) or (model := _model(kind)) is None:
         shown = _SAFE_TOKEN.sub("?", kind[:40]) if isinstance(kind, str) else "missing"
         wrong_type = kind is not None and not isinstance(kind, str)
         return [(("resourceType",), f"resourceType {shown} is not an R4 resource", wrong_type)]
@@ -385,7 +388,15 @@ def _model_problems(resource: dict[str, Any], read: frozenset[str]) -> list[Loca
     return typed + [p for p in problems if not any(p[0][:n] in found for n in range(1, len(p[0]) + 1))]
 
 
-def _found(model: Any, resource: dict[str, Any], kind: str) -> list[Located] | None:
+def _model(kind: str) -> Model | None:
+    """The R4 model class of a resource type; None when the type is not an R4 resource."""
+    try:
+        return get_fhir_model_class(kind)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _found(model: Model, resource: dict[str, Any], kind: str) -> list[Located] | None:
     """The full model's findings (None: nested too deeply to check), kept for resources that recur verbatim."""
     key = PROBLEMS.key(resource) if kind in CACHEABLE else None
     if key is not None:
@@ -405,11 +416,11 @@ def _found(model: Any, resource: dict[str, Any], kind: str) -> list[Located] | N
     return problems
 
 
-def _validated(model: Any, resource: dict[str, Any]) -> list[Located]:
+def _validated(model: Model, resource: dict[str, Any]) -> list[Located]:
     try:
         model.model_validate(resource)
     except ValidationError as exc:
-        problems = []
+        problems: list[Located] = []
         for err in exc.errors(include_url=False):
             text, value, kind = str(err.get("msg", "")), err.get("input"), str(err.get("type", ""))
             if isinstance(value, (str, int, float, Decimal)) and str(value) and str(value) in text:
@@ -419,7 +430,7 @@ def _validated(model: Any, resource: dict[str, Any]) -> list[Located]:
     return []
 
 
-def _validated_by_element(model: Any, resource: dict[str, Any]) -> list[Located]:
+def _validated_by_element(model: Model, resource: dict[str, Any]) -> list[Located]:
     """Element by element, when the library fails on the whole: an element it fails on is a wrong JSON type."""
     kind = resource.get("resourceType")
     problems = [p for p in _validated(model, {"resourceType": kind}) if p[0][:1] and p[0][0] not in resource]
@@ -435,22 +446,32 @@ def _validated_by_element(model: Any, resource: dict[str, Any]) -> list[Located]
     return problems
 
 
+class _JSONType(NamedTuple):
+    """The JSON type a FHIR primitive is sent as."""
+
+    name: str  # as the problem words it: "a string"
+    types: tuple[type, ...]  # what the JSON parsers give for it
+
+
+_STRING = _JSONType("a string", (str,))
+_BOOLEAN = _JSONType("a boolean", (bool,))
 # The JSON type of FHIR primitives, by the Python type the model gives them.
-_JSON_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
-    str: ("a string", (str,)), datetime.date: ("a string", (str,)), datetime.datetime: ("a string", (str,)),
-    datetime.time: ("a string", (str,)), bool: ("a boolean", (bool,)), int: ("an integer", (int,)),
-    Decimal: ("a number", (int, Decimal)),
+_JSON_TYPES: dict[object, _JSONType] = {
+    str: _STRING, datetime.date: _STRING, datetime.datetime: _STRING, datetime.time: _STRING, bool: _BOOLEAN,
+    int: _JSONType("an integer", (int,)), Decimal: _JSONType("a number", (int, Decimal)),
 }
+# (a list of them, the complex type's model or the primitive's JSON type): what an element's JSON value must be.
+_Element = tuple[bool, Model | _JSONType]
 
 
 @cache
-def _fields(model: Any) -> dict[str, tuple[bool, Any]]:
-    """JSON name -> (is a list, the model class or the _JSON_TYPES key) of each element of a model."""
-    fields = {}
+def _fields(model: Model) -> dict[str, _Element]:
+    """JSON name -> what its value must be, for each element of a model that is a complex type or a primitive."""
+    fields: dict[str, _Element] = {}
     for name, info in model.model_fields.items():
         many, annotation = _unwrapped(info.annotation)
-        getter = getattr(annotation, "get_model_klass", None)
-        target = annotation if annotation in _JSON_TYPES else getter() if getter is not None else None
+        getter = getattr(annotation, "get_model_klass", None)  # the complex types' (fhir_core.types.FhirBase)
+        target = _JSON_TYPES.get(annotation) or (getter() if getter is not None else None)
         if target is not None:
             fields[info.alias or name] = (many, target)
     return fields
@@ -471,14 +492,14 @@ def _unwrapped(annotation: Any) -> tuple[bool, Any]:
             return many, annotation
 
 
-def _type_problems(model: Any, resource: dict[str, Any], read: frozenset[str]) -> list[Located]:
+def _type_problems(model: Model, resource: dict[str, Any], read: frozenset[str]) -> list[Located]:
     """Values of the wrong JSON type (null where a value belongs included) in the elements the core reads. At most
     _MAX_LISTED + 1 are looked for: past that, the element is already known bad and the rest only costs time."""
     problems: list[Located] = []
     fields = _fields(model)
     # (the parent's loc, key or index, value, what it must be); a loc is built only for a problem or a container.
-    stack = [((), key, resource[key], fields[key])
-             for key in sorted(read, reverse=True) if key in resource and key in fields]
+    stack: list[tuple[Loc, str | int, Any, _Element]] = [
+        ((), key, resource[key], fields[key]) for key in sorted(read, reverse=True) if key in resource and key in fields]
     while stack and len(problems) <= _MAX_LISTED:
         parent, key, value, (many, target) = stack.pop()
         if value is None:
@@ -491,9 +512,9 @@ def _type_problems(model: Any, resource: dict[str, Any], read: frozenset[str]) -
             # Pushed last item first, so that the first items are checked (and listed) first.
             stack.extend((loc, i, value[i], (False, target)) for i in range(len(value) - 1, -1, -1)
                          if value[i] is not None)
-        elif target in _JSON_TYPES:
+        elif isinstance(target, _JSONType):
             if _wrong_json_type(value, target):
-                problems.append((parent + (key,), f"expected {_JSON_TYPES[target][0]}", True))
+                problems.append((parent + (key,), f"expected {target.name}", True))
         elif type(value) is not dict:
             problems.append((parent + (key,), "expected an object", True))
         else:
@@ -502,19 +523,21 @@ def _type_problems(model: Any, resource: dict[str, Any], read: frozenset[str]) -
                 spec = inner.get(name)
                 if spec is None:
                     continue
-                if child is not None and not spec[0] and spec[1] in _JSON_TYPES:  # a primitive: checked in place
-                    if _wrong_json_type(child, spec[1]):
-                        problems.append((loc + (name,), f"expected {_JSON_TYPES[spec[1]][0]}", True))
+                expected = spec[1]
+                if child is not None and not spec[0] and isinstance(expected, _JSONType):  # a primitive: checked here
+                    if _wrong_json_type(child, expected):
+                        problems.append((loc + (name,), f"expected {expected.name}", True))
                 else:
                     stack.append((loc, name, child, spec))
     return sorted(problems)
 
 
-def _wrong_json_type(value: Any, target: Any) -> bool:
-    return not isinstance(value, _JSON_TYPES[target][1]) or (type(value) is bool and target is not bool)
+def _wrong_json_type(value: Any, expected: _JSONType) -> bool:
+    # A JSON true or false is a Python int too: only a boolean takes it.
+    return not isinstance(value, expected.types) or (type(value) is bool and expected is not _BOOLEAN)
 
 
-def _path(loc: tuple[Any, ...]) -> str:
+def _path(loc: Loc) -> str:
     """('code', 'coding', 0, 'system') -> 'code.coding[0].system'."""
     out = ""
     for part in loc:
@@ -522,11 +545,11 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _is_read(resource: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+def _is_read(resource: dict[str, Any], loc: Loc) -> bool:
     """Whether a problem at `loc` lies in an element the ELR core reads (for its extensions: only ones it reads)."""
     kind = resource.get("resourceType")
     name = loc[0] if loc else ""
-    if name not in READ_ELEMENTS.get(kind, ()):
+    if not isinstance(kind, str) or name not in READ_ELEMENTS.get(kind, ()):
         return False
     # Extensions inside an element (`identifier[0].extension[1].valueOid`, `_birthDate`) are never read.
     if any(isinstance(part, str) and (part in ("extension", "modifierExtension") or part.startswith("_")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from shared.formats import codes
 from shared.formats import item_issue as _issue
-from shared.formats._dates import iso_from_text
+from shared.formats._dates import iso_from_text, iso_year_or_month
+from shared.formats.collection_time import Collected, DateSyntax, collected_at
 from shared.models import Issue, NormalisedItem, Observation
 
 _LOINC = "http://loinc.org"
-_YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-[0-9]{2})?")
 _NPI_MARKS = frozenset({"http://hl7.org/fhir/sid/us-npi", "NPI", "2.16.840.1.113883.4.6", "urn:oid:2.16.840.1.113883.4.6"})
 _CLIA_MARKS = frozenset({"urn:oid:2.16.840.1.113883.4.7", "2.16.840.1.113883.4.7", "http://hl7.org/fhir/sid/us-clia", "CLIA"})
 _RACE_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
@@ -28,6 +28,8 @@ _ETHNICITY_URLS = ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethn
                    "http://ibm.com/fhir/cdm/StructureDefinition/local-ethnicity",
                    "https://reportstream.cdc.gov/fhir/StructureDefinition/ethnic-group")
 READ_EXTENSIONS = frozenset(_RACE_URLS + _ETHNICITY_URLS)
+_COLLECTED = DateSyntax(iso_from_text, iso_year_or_month, "fhir.bad_date", "is not a full date or date-time",
+                        "fhir.imprecise_date")
 _VALUES = ("valueQuantity", "valueString", "valueCodeableConcept", "valueInteger", "valueBoolean", "valueDateTime",
            "valueTime")
 # MessageHeader.event[x] codes of HL7 v2 table 0003 whose events are orders or order responses (ORM^O01, OML^O21,
@@ -72,7 +74,13 @@ class _Resources:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.all if r.get("resourceType") == kind]
 
+    @overload
+    def use(self, resource: dict[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def use(self, resource: dict[str, Any] | None) -> dict[str, Any] | None: ...
+
     def use(self, resource: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The resource, marked read (its model problems are then errors)."""
         if resource is not None:
             self.used.add(id(resource))
         return resource
@@ -389,12 +397,10 @@ def _specimens(resources: _Resources, observation: dict[str, Any]) -> list[dict[
 
 def _collected_at(
     specimens: list[dict[str, Any]], reports: list[dict[str, Any]], observation: dict[str, Any], index: int
-) -> tuple[str | None, Issue | None, Issue | None]:
+) -> Collected:
     """The first Specimen.collection.collected[x], else DiagnosticReport.effective[x], else Observation.effective[x]
-    (HL7's SPM-17, OBR-7, OBX-14), with an error and a warning; null when none is given.
-
-    A year or year-month (legal FHIR, and how de-identified feeds blank a date) is passed over for the next one, as
-    in HL7; when none gives a day the value is null with a warning, never a date made up from the year."""
+    (HL7's SPM-17, OBR-7, OBX-14), by the rule both formats share. Each Specimen's and DiagnosticReport's elements
+    are candidates: a year-only one passes over to the next."""
     candidates = [
         (field, _get(specimen, "collection", *path))
         for specimen in specimens
@@ -408,22 +414,7 @@ def _collected_at(
         ("Observation.effectiveDateTime", observation.get("effectiveDateTime")),
         ("Observation.effectivePeriod.start", _get(observation, "effectivePeriod", "start")),
     ]
-    imprecise: str | None = None
-    for field, value in candidates:
-        text = _text(value)
-        if not text:
-            continue
-        if _YEAR_OR_MONTH.fullmatch(text):
-            imprecise = imprecise or field
-            continue
-        converted = iso_from_text(text)
-        if converted is None:
-            return None, _issue(index, field, "fhir.bad_date", f"{field} is not a full date or date-time"), None
-        return converted, None, None
-    if imprecise is not None:
-        return None, None, _issue(index, imprecise, "fhir.imprecise_date",
-                                  f"{imprecise} gives only a year or month, not a date: specimen_collected_at is null")
-    return None, None, None
+    return collected_at(((field, _text(value)) for field, value in candidates), _COLLECTED, index)
 
 
 def _get(node: Any, *path: str | int) -> Any:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, NamedTuple
 
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic import TypeAdapter
 
@@ -33,10 +34,14 @@ from pydantic import TypeAdapter
 # Real resources nest a few levels (an extension in an extension in a coding).
 MAX_DEPTH = 32
 
+Model = type[FHIRAbstractModel]  # a FHIR R4 model class: a resource's, or a complex element type's
+Loc = tuple[int | str, ...]  # where a problem lies, as pydantic gives it: ('code', 'coding', 0, 'system')
+Located = tuple[Loc, str, bool]  # (loc, value-free text, a wrong JSON type): one problem the model finds
+
 
 class _Field(NamedTuple):
     many: bool
-    model: Any  # the element's model class, or None for a primitive
+    model: Model | None  # the element's model class, or None for a primitive
     check: Callable[[Any], Any] | None  # a primitive's validator (raises when the model would refuse the value)
 
 
@@ -57,7 +62,7 @@ def _adapter(annotation: Any) -> Callable[[Any], Any]:
 
 
 @cache
-def spec(model: Any) -> _Spec:
+def spec(model: Model) -> _Spec:
     """The table `conforms` checks a model's JSON against, drawn from the model's own fields."""
     fields: dict[str, _Field | None] = {}
     names: dict[str, str] = {}
@@ -65,12 +70,16 @@ def spec(model: Any) -> _Spec:
         alias = info.alias or name
         names[name] = alias
         fields[alias] = _field(info.annotation)
+    # The model's own lists of required elements and value[x] groups are instance methods reading nothing of the
+    # instance: an unvalidated one (model_construct) is enough to ask them.
+    blank = model.model_construct()
     required = {names[name] for name, info in model.model_fields.items() if info.is_required()}
-    required |= {names[name] for name, _ in model.get_required_fields(None) if name in names}
+    required |= {names[name] for name, _ in blank.get_required_fields() if name in names}
     choices = []
-    for group in model.get_one_of_many_fields(None).values():
-        extra = model.model_fields[group[0]].json_schema_extra or {}
-        choices.append((tuple(names[n] for n in group), extra.get("one_of_many_required") is True))
+    for group in blank.get_one_of_many_fields().values():
+        extra = model.model_fields[group[0]].json_schema_extra
+        one_required = isinstance(extra, dict) and extra.get("one_of_many_required") is True
+        choices.append((tuple(names[n] for n in group), one_required))
     order = {names[name]: n for n, name in enumerate(model.model_fields)}
     missing = frozenset(names[name] for name, info in model.model_fields.items() if info.is_required())
     renamed = frozenset(name for name, alias in names.items() if name != alias) | {"resource_type"}
@@ -109,7 +118,7 @@ def _optional(annotation: Any) -> Any:
     return annotation
 
 
-def conforms(model: Any, resource: dict[str, Any]) -> bool:
+def conforms(model: Model, resource: dict[str, Any]) -> bool:
     """True only when validating `resource` with `model` is sure to find no problem (False: ask the model)."""
     try:
         return _conforms(spec(model), resource, True)
@@ -136,6 +145,7 @@ def _element_conforms(field: _Field, value: Any, depth: int = 0) -> bool:
     """True only when the model is sure to find nothing in this one element's value."""
     if value is None:
         return False
+    items: list[Any] | tuple[Any]
     if field.many:
         if type(value) is not list or not value:
             return False
@@ -146,6 +156,8 @@ def _element_conforms(field: _Field, value: Any, depth: int = 0) -> bool:
         inner = spec(field.model)
         return all(_conforms(inner, item, False, depth + 1) for item in items)
     check = field.check
+    if check is None:  # neither a model nor a validator: nothing here can vouch for it
+        return False
     for item in items:
         if item is None or type(item) in (dict, list):
             return False
@@ -172,11 +184,8 @@ def _whole_conforms(table: _Spec, node: dict[str, Any]) -> bool:
     return all(n <= 1 and (n or not one_required) for n, (_, one_required) in zip(given, table.choices, strict=True))
 
 
-Located = tuple[tuple[Any, ...], str, bool]
-
-
-def by_element(model: Any, resource: dict[str, Any],
-               validate: Callable[[Any, dict[str, Any]], list[Located]]) -> list[Located] | None:
+def by_element(model: Model, resource: dict[str, Any],
+               validate: Callable[[Model, dict[str, Any]], list[Located]]) -> list[Located] | None:
     """The model's problems in a resource `conforms` did not vouch for, found by validating with `validate` (the
     full model) only the top-level elements this module cannot vouch for, each alone in a resource of its own.
 
@@ -236,14 +245,14 @@ class ProblemCache:
 
     def __init__(self, size: int = 512, max_problems: int = 25) -> None:
         self.size, self.max_problems = size, max_problems
-        self._kept: OrderedDict[bytes, list[Any]] = OrderedDict()
+        self._kept: OrderedDict[bytes, list[Located]] = OrderedDict()
         self._lock = threading.Lock()  # the host may parse reports on several threads
 
     @staticmethod
     def key(resource: dict[str, Any]) -> bytes:
         return hashlib.blake2b(repr(resource).encode("utf-8", "surrogatepass"), digest_size=20).digest()
 
-    def get(self, key: bytes) -> list[Any] | None:
+    def get(self, key: bytes) -> list[Located] | None:
         with self._lock:
             found = self._kept.get(key)
             if found is None:
@@ -251,7 +260,7 @@ class ProblemCache:
             self._kept.move_to_end(key)
         return list(found)
 
-    def put(self, key: bytes, problems: list[Any]) -> None:
+    def put(self, key: bytes, problems: list[Located]) -> None:
         if len(problems) > self.max_problems:
             return
         with self._lock:
