@@ -76,7 +76,7 @@ class Settings(BaseModel):
     results_retention_days: int = Field(default=365, ge=1, le=3650)
     # How long an Idempotency-Key is remembered (then deleted by day ranges, shared/expiry.py).
     idempotency_days: int = Field(default=7, ge=1, le=365)
-    # Telemetry export (shared/telemetry.py): Azure Monitor, else an OTLP collector, else none.
+    # Telemetry export (shared/telemetry_export.py): Azure Monitor, else an OTLP collector, else none.
     applicationinsights_connection_string: str | None = None
     otlp_endpoint: str | None = None
     # The longest any invocation can run (host.json functionTimeout): a request holding an Idempotency-Key claim
