@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from shared import problems, telemetry_export
+from shared import problems, registry, telemetry_export
 from shared.clock import parse_iso
 from shared.errors import Refused
 from shared.formats import FORMATS, media_type
@@ -101,6 +101,14 @@ def instruments_from(
 NO_OP = instruments_from(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), enabled=False)
 _current: Instruments | None = None
 _lock = threading.Lock()
+
+
+def _forget() -> None:
+    global _current
+    _current = None  # the next hook sets up again from the settings then in force
+
+
+registry.remember(_forget, _forget)
 
 
 def current() -> Instruments:
