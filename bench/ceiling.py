@@ -34,7 +34,7 @@ from bench.reports import HL7, small_report
 from shared import storage as app_storage
 from shared.clock import now_iso
 from shared.models import StatusRecord
-from shared.status import new_entity
+from shared.status_entity import new_entity
 
 CONTAINER = "bench-ceiling"
 TABLE = "benchceiling"

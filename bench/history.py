@@ -28,11 +28,11 @@ from pathlib import Path
 from ulid import ULID
 
 from devhost.azurite import Azurite, connection_string
-from shared import activity, admin, intake, listing, processing, reconcile, senders, status
+from shared import activity, admin, intake, listing, processing, reconcile, senders, status, status_entity
 from shared.clock import to_iso
 from shared.config import Settings, load_settings
+from shared.lifecycle import Status
 from shared.models import StatusRecord
-from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from tests.history import seed
 from tests.storage_proxy import StorageProxy
@@ -82,7 +82,7 @@ def stuck_report(storage: Storage) -> str:
     record = StatusRecord(id=report_id, sender=SENDER, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=len(CSV), sha256="0" * 64, received_at=now, updated_at=now)
     activity.record(storage.activity, SENDER, report_id)
-    status.create(storage.reports, status.new_entity(record, raw_blob_name(SENDER, report_id)))
+    status.create(storage.reports, status_entity.new_entity(record, raw_blob_name(SENDER, report_id)))
     return report_id
 
 

@@ -21,8 +21,8 @@ from shared import activity, errors, index, keys, poison, reconcile, reindex, re
 from shared.clock import to_iso
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
+from shared.lifecycle import Status
 from shared.models import Delivery
-from shared.status import Status
 from shared.storage import Storage, get_storage, raw_blob_name
 
 REPLAYABLE = frozenset({Status.FAILED, Status.RECEIVED, Status.QUEUED, Status.PROCESSING})

@@ -29,6 +29,7 @@ from shared import (
 )
 from shared.clock import now_iso, parse_iso, to_iso
 from shared.config import Settings, get_settings
+from shared.lifecycle import TERMINAL, Status
 from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
 from shared.problems import (
@@ -39,7 +40,6 @@ from shared.problems import (
     unavailable,
     unsupported_media_type,
 )
-from shared.status import TERMINAL, Status
 from shared.storage import Storage, get_storage, is_transient
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.
         if ack is not None:
             return func.HttpResponse(ack, status_code=202, headers=headers, mimetype=HL7)
     body = AcceptedReport(
-        id=record.id, status=record.status, sender=record.sender, content_type=record.content_type,
+        id=record.id, status=record.status.value, sender=record.sender, content_type=record.content_type,
         size_bytes=record.size_bytes, sha256=record.sha256, received_at=record.received_at, status_url=location,
     )
     return _json(body.model_dump(mode="json"), 202, headers)
@@ -215,7 +215,7 @@ def report_status(req: func.HttpRequest, storage: Storage, settings: Settings) -
         raise not_found()
     record = row.record()
     body = record.model_dump(mode="json")
-    if Status(record.status) in TERMINAL:
+    if record.status in TERMINAL:
         return _json(body, 200)
     return _json(body, 202, {"Retry-After": str(settings.retry_after_seconds)})
 

@@ -20,13 +20,13 @@ from azure.storage.blob import ContentSettings
 from http_sfv.dictionary import Dictionary as StructuredDictionary
 from ulid import ULID
 
-from shared import activity, idempotency, status, telemetry, work
+from shared import activity, idempotency, status, status_entity, telemetry, work
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
 from shared.formats import FORMATS, media_type
+from shared.lifecycle import Status
 from shared.models import StatusRecord
-from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     record = StatusRecord(
         id=report_id,
         sender=sub.sender,
-        status=Status.QUEUED.value,
+        status=Status.QUEUED,
         content_type=content_type,
         size_bytes=len(sub.body),
         sha256=digest,
@@ -171,7 +171,7 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     )
     # Before the row, so that the reconciler and operators can always find it (see shared/activity.py).
     activity.record(storage.activity, sub.sender, report_id)
-    entity = status.new_entity(record, blob) | telemetry.context_fields()
+    entity = status_entity.new_entity(record, blob) | telemetry.context_fields()
     if sub.allow_duplicate:
         entity[ALLOW_DUPLICATE] = True
     upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id)

@@ -19,8 +19,9 @@ from azure.data.tables import TableClient
 
 from shared import index
 from shared.errors import Refused, bad_request
+from shared.lifecycle import Status
 from shared.models import StatusRecord
-from shared.status import Status, entity_to_record
+from shared.status_entity import entity_to_record
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

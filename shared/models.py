@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.lifecycle import Status
+
 
 class QueueMessage(BaseModel):
     """The work signal on the `reports` queue : small, versioned, never the report itself.
@@ -66,7 +68,7 @@ class StatusRecord(BaseModel):
 
     id: str
     sender: str
-    status: str
+    status: Status
     content_type: str
     size_bytes: int
     sha256: str

@@ -13,11 +13,11 @@ from pydantic.json_schema import models_json_schema
 
 from shared import idempotency, intake, listing, tokens
 from shared.formats import FORMATS
+from shared.lifecycle import Status
 from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, ReportPage, StatusRecord
 from shared.problems import PROBLEM_JSON, ProblemDetails
 from shared.reportstream import SubmissionHistory
-from shared.status import Status
 
 REF = "#/components/schemas/{model}"
 
@@ -63,12 +63,13 @@ def _schemas() -> dict[str, Any]:
         ref_template=REF,
     )
     schemas: dict[str, Any] = defs["$defs"]
+    schemas.pop(Status.__name__, None)  # written inline below, like the other fields' enums
     for schema in schemas.values():
         # Every field is always in the JSON the service sends (null when unset), defaults or not.
         schema["required"] = list(schema.get("properties", {}))
     statuses = [s.value for s in Status]
     for name in ("StatusRecord", "AcceptedReport"):
-        schemas[name]["properties"]["status"]["enum"] = statuses
+        schemas[name]["properties"]["status"] = {"title": "Status", "type": "string", "enum": statuses}
     return schemas
 
 

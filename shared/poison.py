@@ -28,10 +28,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from pydantic import ValidationError
 
-from shared import expiry, status
+from shared import ending, expiry, status
 from shared.clock import now_iso, to_iso
-from shared.models import Delivery, ExceptionEntry, QueueMessage
-from shared.status import TERMINAL, Status
+from shared.lifecycle import TERMINAL, Status
+from shared.models import ExceptionEntry, QueueMessage
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -127,26 +127,19 @@ def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | Non
         if row.status in TERMINAL or _changed_since(row, poisoned_at):
             return None
         record_ = row.record()
-        attempt = record_.attempts + 1  # the try that ended in the poison queue was not recorded
         entry = ExceptionEntry(
-            attempt=attempt, at=at, type=GIVEN_UP,
+            attempt=record_.attempts + 1,  # the try that ended in the poison queue was not recorded
+            at=at, type=GIVEN_UP,
             message="The host moved the work message to the poison queue after its last try, with no outcome "
                     "recorded (the worker crashed or timed out, or the final write failed). Replayable: "
                     "python -m shared.admin poison replay --id " + row.id,
         )
-        changes: dict[str, object] = {
-            "status": Status.FAILED, "completed_at": at, "attempts": attempt,
-            "exceptions": [e.model_dump() for e in record_.exceptions] + [entry.model_dump()],
-        }
-        if record_.delivery is not None and record_.delivery.status == "pending":
-            changes["delivery"] = Delivery(status="failed", at=at,
-                                           http_status=record_.delivery.http_status).model_dump()
-        return changes
+        return ending.failed(record_, entry)
 
     before = status.read(storage.reports, message.sender, message.id)
     if before is None:
         return False
-    after = status.update(storage.reports, message.sender, message.id, change, known=before)
+    after = ending.update(storage.reports, message.sender, message.id, change, known=before)
     return after is not None and after.status is Status.FAILED and after.entity.get("completed_at") == at
 
 

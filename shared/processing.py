@@ -19,15 +19,15 @@ from typing import IO, Any
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from ulid import ULID
 
-from shared import deferral, duplicates, logs, reconcile, row_limits, status, telemetry
+from shared import deferral, duplicates, ending, logs, reconcile, row_limits, status, telemetry
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.delivery import DeliveryError, deliver
 from shared.formats import ContentError, parse_report
 from shared.intake import ALLOW_DUPLICATE
+from shared.lifecycle import TERMINAL, Status
 from shared.logs import TryAgain
 from shared.models import Delivery, ExceptionEntry, Issue, ItemCounts, NormalisedItem, QueueMessage
-from shared.status import TERMINAL, Status
 from shared.storage import Storage, result_blob_name
 
 log = logging.getLogger(__name__)
@@ -514,7 +514,7 @@ def _finish(
     def change(row: status.Row) -> dict[str, Any] | None:
         return None if row.status in TERMINAL else changes
 
-    status.update(storage.reports, message.sender, message.id, change, known=started)
+    ending.update(storage.reports, message.sender, message.id, change, known=started)
 
 
 def _record_exception(
@@ -527,24 +527,18 @@ def _record_exception(
         if row.status in TERMINAL:
             return None
         record = row.record()
-        changes: dict[str, object] = {
-            "exceptions": [e.model_dump() for e in record.exceptions] + [entry.model_dump()],
-            "attempts": max(record.attempts, attempt),
-        }
+        changes = ending.failed(record, entry) if last_try else ending.tried(record, entry)
+        if not last_try and row.status is not Status.PROCESSING:
+            changes["status"] = Status.PROCESSING  # tried and waiting for the host's retry, however small
         if items is not None:
             changes["items"] = items.model_dump()
         if isinstance(exc, DeliveryError):
             changes["delivery"] = Delivery(
                 status="failed" if last_try else "pending", at=entry.at, http_status=exc.http_status
             ).model_dump()
-        if last_try:
-            changes["status"] = Status.FAILED
-            changes["completed_at"] = entry.at
-        elif row.status is not Status.PROCESSING:
-            changes["status"] = Status.PROCESSING  # tried and waiting for the host's retry, however small
         return changes
 
     try:
-        status.update(storage.reports, message.sender, message.id, change)
+        ending.update(storage.reports, message.sender, message.id, change)
     except Exception as record_exc:  # noqa: BLE001 - the original failure matters more; the host retries either way
         log.warning("report %s: could not record the failed try: %s", message.id, type(record_exc).__name__)

@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError
 from shared import activity, checkpoints, index, status, work
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings
-from shared.status import Status
+from shared.lifecycle import Status
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared import activity, checkpoints, index, reconcile, senders, status
-from shared.status import Status
+from shared.lifecycle import Status
 from shared.storage import Storage
 
 JOB = "index-rebuild"

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from ulid import ULID
 
 from shared import row_limits
+from shared.lifecycle import Status
 from shared.models import Issue, StatusRecord
-from shared.status import Status
 
 OverallStatus = Literal["Received", "Waiting to Deliver", "Delivered", "Error", "Not Delivering", "Valid"]
 BODY_FORMATS = {"application/hl7-v2": "HL7", "application/fhir+json": "FHIR", "application/fhir+ndjson": "FHIR",
@@ -90,7 +90,7 @@ def from_any(text: str) -> str | None:
 
 
 def overall_status(record: StatusRecord) -> OverallStatus:
-    current = Status(record.status)
+    current = record.status
     if current is Status.PROCESSING and record.delivery is not None and record.delivery.status == "pending":
         return "Waiting to Deliver"  # the results are made; the downstream is waited for
     if current in (Status.RECEIVED, Status.QUEUED, Status.PROCESSING):

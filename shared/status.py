@@ -1,69 +1,30 @@
-"""Report statuses, the transitions allowed between them, and the status row in table `reports`.
+"""The status row in table `reports`: creating, reading and changing it, each change conditional on its ETag.
 
 The row is the source of truth. Every change is an ETag-conditional write, so concurrent writers (ingest marking
 `queued`, a processor, an operator's replay) never overwrite each other blindly; the row's listing index entries
-(shared/index.py) are written in the same transaction.
+(shared/index.py) are written in the same transaction. Changes that may end a report go through shared/ending.py.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, UpdateMode
 
-from shared import index, row_limits, telemetry
+from shared import index, row_limits
 from shared.clock import now_iso
+from shared.lifecycle import Status, check_move
 from shared.models import StatusRecord
-
-
-class Status(str, Enum):
-    RECEIVED = "received"
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    PROCESSED = "processed"
-    REJECTED = "rejected"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({Status.PROCESSED, Status.REJECTED, Status.FAILED})
-
-# A processor may leave a row `received` or `queued` straight for a terminal state: small reports skip the
-# `processing` write, and the processor can win the race against ingest marking the row `queued`.
-# processing -> processing is a redelivery after a crash. An operator's replay sets a failed (or stuck) report
-# back to `received` before sending its message, then `queued` (shared/work.enqueue).
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.RECEIVED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
-    Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING, *TERMINAL}),
-    Status.PROCESSING: frozenset({Status.RECEIVED, Status.PROCESSING, Status.QUEUED, *TERMINAL}),
-    Status.PROCESSED: frozenset(),
-    Status.REJECTED: frozenset(),
-    Status.FAILED: frozenset({Status.RECEIVED, Status.QUEUED}),
-}
-
-# Fields stored as JSON text in the row (table properties are scalars).
-JSON_FIELDS = ("items", "errors", "warnings", "exceptions", "delivery")
-RECORD_FIELDS = tuple(StatusRecord.model_fields)
-# Scalar fields that go back to null (a replay clears `completed_at`): stored as "" since a merge cannot remove.
-CLEARABLE = ("completed_at",)
-
-
-class TransitionError(RuntimeError):
-    """A status change the lifecycle does not allow."""
+from shared.status_entity import entity_to_record, to_property
 
 
 class ConcurrentUpdate(RuntimeError):
     """The row kept changing under us; the caller should retry later."""
-
-
-def can_move(current: Status | str, new: Status | str) -> bool:
-    return Status(new) in TRANSITIONS[Status(current)]
 
 
 @dataclass
@@ -90,44 +51,6 @@ class Row:
         return entity_to_record(self.entity)
 
 
-def new_entity(record: StatusRecord, blob: str) -> dict[str, Any]:
-    entity = record_to_entity(record)
-    entity["blob"] = blob
-    row_limits.check(entity)
-    return entity
-
-
-def _to_property(name: str, value: object) -> object:
-    """A record field as stored: lists capped to fit Azure's limits, structured fields as JSON text."""
-    if isinstance(value, Status):
-        return value.value
-    if name in JSON_FIELDS:
-        return json.dumps(row_limits.fit(name, value), separators=(",", ":"))
-    if value is None and name in CLEARABLE:
-        return ""  # a merge skips None, which would leave the old value in place
-    return value
-
-
-def record_to_entity(record: StatusRecord) -> dict[str, Any]:
-    data = record.model_dump(mode="json")
-    entity: dict[str, object] = {"PartitionKey": data.pop("sender"), "RowKey": data.pop("id")}
-    for name, value in data.items():
-        entity[name] = _to_property(name, value)
-    return {k: v for k, v in entity.items() if v is not None}
-
-
-def entity_to_record(entity: dict[str, Any]) -> StatusRecord:
-    """The record of a row, or of one of its index entries (which name the report in `id`)."""
-    data = {name: entity.get(name) for name in RECORD_FIELDS
-            if name in entity and not (name in CLEARABLE and entity[name] == "")}
-    data["id"] = entity.get(index.ENTRY_ID) or entity["RowKey"]
-    data["sender"] = entity["PartitionKey"]
-    for name in JSON_FIELDS:
-        if isinstance(entity.get(name), str):
-            data[name] = json.loads(entity[name])
-    return StatusRecord.model_validate(data)
-
-
 def create(table: TableClient, entity: dict[str, Any]) -> Row:
     """Store a new row with its index entries; raises ResourceExistsError if the id is taken."""
     entity = {**entity, index.VERSION_FIELD: index.VERSION}
@@ -150,20 +73,18 @@ def read(table: TableClient, sender: str, report_id: str) -> Row | None:
 
 
 def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
-    """Merge `changes` into the row if nobody changed it since it was read; raises ResourceModifiedError if so."""
-    new_status = None if changes.get("status") is None else Status(changes["status"])
-    if new_status is not None and not can_move(row.status, new_status):
-        raise TransitionError(f"{row.status.value} -> {new_status.value} is not allowed")
+    """Merge `changes` into the row if nobody changed it since it was read; raises ResourceModifiedError if so, and
+    TransitionError for a status change the lifecycle does not allow."""
+    if changes.get("status") is not None:
+        check_move(row.status, Status(changes["status"]))
     patch: dict[str, object] = {"PartitionKey": row.sender, "RowKey": row.id, "updated_at": now_iso()}
     for name, value in changes.items():
-        patch[name] = _to_property(name, value)
+        patch[name] = to_property(name, value)
     patch[index.VERSION_FIELD] = index.VERSION
     merged = {**row.entity, **patch}
     row_limits.check(merged)
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
     written = index.submit(table, [("update", patch, guarded), *index.operations(row.entity, merged)])
-    if new_status is not None and new_status in TERMINAL:
-        telemetry.report_completed(row.sender, row.entity.get("content_type"), new_status.value)
     return Row(merged, written[0]["etag"])
 
 

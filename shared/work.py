@@ -7,8 +7,8 @@ import logging
 from azure.core.exceptions import AzureError, ResourceModifiedError
 
 from shared import status
+from shared.lifecycle import Status
 from shared.models import QueueMessage
-from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from shared.telemetry import TRACEPARENT
 

@@ -10,7 +10,7 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.data.tables import TableClient, TableTransactionError
 from ulid import ULID
 
-from shared import index, status, table_batch
+from shared import index, status_entity, table_batch
 from shared.clock import to_iso
 from shared.models import ItemCounts, StatusRecord
 from shared.storage import raw_blob_name
@@ -29,7 +29,7 @@ def historical(sender: str, moment: datetime, number: int) -> dict:
         received_at=to_iso(moment), updated_at=done, completed_at=done, attempts=1,
         items=ItemCounts(total=1, accepted=accepted, rejected=1 - accepted),
     )
-    entity = status.new_entity(record, raw_blob_name(sender, report_id))
+    entity = status_entity.new_entity(record, raw_blob_name(sender, report_id))
     entity[index.VERSION_FIELD] = index.VERSION
     return entity
 

@@ -14,12 +14,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
-from shared import activity, checkpoints, index, listing, problems, reconcile, reindex, senders, status, table_batch
+from shared import (
+    activity,
+    checkpoints,
+    index,
+    listing,
+    problems,
+    reconcile,
+    reindex,
+    senders,
+    status,
+    status_entity,
+    table_batch,
+)
 from shared.clock import to_iso
 from shared.config import get_settings
 from shared.errors import Kind, Refused
+from shared.lifecycle import Status
 from shared.models import StatusRecord
-from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from tests.history import historical
 from tests.service import admin
@@ -40,7 +52,7 @@ def new_row(app: Storage, sender: str, size: int = 10) -> status.Row:
     report_id, now = str(ULID()), to_iso(datetime.now(UTC))
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=size, sha256="0" * 64, received_at=now, updated_at=now)
-    return status.create(app.reports, status.new_entity(record, raw_blob_name(sender, report_id)))
+    return status.create(app.reports, status_entity.new_entity(record, raw_blob_name(sender, report_id)))
 
 
 def entries_of(app: Storage, row: status.Row) -> dict[str, dict]:
@@ -55,7 +67,7 @@ def assert_entries_match(app: Storage, row: status.Row) -> None:
     entries = entries_of(app, current)
     assert sorted(entries) == sorted(index.keys(current.entity))
     for entry in entries.values():
-        assert status.entity_to_record(entry) == current.record()
+        assert status_entity.entity_to_record(entry) == current.record()
 
 
 def test_every_write_keeps_the_entries_equal_to_the_row(app: Storage) -> None:
@@ -136,7 +148,7 @@ def stuck(app: Storage, sender: str, minutes_ago: int) -> status.Row:
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=3, sha256="0" * 64, received_at=to_iso(moment), updated_at=to_iso(moment))
     activity.record(app.activity, sender, report_id)
-    return status.create(app.reports, status.new_entity(record, raw_blob_name(sender, report_id)))
+    return status.create(app.reports, status_entity.new_entity(record, raw_blob_name(sender, report_id)))
 
 
 def test_reconcile_finds_stuck_reports_of_active_senders_and_moves_its_checkpoint(app: Storage) -> None:

@@ -24,7 +24,7 @@ from azure.data.tables import TableClient
 
 from shared import config, hl7_ack, idempotency, intake, senders, status, work
 from shared.clock import to_iso
-from shared.status import Status
+from shared.lifecycle import Status
 from shared.storage import Storage
 from tests.service import EXAMPLES
 

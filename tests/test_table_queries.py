@@ -17,10 +17,10 @@ from ulid import ULID
 
 from devhost.azurite import REPO_ROOT, Azurite, connection_string
 from devhost.process import DevHostProcess
-from shared import activity, status
+from shared import activity, status, status_entity
 from shared.clock import to_iso
+from shared.lifecycle import Status
 from shared.models import StatusRecord
-from shared.status import Status
 from shared.storage import Storage, raw_blob_name
 from tests.history import seed
 from tests.service import EXAMPLES, TERMINAL, add_sender, admin, app_env, poll
@@ -67,7 +67,7 @@ def stuck_report(storage: Storage, sender: str) -> str:
     record = StatusRecord(id=report_id, sender=sender, status=Status.RECEIVED.value, content_type="text/csv",
                           size_bytes=3, sha256="0" * 64, received_at=now, updated_at=now)
     activity.record(storage.activity, sender, report_id)
-    status.create(storage.reports, status.new_entity(record, raw_blob_name(sender, report_id)))
+    status.create(storage.reports, status_entity.new_entity(record, raw_blob_name(sender, report_id)))
     return report_id
 
 

@@ -8,9 +8,9 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from shared import config, hl7_ack, senders, status
+from shared import config, hl7_ack, lifecycle, senders, status
 from shared.config import DEVELOPMENT_STORAGE, SettingsError, load_settings
-from shared.status import Status
+from shared.lifecycle import Status
 from shared.storage import Storage
 from tests.service import EXAMPLES
 
@@ -63,15 +63,15 @@ def test_an_unbounded_function_timeout_is_refused_at_start() -> None:
 
 
 def test_transitions() -> None:
-    assert status.can_move(Status.RECEIVED, Status.QUEUED)
-    assert status.can_move(Status.QUEUED, Status.PROCESSING)
-    assert status.can_move(Status.PROCESSING, Status.FAILED)
-    assert status.can_move(Status.FAILED, Status.RECEIVED)  # replay: `received` first, `queued` once sent
+    assert lifecycle.can_move(Status.RECEIVED, Status.QUEUED)
+    assert lifecycle.can_move(Status.QUEUED, Status.PROCESSING)
+    assert lifecycle.can_move(Status.PROCESSING, Status.FAILED)
+    assert lifecycle.can_move(Status.FAILED, Status.RECEIVED)  # replay: `received` first, `queued` once sent
     for terminal in (Status.PROCESSED, Status.REJECTED):
-        assert not any(status.can_move(terminal, s) for s in Status)
-    assert status.can_move(Status.QUEUED, Status.PROCESSED)  # a small report skips `processing`
-    assert not status.can_move(Status.QUEUED, Status.RECEIVED)
-    assert status.can_move(Status.PROCESSING, Status.RECEIVED)  # a forced replay, its invocation long dead
+        assert not any(lifecycle.can_move(terminal, s) for s in Status)
+    assert lifecycle.can_move(Status.QUEUED, Status.PROCESSED)  # a small report skips `processing`
+    assert not lifecycle.can_move(Status.QUEUED, Status.RECEIVED)
+    assert lifecycle.can_move(Status.PROCESSING, Status.RECEIVED)  # a forced replay, its invocation long dead
 
 
 def test_write_refuses_a_forbidden_transition_and_a_stale_etag(app: Storage) -> None:
@@ -80,7 +80,7 @@ def test_write_refuses_a_forbidden_transition_and_a_stale_etag(app: Storage) -> 
     entity = {"PartitionKey": "unit", "RowKey": "01KAAAAAAAAAAAAAAAAAAAAAAA", "status": "processed"}
     app.reports.upsert_entity(entity)
     row = status.read(app.reports, "unit", entity["RowKey"])
-    with pytest.raises(status.TransitionError):
+    with pytest.raises(lifecycle.TransitionError):
         status.write(app.reports, row, {"status": Status.QUEUED})
     app.reports.upsert_entity({**entity, "status": "failed"})
     stale = status.Row({**row.entity, "status": "failed"}, row.etag)
