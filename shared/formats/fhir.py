@@ -25,6 +25,7 @@ import ijson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from shared import registry
 from shared.formats import ContentError, ItemResult
 from shared.formats import item_issue as _issue
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
@@ -47,7 +48,7 @@ _MAX_LISTED = 20  # model problems listed per item and severity; one more issue 
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 # The model's findings for the sender's own resources that recur verbatim between bundles (fhir_fast.ProblemCache).
-PROBLEMS = ProblemCache()
+PROBLEMS = registry.cache(ProblemCache())
 
 
 def parse_bundle(raw: bytes, report_id: str) -> Iterator[ItemResult]:

@@ -20,11 +20,11 @@ import hashlib
 import threading
 import types
 import typing
-from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 from typing import Any, NamedTuple
 
+from cachetools import LRUCache
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic import TypeAdapter
@@ -241,11 +241,12 @@ CACHEABLE = frozenset({"Organization", "Practitioner", "PractitionerRole", "Devi
 
 class ProblemCache:
     """The model's findings for recurring resources, by a digest of the exact JSON value (types and key order
-    included: `1`, `"1"`, `true` and `1.0` differ). At most `size` entries of at most `max_problems` findings each."""
+    included: `1`, `"1"`, `true` and `1.0` differ). At most `size` entries (least recently used go first) of at
+    most `max_problems` findings each."""
 
     def __init__(self, size: int = 512, max_problems: int = 25) -> None:
         self.size, self.max_problems = size, max_problems
-        self._kept: OrderedDict[bytes, list[Located]] = OrderedDict()
+        self._kept: LRUCache[bytes, list[Located]] = LRUCache(maxsize=size)
         self._lock = threading.Lock()  # the host may parse reports on several threads
 
     @staticmethod
@@ -255,19 +256,13 @@ class ProblemCache:
     def get(self, key: bytes) -> list[Located] | None:
         with self._lock:
             found = self._kept.get(key)
-            if found is None:
-                return None
-            self._kept.move_to_end(key)
-        return list(found)
+        return None if found is None else list(found)
 
     def put(self, key: bytes, problems: list[Located]) -> None:
-        if len(problems) > self.max_problems:
+        if len(problems) > self.max_problems or self.size == 0:  # (a cache of size 0 refuses every entry)
             return
         with self._lock:
             self._kept[key] = list(problems)
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.size:
-                self._kept.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
