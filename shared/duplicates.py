@@ -25,13 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError
+from azure.data.tables import TableClient, TableTransactionError, TransactionOperation
 from cachetools import TTLCache
 
 from shared import expiry, registry, senders, table_batch
 from shared.clock import to_iso
 from shared.models import NormalisedItem
 from shared.service_secrets import ServiceSecret
+from shared.table_batch import Operation
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,10 @@ def _chunks(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int,
         yield items[start:start + size]
 
 
-def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[tuple[str, dict[str, Any]]]:
-    return [("upsert", {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
+def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[Operation]:
+    return [(TransactionOperation.UPSERT, {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
                         "first_seen": to_iso(now), expiry.EXPIRES: expires}),
-            ("upsert", expiry.entry(sender, f"{DIGEST}{sha256}", expires))]
+            (TransactionOperation.UPSERT, expiry.entry(sender, f"{DIGEST}{sha256}", expires))]
 
 
 def _same_body(table: TableClient, sender: str, report_id: str, sha256: str, now: datetime) -> str | None:
@@ -121,15 +122,15 @@ def _expired_row(row: dict[str, Any], now: datetime) -> bool:
 
 
 def _item_ops(sender: str, report_id: str, index: int, fp: str, now: datetime, expires: str,
-              kind: str = "create") -> list[tuple[str, dict[str, Any]]]:
+              kind: TransactionOperation = TransactionOperation.CREATE) -> list[Operation]:
     return [(kind, {"PartitionKey": sender, "RowKey": f"{ITEM}{fp}", "report_id": report_id, "index": index,
                     "first_seen": to_iso(now), expiry.EXPIRES: expires}),
-            ("upsert", expiry.entry(sender, f"{ITEM}{fp}", expires))]
+            (TransactionOperation.UPSERT, expiry.entry(sender, f"{ITEM}{fp}", expires))]
 
 
 def _record_chunk(
     table: TableClient, sender: str, report_id: str, chunk: list[tuple[int, str]], now: datetime, expires: str,
-    extra: list[tuple[str, dict[str, Any]]],
+    extra: list[Operation],
 ) -> dict[int, Original]:
     ops = [op for index, fp in chunk for op in _item_ops(sender, report_id, index, fp, now, expires)] + extra
     try:
@@ -149,7 +150,7 @@ def _record_chunk(
             fresh.append((index, fp))  # absent, or past its window: this item takes it over
         elif original.report_id != report_id:  # (else an earlier try of this report recorded it)
             duplicates[index] = original
-    ops = [op for index, fp in fresh for op in _item_ops(sender, report_id, index, fp, now, expires, "upsert")]
+    ops = [op for index, fp in fresh for op in _item_ops(sender, report_id, index, fp, now, expires, TransactionOperation.UPSERT)]
     if ops or extra:
         table_batch.submit(table, ops + extra)
     return duplicates

@@ -17,7 +17,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableTransactionError
+from azure.data.tables import TableTransactionError, TransactionOperation
 
 from shared import expiry, status, table_batch
 from shared.clock import now_iso, parse_iso
@@ -93,7 +93,7 @@ def claim(
 
 def _create(storage: Storage, settings: Settings, entity: dict[str, Any]) -> bool:
     """The claim and its expiry entry, in one transaction (one round trip, as the claim alone was)."""
-    ops = [("create", entity), ("upsert", _expiry_entry(entity))]
+    ops = [(TransactionOperation.CREATE, entity), (TransactionOperation.UPSERT, _expiry_entry(entity))]
     try:
         table_batch.submit(storage.idempotency, ops)
         return True
@@ -129,8 +129,8 @@ def _held(
         # The request that claimed the key stored nothing and cannot still be running: take the claim over.
         taken = {**entity, "created_at": now_iso()}
         table_batch.submit(storage.idempotency, [
-            ("update", taken, {"etag": existing.metadata["etag"], "match_condition": MatchConditions.IfNotModified}),
-            ("upsert", _expiry_entry(taken)),
+            (TransactionOperation.UPDATE, taken, {"etag": existing.metadata["etag"], "match_condition": MatchConditions.IfNotModified}),
+            (TransactionOperation.UPSERT, _expiry_entry(taken)),
         ])
         log.info("idempotency claim of report %s taken over by %s", existing["report_id"], entity["report_id"])
         return str(entity["report_id"])

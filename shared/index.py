@@ -29,10 +29,11 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, TransactionOperation, UpdateMode
 
 from shared import table_batch
 from shared.clock import parse_iso
+from shared.table_batch import Operation
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ _ID = r"[0-9A-HJKMNP-TV-Z]{26}"
 REPORT_ID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 KEY = re.compile(rf"^(n~{_ID}|u~\d{{{TIME_DIGITS}}}~{_ID}|s~[a-z]{{1,20}}~\d{{{TIME_DIGITS}}}~{_ID})$")
 
-Operation = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
 
 
 def inverted_id(report_id: str) -> str:
@@ -117,10 +117,10 @@ def entries(row: dict[str, Any]) -> list[dict[str, Any]]:
 def operations(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Operation]:
     """What turns `old`'s entries into `new`'s: one upsert per entry (each holds the record, which changed) and a
     delete per old key that is gone. `old` is None, or not yet indexed, when there are no entries to remove."""
-    ops: list[Operation] = [("upsert", entry, {"mode": UpdateMode.REPLACE}) for entry in entries(new)]
+    ops: list[Operation] = [(TransactionOperation.UPSERT, entry, {"mode": UpdateMode.REPLACE}) for entry in entries(new)]
     if old is not None and is_indexed(old):
         gone = set(keys(old)) - set(keys(new))
-        ops += [("delete", {"PartitionKey": new["PartitionKey"], "RowKey": key}) for key in sorted(gone)]
+        ops += [(TransactionOperation.DELETE, {"PartitionKey": new["PartitionKey"], "RowKey": key}) for key in sorted(gone)]
     return ops
 
 
@@ -138,7 +138,7 @@ def submit(table: TableClient, ops: list[Operation]) -> list[dict[str, Any]]:
             return table_batch.submit(table, ops)
         except TableTransactionError as exc:
             failed = ops[exc.index] if 0 <= exc.index < len(ops) else None
-            if exc.index > 0 and failed is not None and failed[0] == "delete" and exc.status_code == 404:
+            if exc.index > 0 and failed is not None and table_batch.kind_of(failed) is TransactionOperation.DELETE and exc.status_code == 404:
                 log.warning("index entry %s was already gone; committing without its delete", failed[1]["RowKey"])
                 ops.pop(exc.index)
                 continue

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, TransactionOperation, UpdateMode
 
 from shared import activity, checkpoints, index, reconcile, senders, status
 from shared.lifecycle import Status
 from shared.storage import Storage
+from shared.table_batch import Operation
 
 JOB = "index-rebuild"
 DONE = "~done"  # a sender's checkpoint once all its rows are indexed (sorts after every id)
@@ -75,12 +76,12 @@ def _rebuild_sender(storage: Storage, sender: str, totals: Totals, progress: Cal
     progress(f"{sender}: done ({seen} rows read, {indexed} indexed)")
 
 
-def _operations(row: status.Row) -> list[index.Operation]:
+def _operations(row: status.Row) -> list[Operation]:
     """The row marked indexed (only if unchanged since read) and its entries, as the row stands."""
     marked = {**row.entity, index.VERSION_FIELD: index.VERSION}
     patch = {"PartitionKey": row.sender, "RowKey": row.id, index.VERSION_FIELD: index.VERSION}
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
-    return [("update", patch, guarded), *index.operations(None, marked)]
+    return [(TransactionOperation.UPDATE, patch, guarded), *index.operations(None, marked)]
 
 
 def _index_rows(table: TableClient, rows: list[status.Row]) -> int:

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableEntity, UpdateMode
+from azure.data.tables import TableClient, TableEntity, TransactionOperation, UpdateMode
 
 from shared import index, row_limits
 from shared.clock import now_iso
@@ -54,7 +54,7 @@ class Row:
 def create(table: TableClient, entity: dict[str, Any]) -> Row:
     """Store a new row with its index entries; raises ResourceExistsError if the id is taken."""
     entity = {**entity, index.VERSION_FIELD: index.VERSION}
-    written = index.submit(table, [("create", entity), *index.operations(None, entity)])
+    written = index.submit(table, [(TransactionOperation.CREATE, entity), *index.operations(None, entity)])
     return Row(entity, written[0]["etag"])
 
 
@@ -84,7 +84,7 @@ def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
     merged = {**row.entity, **patch}
     row_limits.check(merged)
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
-    written = index.submit(table, [("update", patch, guarded), *index.operations(row.entity, merged)])
+    written = index.submit(table, [(TransactionOperation.UPDATE, patch, guarded), *index.operations(row.entity, merged)])
     return Row(merged, written[0]["etag"])
 
 

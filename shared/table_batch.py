@@ -22,7 +22,7 @@ from urllib.parse import quote
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
-from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, TransactionOperation, UpdateMode
 
 # The fast path leans on the SDK's private serialisers (pinned in requirements.txt; tests/test_table_batch.py checks
 # every part against the SDK's own). Should a release move them, transactions fall back to the public
@@ -45,8 +45,14 @@ MINIMAL_METADATA = "application/json;odata=minimalmetadata"
 MAX_OPERATIONS = 100  # Azure's limit per entity-group transaction
 
 Part = tuple[str, str, list[tuple[str, str]], str]  # method, URL, headers, body
-# As TableClient.submit_transaction takes them: (kind, entity) or (kind, entity, options).
-Operation = tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Mapping[str, Any]]
+# As TableClient.submit_transaction takes them: (kind, entity) or (kind, entity, options), the kind the SDK's own enum.
+Operation = tuple[TransactionOperation, Mapping[str, Any]] | tuple[TransactionOperation, Mapping[str, Any], Mapping[str, Any]]
+
+
+def kind_of(operation: Operation) -> TransactionOperation:
+    """The operation's kind (the SDK takes its names as plain strings too, in any case)."""
+    kind = operation[0]
+    return kind if isinstance(kind, TransactionOperation) else TransactionOperation(str(kind).lower())
 
 
 def _entity_url(base: str, entity: Mapping[str, Any]) -> str:
@@ -69,26 +75,26 @@ def _conditions(etag: str | None, match_condition: MatchConditions | None) -> li
 
 def _part(base: str, version: str, operation: Operation) -> Part:
     """One operation as the SDK's TableBatchOperations would frame it (create, update, upsert, delete)."""
-    kind, entity = str(operation[0]).lower(), operation[1]
+    kind, entity = kind_of(operation), operation[1]
     options: dict[str, Any] = dict(operation[2]) if len(operation) > 2 else {}
     mode = options.pop("mode", UpdateMode.MERGE)
     etag, match_condition = options.pop("etag", None), options.pop("match_condition", None)
-    if options or kind not in ("create", "update", "upsert", "delete"):
+    if options:
         raise ValueError(f"unsupported transaction operation {kind} {sorted(options)}")
     if "PartitionKey" not in entity or "RowKey" not in entity:
         raise ValueError("PartitionKey and/or RowKey were not provided in entity")
     common = [("x-ms-version", version), ("DataServiceVersion", DATA_SERVICE_VERSION)]
-    if kind == "delete":
+    if kind is TransactionOperation.DELETE:
         headers = [*common, ("Accept", MINIMAL_METADATA), *_conditions(etag, match_condition)]
         return "DELETE", _entity_url(base, entity), headers, ""
     body = json.dumps(_add_entity_properties(entity))
-    if kind == "create":
+    if kind is TransactionOperation.CREATE:
         return "POST", base, [("Content-Type", "application/json"), *common, ("Accept", MINIMAL_METADATA)], body
     if mode not in (UpdateMode.MERGE, UpdateMode.REPLACE):
         raise ValueError(f"Mode type '{mode}' is not supported.")
     method = "PUT" if mode == UpdateMode.REPLACE else "PATCH"
     headers = [("Content-Type", "application/json"), *common, ("Accept", "application/json")]
-    if kind == "update":
+    if kind is TransactionOperation.UPDATE:
         headers += _conditions(etag, match_condition)
     return method, _entity_url(base, entity), headers, body
 
@@ -154,9 +160,9 @@ def submit_public(table: TableClient, operations: Sequence[Operation]) -> list[d
 
 
 def _public(operation: Operation) -> Operation:
-    kind, entity = str(operation[0]).lower(), operation[1]
+    kind, entity = kind_of(operation), operation[1]
     options = dict(operation[2]) if len(operation) > 2 else {}
-    if kind in ("update", "upsert"):
+    if kind in (TransactionOperation.UPDATE, TransactionOperation.UPSERT):
         options.setdefault("mode", UpdateMode.MERGE)
     return (kind, entity, options) if options else (kind, entity)
 
