@@ -33,6 +33,7 @@ from azure.data.tables import TableClient, TableTransactionError, TransactionOpe
 
 from shared import table_batch
 from shared.clock import parse_iso
+from shared.lifecycle import Status
 from shared.table_batch import Operation
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,8 @@ def status_key(status: str, updated_at: str, report_id: str) -> str:
     return f"{status_prefix(status)}{inverted_time(updated_at)}~{report_id}"
 
 
-# Statuses whose rows are in the status index only (Status.RECEIVED; shared/status.py imports this module, so the
-# name is spelled out here and checked against the enum by tests/test_index.py).
-STATUS_ONLY = frozenset({"received"})
+# Statuses whose rows are in the status index only: stored, not yet enqueued.
+STATUS_ONLY = frozenset({Status.RECEIVED.value})
 
 
 def keys(row: dict[str, Any]) -> list[str]:
