@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from shared.models import Issue, NormalisedItem
+from shared.formats.items import ContentError as ContentError
+from shared.formats.items import ItemResult as ItemResult
+from shared.formats.items import item_issue as item_issue
 
 # Media type (lower case, without parameters) -> format name used in `source_format`.
 FORMATS: dict[str, str] = {
@@ -14,29 +15,6 @@ FORMATS: dict[str, str] = {
     "application/fhir+ndjson": "fhir",
     "text/csv": "csv",
 }
-
-
-@dataclass
-class ItemResult:
-    """The outcome for one item: `item` is set when accepted; `errors` explain a rejection."""
-
-    index: int
-    item: NormalisedItem | None
-    errors: list[Issue] = field(default_factory=list)
-    warnings: list[Issue] = field(default_factory=list)
-
-
-class ContentError(Exception):
-    """The report as a whole is unusable (e.g. not HL7 at all, undecodable, no header): it is `rejected`."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.issue = Issue(scope="report", code=code, message=message, field=field)
-
-
-def item_issue(index: int, field: str | None, code: str, message: str) -> Issue:
-    """An error or warning about one item: the one shape every format's parser reports in."""
-    return Issue(scope="item", index=index, field=field, code=code, message=message)
 
 
 def media_type(content_type: str) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from shared.formats import item_issue
+from shared.formats.items import item_issue
 from shared.models import Issue
 
 

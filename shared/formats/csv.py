@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
-from shared.formats import ContentError, ItemResult, codes, simplereport
-from shared.formats import item_issue as _issue
+from shared.formats import codes, simplereport
 from shared.formats._dates import iso_from_text
+from shared.formats.items import ContentError, ItemResult
+from shared.formats.items import item_issue as _issue
 from shared.models import NormalisedItem, Observation
 
 REQUIRED = ("patient_id", "test_code", "result", "specimen_collected_at")

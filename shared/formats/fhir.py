@@ -26,10 +26,10 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from shared import registry
-from shared.formats import ContentError, ItemResult
-from shared.formats import item_issue as _issue
 from shared.formats.fhir_core import READ_ELEMENTS, READ_EXTENSIONS, normalise
 from shared.formats.fhir_fast import CACHEABLE, Loc, Located, Model, ProblemCache, by_element, conforms
+from shared.formats.items import ContentError, ItemResult
+from shared.formats.items import item_issue as _issue
 from shared.models import Issue
 
 # A report's items are capped at 10,000; a Bundle's entries likewise, so that one item cannot

@@ -14,9 +14,9 @@ from decimal import Decimal
 from typing import Any, overload
 
 from shared.formats import codes
-from shared.formats import item_issue as _issue
 from shared.formats._dates import iso_from_text, iso_year_or_month
 from shared.formats.collection_time import Collected, DateSyntax, collected_at
+from shared.formats.items import item_issue as _issue
 from shared.models import Issue, NormalisedItem, Observation
 
 _LOINC = "http://loinc.org"

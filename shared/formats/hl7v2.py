@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from shared.formats import ContentError, ItemResult, codes
-from shared.formats import item_issue as _issue
+from shared.formats import codes
 from shared.formats._dates import date_from_hl7, hl7_year_or_month, iso_from_hl7
 from shared.formats.collection_time import Collected, DateSyntax, collected_at
 from shared.formats.hl7_segments import MAX_COMPONENTS as MAX_COMPONENTS
@@ -16,6 +15,8 @@ from shared.formats.hl7_segments import MAX_FIELDS as MAX_FIELDS
 from shared.formats.hl7_segments import MAX_REPETITIONS as MAX_REPETITIONS
 from shared.formats.hl7_segments import MAX_SEGMENTS as MAX_SEGMENTS
 from shared.formats.hl7_segments import BadMessage, Message, Refused, decode, has_header, messages, nth, unescape
+from shared.formats.items import ContentError, ItemResult
+from shared.formats.items import item_issue as _issue
 from shared.models import Issue, NormalisedItem, Observation
 
 _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})

@@ -14,9 +14,10 @@ from functools import cache
 from typing import TypedDict
 from zoneinfo import ZoneInfo, available_timezones
 
-from shared.formats import ItemResult, codes
-from shared.formats import item_issue as _issue
+from shared.formats import codes
 from shared.formats._dates import iso_from_text
+from shared.formats.items import ItemResult
+from shared.formats.items import item_issue as _issue
 from shared.models import NormalisedItem, Observation
 
 _ZIP = re.compile(r"[0-9]{5}(?:-[0-9]{4})?")
