@@ -1,0 +1,116 @@
+"""Intake against the storage ceiling, in turns: the ratio the intake target is stated in, robust to a machine whose
+speed drifts.
+
+    .venv/bin/python -m bench.ratio [--rounds 5] [--seconds 4] [--workers 1]
+
+`bench.run` measures the ceiling's levels and then intake's, a minute apart; on a shared 2-core machine the same
+level swings by half from one minute to the next (two quick runs minutes apart gave a ceiling at 32 clients of 146
+and 228 ops/s), so a ratio of two figures taken apart says little. Here one Azurite and one devhost (processor off)
+stay up, and each round runs, at each concurrency, the ceiling (blob upload + table insert + queue put with the
+app's clients, bench/ceiling.py) and intake over HTTP back to back, the order alternating between rounds. Each
+figure is the median over rounds; the ratio is the median of the per-round ratios. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from bench.ceiling import Clients, IntakeOps
+from bench.load import LevelResult, latency_summary, post_factory, run_level
+from bench.reports import HL7, small_report
+from bench.service import Processes, add_sender, wait_health
+
+LEVELS = (1, 8, 32)
+
+
+def _figures(level: LevelResult) -> dict[str, Any]:
+    latency = latency_summary(level.latencies)
+    return {"per_s": round(level.rate, 1), "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
+            "errors": level.errors, "outcomes": level.outcomes, "error_samples": level.error_samples[:3],
+            "longest_gap_s": round(level.longest_gap_s, 2)}
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ratio", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level and side")
+    parser.add_argument("--workers", type=int, default=1, help="FUNCTIONS_WORKER_PROCESS_COUNT of the devhost")
+    args = parser.parse_args(argv)
+    procs = Processes(workers=args.workers)
+    counter = iter(range(10**12))
+    try:
+        azurite = procs.start_azurite()
+        clients = Clients.create(azurite.connection_string)
+        ceiling_op = IntakeOps(clients)
+        key = add_sender(azurite.connection_string, "lab-ratio")
+        host = procs.start_devhost(processor=False)
+        wait_health(host.url)
+        post = post_factory(host.url, key, HL7, lambda: small_report(next(counter)))
+        run_level(post, 4, 1.0)  # imports and first-use resource creation are not measured
+        per_level: dict[int, list[dict[str, Any]]] = {c: [] for c in LEVELS}
+        for number in range(args.rounds):
+            for c in LEVELS:
+                sides = {}
+                order = ("ceiling", "intake") if (number + c) % 2 == 0 else ("intake", "ceiling")
+                for side in order:
+                    factory = (lambda _i: (ceiling_op, lambda: None)) if side == "ceiling" else post
+                    level = _unstalled(lambda f=factory, n=c: run_level(f, n, args.seconds, 0.5))
+                    if side == "ceiling":
+                        clients.clear()  # Azurite's queue operations slow down with every message it holds
+                    sides[side] = _figures(level)
+                ratio = sides["intake"]["per_s"] / sides["ceiling"]["per_s"] if sides["ceiling"]["per_s"] else None
+                per_level[c].append({"ceiling": sides["ceiling"], "intake": sides["intake"],
+                                     "ratio": None if ratio is None else round(ratio, 3)})
+                for side, got in sides.items():
+                    if got["errors"] or got["longest_gap_s"] > STALL_S:
+                        print(f"  {side}: {got['outcomes']} {got['error_samples']}, nothing done for "
+                              f"{got['longest_gap_s']} s", flush=True)
+                print(f"round {number + 1}/{args.rounds} c={c:<2d} ceiling {sides['ceiling']['per_s']:6.1f}/s  "
+                      f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}", flush=True)
+            _drop_intake_messages(azurite.connection_string)
+    finally:
+        procs.stop_all()
+    summary = {
+        f"c{c}": {
+            "intake_over_ceiling": _median(rounds, "ratio"),
+            "ratios": [r["ratio"] for r in rounds],
+            "ceiling_per_s": statistics.median(r["ceiling"]["per_s"] for r in rounds),
+            "intake_per_s": statistics.median(r["intake"]["per_s"] for r in rounds),
+            "ceiling_p50_p99_ms": [_median([r["ceiling"] for r in rounds], k) for k in ("p50_ms", "p99_ms")],
+            "intake_p50_p99_ms": [_median([r["intake"] for r in rounds], k) for k in ("p50_ms", "p99_ms")],
+        }
+        for c, rounds in per_level.items() if rounds
+    }
+    print(json.dumps({"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers, "levels": summary},
+                     indent=2))
+    return 0
+
+
+STALL_S = 1.5
+
+
+def _unstalled(run: Callable[[], LevelResult]) -> LevelResult:
+    """A level run again once when nothing completed for STALL_S (Azurite's queue GC blocks it for seconds every
+    minute): the stall is the emulator's, not either side's."""
+    level = run()
+    return run() if level.longest_gap_s > STALL_S else level
+
+
+def _drop_intake_messages(conn: str) -> None:
+    """The intake devhost's processor is off, so its queue only grows: emptied between rounds, as the ceiling's is."""
+    from shared.storage import Storage
+
+    Storage.from_connection_string(conn).queue.clear_messages()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
