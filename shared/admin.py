@@ -169,7 +169,7 @@ def replay_report(storage: Storage, row: status.Row, force: bool = False) -> Non
 
 
 def _reset_to_received(storage: Storage, row: status.Row) -> status.Row:
-    changes: dict[str, object] = {"status": Status.RECEIVED, "completed_at": None, "errors": []}
+    changes: status.Changes = {"status": Status.RECEIVED, "completed_at": None, "errors": []}
     if row.record().delivery is not None:
         changes["delivery"] = Delivery(status="pending").model_dump()
     try:

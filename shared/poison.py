@@ -22,7 +22,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
@@ -123,7 +122,7 @@ def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | Non
     """Mark the report `failed` if it is still pending and unchanged since its message was poisoned."""
     at = now_iso()
 
-    def change(row: status.Row) -> dict[str, Any] | None:
+    def change(row: status.Row) -> status.Changes | None:
         if row.status in TERMINAL or _changed_since(row, poisoned_at):
             return None
         record_ = row.record()

@@ -209,16 +209,16 @@ def _mark_processing(storage: Storage, settings: Settings, message: QueueMessage
     message that may still be running, stands down. A redelivery of the same message (its try crashed) takes over,
     as does any message once the mark is older than an invocation can run."""
 
-    def start(current: status.Row) -> dict[str, Any] | None:
+    def start(current: status.Row) -> status.Changes | None:
         if current.status in TERMINAL:
             return None
         holder = current.entity.get(WORKER)
         if (current.status is Status.PROCESSING and message_id and holder and holder != message_id
                 and _recent(current, settings)):
             raise AtWork
-        changes: dict[str, Any] = {"status": Status.PROCESSING, "attempts": attempt}
+        changes: status.Changes = {"status": Status.PROCESSING, "attempts": attempt}
         if message_id:
-            changes[WORKER] = message_id
+            changes["worker"] = message_id
         return changes
 
     return status.update(storage.reports, message.sender, message.id, start, known=row)
@@ -444,7 +444,7 @@ def _wait_for_downstream(
             exclude_none=True), time_to_live=-1)
         log.warning("report %s: delivery given up after %g hours", message.id, settings.delivery_retry_hours)
         return Status.FAILED.value
-    changes: dict[str, object] = {"status": Status.PROCESSING, "attempts": attempt, "delivery": pending.model_dump(),
+    changes: status.Changes = {"status": Status.PROCESSING, "attempts": attempt, "delivery": pending.model_dump(),
                                   "errors": deferred.errors, "warnings": deferred.warnings}
     if items is not None:
         changes["items"] = items.model_dump()
@@ -504,14 +504,14 @@ def _finish(
     warnings: list[dict[str, Any]] | None = None,
     delivery: Delivery | None = None,
 ) -> None:
-    changes: dict[str, object] = {"status": outcome, "attempts": attempt, "completed_at": now_iso(),
+    changes: status.Changes = {"status": outcome, "attempts": attempt, "completed_at": now_iso(),
                                   "errors": errors or [], "warnings": warnings or []}
     if items is not None:
         changes["items"] = items.model_dump()
     if delivery is not None:
         changes["delivery"] = delivery.model_dump()
 
-    def change(row: status.Row) -> dict[str, Any] | None:
+    def change(row: status.Row) -> status.Changes | None:
         return None if row.status in TERMINAL else changes
 
     ending.update(storage.reports, message.sender, message.id, change, known=started)
@@ -523,7 +523,7 @@ def _record_exception(
     entry = ExceptionEntry(attempt=attempt, at=now_iso(), type=type(exc).__name__,
                            message=logs.safe_message(exc)[:300])
 
-    def change(row: status.Row) -> dict[str, Any] | None:
+    def change(row: status.Row) -> status.Changes | None:
         if row.status in TERMINAL:
             return None
         record = row.record()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
@@ -21,6 +21,21 @@ from shared.clock import now_iso
 from shared.lifecycle import Status, check_move
 from shared.models import StatusRecord
 from shared.status_entity import entity_to_record, to_property
+
+
+class Changes(TypedDict, total=False):
+    """What a status write may change: record fields as the record holds them (status_entity stores them), and the
+    processing mark."""
+
+    status: Status
+    completed_at: str | None
+    attempts: int
+    items: dict[str, int] | None
+    errors: list[dict[str, Any]]
+    warnings: list[dict[str, Any]]
+    exceptions: list[dict[str, Any]]
+    delivery: dict[str, Any] | None
+    worker: str  # the queue message whose try marked the report `processing` (shared/processing.py)
 
 
 class ConcurrentUpdate(RuntimeError):
@@ -72,11 +87,11 @@ def read(table: TableClient, sender: str, report_id: str) -> Row | None:
     return Row(dict(entity), etag(entity), entity.metadata.get("timestamp"))
 
 
-def write(table: TableClient, row: Row, changes: dict[str, object]) -> Row:
+def write(table: TableClient, row: Row, changes: Changes) -> Row:
     """Merge `changes` into the row if nobody changed it since it was read; raises ResourceModifiedError if so, and
     TransitionError for a status change the lifecycle does not allow."""
-    if changes.get("status") is not None:
-        check_move(row.status, Status(changes["status"]))
+    if "status" in changes:
+        check_move(row.status, changes["status"])
     patch: dict[str, object] = {"PartitionKey": row.sender, "RowKey": row.id, "updated_at": now_iso()}
     for name, value in changes.items():
         patch[name] = to_property(name, value)
@@ -92,7 +107,7 @@ def update(
     table: TableClient,
     sender: str,
     report_id: str,
-    change: Callable[[Row], dict[str, object] | None],
+    change: Callable[[Row], Changes | None],
     attempts: int = 8,
     known: Row | None = None,
 ) -> Row | None:
