@@ -70,7 +70,7 @@ class Azurite:
     location: Path | None = None
     ports: tuple[int, int, int] = field(default_factory=lambda: (free_port(), free_port(), free_port()))
     log_path: Path | None = None
-    # No access log: one line per request costs Azurite about 0.5 ms of its single thread (benchmarks want that).
+    # No access log: a line per request costs Azurite's single thread time the benchmarks would count.
     silent: bool = False
     cert: Path | None = None
     key: Path | None = None

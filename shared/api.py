@@ -49,7 +49,7 @@ ROUTE_PREFIX = "/api"
 HOST_PORT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>\d{1,5}))?$")
 # A media type (RFC 9110 type/subtype) with parameters in printable ASCII, not parsed further: the value is stored
 # as a blob header and a row property, so anything longer than a real one is refused before it reaches storage
-# (Azure refuses oversized headers; a 16 KB value used to come back as 503 "retry", forever).
+# (Azure refuses oversized headers, which the sender would otherwise see as a 503 "retry", forever).
 MAX_CONTENT_TYPE = 255
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(?:[ \t]*;[\t\x20-\x7e]*)?$")

@@ -1,11 +1,10 @@
 """Entity-group transactions sent as one plain request, framed here from the SDK's own entity serialisation.
 
 Why not `TableClient.submit_transaction`: azure-core prepares a multipart request with two thread pools per call and
-reads the answer with the `email` parser, about 8 ms of CPU per transaction against 3 ms for a single write. Why not
-the SDK's `TableBatchOperations` parts either: each part goes through the generated request builders (URL and
-header serialisers, an `HttpRequest` per part), about 0.25 ms of CPU per entity, and a status change writes the row
-with its index entries, so that alone cost 2-3 ms of CPU per ingested report. Here a part is a few lines of
-text: the entity body still comes from the SDK's `_add_entity_properties` (EDM types), keys are escaped as the SDK
+reads the answer with the `email` parser, several times the CPU of a single write (bench/table_batch.py and
+docs/benchmarks.md measure it). Why not the SDK's `TableBatchOperations` parts either: each part goes through the
+generated request builders (URL and header serialisers, an `HttpRequest` per part), and every status change writes
+the row with its index entries. Here a part is a few lines of text: the entity body still comes from the SDK's `_add_entity_properties` (EDM types), keys are escaped as the SDK
 escapes them, and tests/test_table_batch.py checks every part against the SDK's own for the pinned version. The
 request goes through the client's pipeline (authentication, retries, transport).
 """
