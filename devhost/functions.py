@@ -222,7 +222,7 @@ class LoadedFunction:
         except asyncio.CancelledError:
             self._log_end(False, invocation_id, t0, asyncio.CancelledError("invocation cancelled"))
             raise
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - the host reports every failure, SystemExit included
             self._log_end(False, invocation_id, t0, exc)
             return Outcome(False)
         self._log_end(True, invocation_id, t0, None)

@@ -83,7 +83,7 @@ class EdgeLimits:
                     raise ValueError(f"{setting} must be more than 0 and at most {getattr(cls, name)} (the host's "
                                      f"own limit), got {text!r}")
         # values holds only the float fields named above; max_connections is the one int
-        return cls(**values, **({"max_connections": int(cap)} if cap else {}))  # type: ignore[arg-type]
+        return cls(**values, **({"max_connections": int(cap)} if cap else {}))  # type: ignore[arg-type]  # by name
 
 
 # What EdgeProtocol uses of uvicorn beyond its public `http=` protocol option: the httptools protocol's callbacks,
@@ -341,7 +341,7 @@ class HttpApp:
         value = outcome.value if out_name == "$return" else outcome.outputs.get(out_name)
         try:
             code, headers, payload = convert_response(value)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any unconvertible value is the function's error: 500, as the host answers
             log.exception("Functions.%s returned a value the HTTP output binding cannot convert", fn.name)
             await _respond(send, 500, [], b"")
             return

@@ -256,7 +256,7 @@ class QueuePoller:
                 batch = None
                 try:
                     await self._ensure_queue(self.client)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - the next poll tries again
                     pass
             except Exception as exc:  # noqa: BLE001 - storage errors back off and retry, as the listener does
                 log.warning("Polling queue '%s' failed: %s", self.queue_name, exc)
@@ -360,7 +360,7 @@ class QueuePoller:
                     return
                 log.warning("Renewing the lock on message '%s' failed, retrying: %s", receipt.id, exc)
                 wait = max(0.5, interval / 4)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any other renewal failure is retried the same way
                 log.warning("Renewing the lock on message '%s' failed, retrying: %s", receipt.id, exc)
                 wait = max(0.5, interval / 4)
 

@@ -183,7 +183,7 @@ def _commit_ack(body: bytes, report_id: str) -> bytes | None:
     error answer now."""
     try:
         return hl7_ack.commit_ack(body)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - stored already: nothing may turn the 202 into an error now
         log.warning("report %s: no HL7 acknowledgement (%s); answering JSON", report_id, type(exc).__name__)
         return None
 

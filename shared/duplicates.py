@@ -101,7 +101,8 @@ def _chunks(items: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int,
 
 
 def _digest_ops(sender: str, report_id: str, sha256: str, now: datetime, expires: str) -> list[Operation]:
-    return [(TransactionOperation.UPSERT, {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}", "report_id": report_id,
+    return [(TransactionOperation.UPSERT, {"PartitionKey": sender, "RowKey": f"{DIGEST}{sha256}",
+                                           "report_id": report_id,
                         "first_seen": to_iso(now), expiry.EXPIRES: expires}),
             (TransactionOperation.UPSERT, expiry.entry(sender, f"{DIGEST}{sha256}", expires))]
 
@@ -150,7 +151,8 @@ def _record_chunk(
             fresh.append((index, fp))  # absent, or past its window: this item takes it over
         elif original.report_id != report_id:  # (else an earlier try of this report recorded it)
             duplicates[index] = original
-    ops = [op for index, fp in fresh for op in _item_ops(sender, report_id, index, fp, now, expires, TransactionOperation.UPSERT)]
+    upsert = TransactionOperation.UPSERT
+    ops = [op for index, fp in fresh for op in _item_ops(sender, report_id, index, fp, now, expires, upsert)]
     if ops or extra:
         table_batch.submit(table, ops + extra)
     return duplicates

@@ -49,5 +49,6 @@ def failed(record: StatusRecord, entry: ExceptionEntry) -> status.Changes:
     changes = tried(record, entry)
     changes["status"], changes["completed_at"] = Status.FAILED, entry.at
     if record.delivery is not None and record.delivery.status == "pending":
-        changes["delivery"] = Delivery(status="failed", at=entry.at, http_status=record.delivery.http_status).model_dump()
+        changes["delivery"] = Delivery(status="failed", at=entry.at,
+                                       http_status=record.delivery.http_status).model_dump()
     return changes

@@ -129,7 +129,8 @@ def _held(
         # The request that claimed the key stored nothing and cannot still be running: take the claim over.
         taken = {**entity, "created_at": now_iso()}
         table_batch.submit(storage.idempotency, [
-            (TransactionOperation.UPDATE, taken, {"etag": existing.metadata["etag"], "match_condition": MatchConditions.IfNotModified}),
+            (TransactionOperation.UPDATE, taken,
+             {"etag": existing.metadata["etag"], "match_condition": MatchConditions.IfNotModified}),
             (TransactionOperation.UPSERT, _expiry_entry(taken)),
         ])
         log.info("idempotency claim of report %s taken over by %s", existing["report_id"], entity["report_id"])

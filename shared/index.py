@@ -117,10 +117,12 @@ def entries(row: dict[str, Any]) -> list[dict[str, Any]]:
 def operations(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Operation]:
     """What turns `old`'s entries into `new`'s: one upsert per entry (each holds the record, which changed) and a
     delete per old key that is gone. `old` is None, or not yet indexed, when there are no entries to remove."""
-    ops: list[Operation] = [(TransactionOperation.UPSERT, entry, {"mode": UpdateMode.REPLACE}) for entry in entries(new)]
+    ops: list[Operation] = [(TransactionOperation.UPSERT, entry, {"mode": UpdateMode.REPLACE})
+                            for entry in entries(new)]
     if old is not None and is_indexed(old):
         gone = set(keys(old)) - set(keys(new))
-        ops += [(TransactionOperation.DELETE, {"PartitionKey": new["PartitionKey"], "RowKey": key}) for key in sorted(gone)]
+        ops += [(TransactionOperation.DELETE, {"PartitionKey": new["PartitionKey"], "RowKey": key})
+                for key in sorted(gone)]
     return ops
 
 
@@ -138,7 +140,8 @@ def submit(table: TableClient, ops: list[Operation]) -> list[dict[str, Any]]:
             return table_batch.submit(table, ops)
         except TableTransactionError as exc:
             failed = ops[exc.index] if 0 <= exc.index < len(ops) else None
-            if exc.index > 0 and failed is not None and table_batch.kind_of(failed) is TransactionOperation.DELETE and exc.status_code == 404:
+            deleting = failed is not None and table_batch.kind_of(failed) is TransactionOperation.DELETE
+            if failed is not None and deleting and exc.index > 0 and exc.status_code == 404:
                 log.warning("index entry %s was already gone; committing without its delete", failed[1]["RowKey"])
                 ops.pop(exc.index)
                 continue

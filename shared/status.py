@@ -99,7 +99,8 @@ def write(table: TableClient, row: Row, changes: Changes) -> Row:
     merged = {**row.entity, **patch}
     row_limits.check(merged)
     guarded = {"mode": UpdateMode.MERGE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}
-    written = index.submit(table, [(TransactionOperation.UPDATE, patch, guarded), *index.operations(row.entity, merged)])
+    update = (TransactionOperation.UPDATE, patch, guarded)
+    written = index.submit(table, [update, *index.operations(row.entity, merged)])
     return Row(merged, written[0]["etag"])
 
 

@@ -4,9 +4,10 @@ Why not `TableClient.submit_transaction`: azure-core prepares a multipart reques
 reads the answer with the `email` parser, several times the CPU of a single write (bench/table_batch.py and
 docs/benchmarks.md measure it). Why not the SDK's `TableBatchOperations` parts either: each part goes through the
 generated request builders (URL and header serialisers, an `HttpRequest` per part), and every status change writes
-the row with its index entries. Here a part is a few lines of text: the entity body still comes from the SDK's `_add_entity_properties` (EDM types), keys are escaped as the SDK
-escapes them, and tests/test_table_batch.py checks every part against the SDK's own for the pinned version. The
-request goes through the client's pipeline (authentication, retries, transport).
+the row with its index entries. Here a part is a few lines of text: the entity body still comes from the SDK's
+`_add_entity_properties` (EDM types), keys are escaped as the SDK escapes them, and tests/test_table_batch.py checks
+every part against the SDK's own for the pinned version. The request goes through the client's pipeline
+(authentication, retries, transport).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ MAX_OPERATIONS = 100  # Azure's limit per entity-group transaction
 
 Part = tuple[str, str, list[tuple[str, str]], str]  # method, URL, headers, body
 # As TableClient.submit_transaction takes them: (kind, entity) or (kind, entity, options), the kind the SDK's own enum.
-Operation = tuple[TransactionOperation, Mapping[str, Any]] | tuple[TransactionOperation, Mapping[str, Any], Mapping[str, Any]]
+Operation = (tuple[TransactionOperation, Mapping[str, Any]]
+             | tuple[TransactionOperation, Mapping[str, Any], Mapping[str, Any]])
 
 
 def kind_of(operation: Operation) -> TransactionOperation:
@@ -106,7 +108,7 @@ def parts(table: TableClient, operations: Sequence[Operation]) -> list[Part]:
         raise ValueError("Partition Keys in the batch must all be the same.")
     if table._cosmos_endpoint:  # noqa: SLF001 - Cosmos wants merges as POST; not a target of this app
         raise ValueError("transactions against Cosmos DB table endpoints are not supported")
-    base = f"{table.scheme}://{table._primary_hostname}/{table.table_name}"  # noqa: SLF001
+    base = f"{table.scheme}://{table._primary_hostname}/{table.table_name}"  # private: checked at import
     return [_part(base, table.api_version, op) for op in operations]
 
 
@@ -115,7 +117,7 @@ def request(table: TableClient, operations: Sequence[Operation]) -> HttpRequest:
     batch_boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
     return HttpRequest(
         "POST",
-        f"{table.scheme}://{table._primary_hostname}/$batch",  # noqa: SLF001
+        f"{table.scheme}://{table._primary_hostname}/$batch",  # private: checked at import
         headers={
             "x-ms-version": table.api_version,
             "DataServiceVersion": DATA_SERVICE_VERSION,
@@ -130,7 +132,7 @@ def request(table: TableClient, operations: Sequence[Operation]) -> HttpRequest:
 def fast_path_works(table: TableClient) -> bool:
     """Whether every private name the fast path uses exists in this SDK (checked once per client type)."""
     return _PRIVATE_IMPORTS and all(hasattr(table, name) for name in _CLIENT_ATTRIBUTES) and \
-        hasattr(table._client, "send_request")  # noqa: SLF001
+        hasattr(table._client, "send_request")  # private: checked at import
 
 
 FAST = True  # tests turn it off to run the public path

@@ -218,7 +218,7 @@ def by_element(model: Model, resource: dict[str, Any],
     if absent:
         try:
             empty = validate(model, {"resourceType": kind})
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the model refusing an empty resource: fall back to the full check
             return None
         for key in absent:
             found = [p for p in empty if p[0] == (key,)]
