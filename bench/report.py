@@ -79,6 +79,8 @@ def table(r: RunResults) -> str:
         lines += _e2e_lines(r.e2e)
     if r.big_report:
         lines.append(_big_line(r.big_report))
+    if r.parse_speed:
+        lines += _parse_lines(r.parse_speed)
     lines += _ratio_lines(r, summary(r))
     return "\n".join(lines)
 
@@ -143,12 +145,18 @@ def _big_line(b: BigReport) -> str:
             f" -> {terminal.status if terminal else None} {terminal.items if terminal else None}")
 
 
+def _parse_lines(speeds: Json) -> list[str]:
+    return ["parse speed (MB/s of CPU): " + "; ".join(
+        f"{name} {v['parse_mb_per_s']} (its bytes by {v['floor']}: {v['floor_mb_per_s']})" for name, v in speeds.items())]
+
+
 def _ratio_lines(r: RunResults, s: Json) -> list[str]:
     return ["", f"RATIOS  intake/ceiling c=8: {_f(s.get('intake_over_ceiling_c8'), '{:.2f}')}   "
                 f"c=32: {_f(s.get('intake_over_ceiling_c32'), '{:.2f}')}   drain/ceiling: "
                 f"{_f(s.get('drain_over_ceiling'), '{:.2f}')} (last {r.plan.proc_ceiling_max}: "
                 f"{_f(s.get('drain_over_ceiling_tail'), '{:.2f}')})   e2e p50: {_f(s.get('e2e_p50_ms'))} ms "
                 f"(idle {_f(s.get('e2e_idle_p50_ms'))} ms)",
+            "(ceiling and intake here are phases a minute apart: python -m bench.ratio measures the ratio in turns)",
             f"total run time {_f(r.total_s)} s; other processes used up to "
             f"{_f(s.get('other_processes_cpu_cores_max'), '{:.2f}')} cores during the measurements"
             + (f"; notes: {r.notes}" if r.notes else ""), ""]

@@ -190,7 +190,7 @@ class RunResults(JsonResult):
     """Everything one run measured, each phase's result once it completed."""
 
     omit_if_none = ("machine_load_before", "machine", "ceiling", "intake", "drain", "e2e", "processing_ceiling",
-                    "big_report", "error", "total_s")
+                    "big_report", "parse_speed", "error", "total_s")
     started_at: str
     quick: bool
     plan: Plan
@@ -203,5 +203,6 @@ class RunResults(JsonResult):
     e2e: E2E | None = None
     processing_ceiling: ProcessingCeiling | None = None
     big_report: BigReport | None = None
+    parse_speed: Json | None = None  # bench.parse_speed: MB/s of CPU per format beside its floor
     error: str | None = None  # the traceback of what broke the run, with the tail of a dead devhost's log
     total_s: float | None = None

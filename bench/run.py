@@ -15,7 +15,8 @@ Phases: 1 storage ceiling (direct SDK: blob + insert + queue put) at c=1/8/32; 2
 disabled) at c=1/8/32; 3 drain of a 5,000-report backlog by a devhost with the processor enabled; 4 end-to-end
 latency on the idle service; 5 processing ceiling (direct SDK: receive + blob read + table merge + delete) over a
 backlog as large as the drain's, its last 1,000 timed apart; 6 one ~50 MB HL7 batch: accept time and peak memory
-of the intake devhost, then processing time and peak memory of a separate processing devhost.
+of the intake devhost, then processing time and peak memory of a separate processing devhost; 7 parse speed per
+format beside reading the same bytes (bench/parse_speed.py, in this process).
 
 Azurite's in-memory queue costs O(messages in all queues) per receive/delete/count and sweeps deleted messages every
 minute (blocking it for seconds after thousands of deletes): the ceiling's messages are cleared and swept before
@@ -24,7 +25,8 @@ report their rate with and without such stalls. CPU use of every process (devhos
 processes on the machine, `others`) is recorded with each measurement.
 
 This module holds the command line and the order of the phases. Each phase returns its dataclass of
-bench/results.py: bench/phases.py (setup, 1, 2, 5), bench/drain.py (3), bench/e2e.py (4), bench/big_report.py (6);
+bench/results.py: bench/phases.py (setup, 1, 2, 5), bench/drain.py (3), bench/e2e.py (4), bench/big_report.py (6),
+bench/parse_speed.py (7);
 bench/report.py writes the JSON, the chart and the printed table. bench/plan.py holds the counts of a full and a
 quick run, bench/session.py what the phases share (processes, sender key, time budget, progress lines).
 """
@@ -40,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import big_report, drain, e2e, phases, report
+from bench import big_report, drain, e2e, parse_speed, phases, report
 from bench.plan import FULL, QUICK, Plan
 from bench.profiling import py_spy
 from bench.results import RunResults
@@ -105,6 +107,8 @@ def _all_phases(s: Session, results: RunResults) -> None:
     big = big_report.start(s)
     results.big_report = big.result  # kept, as far as it got, if the measurement breaks
     big_report.measure(s, big)
+    say("phase 7: parse speed per format beside reading the same bytes (in this process, CPU time)")
+    results.parse_speed = parse_speed.measure(0.5 if s.plan.level_s < FULL.level_s else 2.0)
 
 
 def _latency_phases(s: Session, results: RunResults, host: DevHostProcess | None) -> None:
