@@ -114,14 +114,19 @@ def _azure_monitor_sampler() -> Sampler | None:
 
 
 def _resource() -> Resource:
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, OTELResourceDetector, Resource
     from opentelemetry.sdk.resources import SERVICE_NAME as SERVICE_NAME_KEY
-    from opentelemetry.sdk.resources import Resource
 
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the service's own name applies only when
     # they name none (the SDK then says `unknown_service`).
     configured = Resource.create()
     if str(configured.attributes.get(SERVICE_NAME_KEY, "")).startswith("unknown_service"):
-        return configured.merge(Resource({SERVICE_NAME_KEY: SERVICE_NAME}))
+        configured = configured.merge(Resource({SERVICE_NAME_KEY: SERVICE_NAME}))
+    # Azure names each instance of the app in WEBSITE_INSTANCE_ID; Application Insights shows it as the role
+    # instance (else the SDK's random id per process), unless OTEL_RESOURCE_ATTRIBUTES names one.
+    instance = os.environ.get("WEBSITE_INSTANCE_ID")
+    if instance and SERVICE_INSTANCE_ID not in OTELResourceDetector().detect().attributes:
+        configured = configured.merge(Resource({SERVICE_INSTANCE_ID: instance}))
     return configured
 
 

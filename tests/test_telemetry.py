@@ -444,3 +444,18 @@ def test_azure_monitor_gets_the_same_trace_and_metrics(azurite: Azurite, tmp_pat
         assert not any(marker.encode() in raw for raw in ingestion.raw)
     finally:
         ingestion.stop()
+
+
+def test_the_role_instance_is_the_azure_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Azure's WEBSITE_INSTANCE_ID names the instance in Application Insights; a configured one wins."""
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME
+
+    from shared import telemetry_export
+
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "a1b2c3")
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    attributes = telemetry_export._resource().attributes
+    assert attributes[SERVICE_INSTANCE_ID] == "a1b2c3" and attributes[SERVICE_NAME] == telemetry_export.SERVICE_NAME
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=mine")
+    assert telemetry_export._resource().attributes[SERVICE_INSTANCE_ID] == "mine"
