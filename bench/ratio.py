@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {side}: {got['outcomes']} {got['error_samples']}, nothing done for "
                               f"{got['longest_gap_s']} s", flush=True)
                 print(f"round {number + 1}/{args.rounds} c={c:<2d} ceiling {sides['ceiling']['per_s']:6.1f}/s  "
-                      f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}", flush=True)
+                      f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}",
+                      flush=True)
             _drop_intake_messages(azurite.connection_string)
     finally:
         procs.stop_all()

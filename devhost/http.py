@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import azure.functions as func
 from azure.functions.http import HttpRequest as WorkerHttpRequest
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devhost.functions import HOST_API_REASON, Dispatcher, LoadedFunction
 from devhost.routing import Router
@@ -95,9 +95,15 @@ UVICORN_STATE = ("loop", "transport", "cycle", "timeout_keep_alive", "timeout_ke
 UVICORN_CYCLE_STATE = ("scope", "more_body", "response_started", "response_complete")
 
 
-def uvicorn_gaps(protocol: type = HttpToolsProtocol, cycle: type = RequestResponseCycle) -> list[str]:
+def uvicorn_gaps(protocol: type = HttpToolsProtocol, cycle: type | None = None) -> list[str]:
     """The names EdgeProtocol needs that this uvicorn lacks (none with the pinned release). State is looked for
-    among the attributes each class's __init__ assigns."""
+    among the names each class's __init__ uses."""
+    if cycle is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+        except ImportError:
+            return ["uvicorn.protocols.http.httptools_impl.RequestResponseCycle"]
+        cycle = RequestResponseCycle
     assigned, cycle_assigned = _assigned_in_init(protocol), _assigned_in_init(cycle)
     return ([f"{protocol.__name__}.{name}" for name in UVICORN_CALLBACKS if not callable(getattr(protocol, name, None))]
             + [f"{protocol.__name__}.{name}" for name in UVICORN_STATE if name not in assigned]

@@ -83,8 +83,17 @@ class StorageConnection:
             return credential
 
 
-_credentials: dict[tuple[str | None, str | None, str | None], Any] = registry.cache({})
+_credentials: dict[tuple[str | None, str | None, str | None], Any] = {}
 _credentials_lock = threading.Lock()
+
+
+def _forget_credentials() -> None:
+    with _credentials_lock:
+        _credentials.clear()
+
+
+registry.remember(_credentials, _forget_credentials)
+
 # azure-identity retries a token request up to 10 times with back-off (over a minute when the identity endpoint is
 # down), while a sender waits. A token is fetched about once a day; two quick retries cover a blip.
 TOKEN_REQUEST: dict[str, Any] = {

@@ -205,9 +205,18 @@ def _storage(conn: StorageConnection) -> Storage:
     return Storage.connect(conn)
 
 
-_ensured: set[StorageConnection] = registry.cache(set())
-_last_try: dict[StorageConnection, float] = registry.cache({})
-registry.remember(_storage, _storage.cache_clear)
+_ensured: set[StorageConnection] = set()
+_last_try: dict[StorageConnection, float] = {}
+
+
+def _forget() -> None:
+    with _ensure_lock:
+        _storage.cache_clear()
+        _ensured.clear()
+        _last_try.clear()
+
+
+registry.remember(_storage, _forget)
 # While storage is down, creating resources is not retried on every request: each try costs a round of retries.
 ENSURE_RETRY_SECONDS = 5.0
 

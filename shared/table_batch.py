@@ -53,7 +53,12 @@ Operation = (tuple[TransactionOperation, Mapping[str, Any]]
 def kind_of(operation: Operation) -> TransactionOperation:
     """The operation's kind (the SDK takes its names as plain strings too, in any case)."""
     kind = operation[0]
-    return kind if isinstance(kind, TransactionOperation) else TransactionOperation(str(kind).lower())
+    if isinstance(kind, TransactionOperation):
+        return kind
+    try:
+        return TransactionOperation(str(kind).lower())
+    except ValueError:
+        raise ValueError(f"unsupported transaction operation {kind}") from None
 
 
 def _entity_url(base: str, entity: Mapping[str, Any]) -> str:
@@ -81,7 +86,7 @@ def _part(base: str, version: str, operation: Operation) -> Part:
     mode = options.pop("mode", UpdateMode.MERGE)
     etag, match_condition = options.pop("etag", None), options.pop("match_condition", None)
     if options:
-        raise ValueError(f"unsupported transaction operation {kind} {sorted(options)}")
+        raise ValueError(f"unsupported transaction operation {kind.value} {sorted(options)}")
     if "PartitionKey" not in entity or "RowKey" not in entity:
         raise ValueError("PartitionKey and/or RowKey were not provided in entity")
     common = [("x-ms-version", version), ("DataServiceVersion", DATA_SERVICE_VERSION)]

@@ -105,7 +105,7 @@ _lock = threading.Lock()
 
 def _forget() -> None:
     global _current
-    _current = None  # the next hook sets up again from the settings then in force
+    _current = None  # the next hook sets up again (reusing the process's OpenTelemetry providers, once made)
 
 
 registry.remember(_forget, _forget)

@@ -109,8 +109,21 @@ def _azure_monitor_sampler() -> Sampler | None:
         # report's ingest span is never dropped while its processing span is kept (as a rate-limited sampler may).
         return ApplicationInsightsSampler(sampling_ratio=1.0)
     if name == FIXED_PERCENTAGE_SAMPLER:
-        return ApplicationInsightsSampler(sampling_ratio=float(os.environ.get("OTEL_TRACES_SAMPLER_ARG") or 1.0))
+        return ApplicationInsightsSampler(sampling_ratio=_sampling_ratio(os.environ.get("OTEL_TRACES_SAMPLER_ARG")))
     return None
+
+
+def _sampling_ratio(text: str | None) -> float:
+    """OTEL_TRACES_SAMPLER_ARG as a ratio from 0 to 1; a bad value keeps every trace (with a warning) rather than
+    switching telemetry off."""
+    try:
+        ratio = float(text) if text else 1.0
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        log.warning("telemetry: OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1; keeping every trace")
+        return 1.0
+    return ratio
 
 
 def _resource() -> Resource:

@@ -233,3 +233,22 @@ def test_a_second_copy_of_the_work_stands_down_while_the_first_may_run(app: Stor
     assert processing.process(app, settings, body, 1, "message-B") == "ignored"
     assert status.read(app.reports, "unit-proc", report_id).status.value == "processing"
     assert processing.process(app, settings, body, 2, "message-A") == "rejected"  # it ran (over the item cap)
+
+
+def test_a_last_try_that_fails_before_delivering_leaves_no_delivery_pending(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report waiting to be delivered (delivery `pending`) whose last try fails for another reason ends `failed`
+    with its delivery `failed` too, as the poison give-up records it: it will not be delivered unless replayed."""
+    from azure.core.exceptions import ServiceRequestError
+
+    report_id = submit(app, (EXAMPLES / "report.csv").read_bytes(), "text/csv")
+    row = status.read(app.reports, "unit-proc", report_id)
+    status.write(app.reports, row, {"status": "processing", "delivery": {"status": "pending", "at": None,
+                                                                          "http_status": 503}})
+    monkeypatch.setattr(processing, "_download", lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError("down")))
+    with pytest.raises(TryAgain):
+        run(app, report_id, dequeue_count=5)
+    record = status.read(app.reports, "unit-proc", report_id).record()
+    assert record.status == "failed" and record.delivery is not None and record.delivery.status == "failed"
+    assert record.delivery.http_status == 503

@@ -130,3 +130,11 @@ def test_a_conflict_names_its_operation_on_both_paths(app: Storage, path: str) -
     assert conflict.value.status_code == 409 and conflict.value.index == 1
     with pytest.raises(ValueError, match="1 to 100"):
         table_batch.submit(app.reports, [("create", {"PartitionKey": pk, "RowKey": str(n)}) for n in range(101)])
+
+
+def test_an_unknown_operation_is_named_in_the_error() -> None:
+    from shared import table_batch
+
+    with pytest.raises(ValueError, match="unsupported transaction operation merge"):
+        table_batch.kind_of(("merge", {"PartitionKey": "p", "RowKey": "r"}))  # type: ignore[arg-type]
+    assert table_batch.kind_of(("UPSERT", {})) is table_batch.TransactionOperation.UPSERT  # type: ignore[arg-type]

@@ -459,3 +459,11 @@ def test_the_role_instance_is_the_azure_instance(monkeypatch: pytest.MonkeyPatch
     assert attributes[SERVICE_INSTANCE_ID] == "a1b2c3" and attributes[SERVICE_NAME] == telemetry_export.SERVICE_NAME
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=mine")
     assert telemetry_export._resource().attributes[SERVICE_INSTANCE_ID] == "mine"
+
+
+def test_a_bad_sampling_ratio_keeps_every_trace_instead_of_switching_telemetry_off() -> None:
+    from shared import telemetry_export
+
+    assert telemetry_export._sampling_ratio("0.25") == 0.25
+    assert telemetry_export._sampling_ratio(None) == 1.0
+    assert telemetry_export._sampling_ratio("a quarter") == 1.0 and telemetry_export._sampling_ratio("2") == 1.0

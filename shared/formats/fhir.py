@@ -500,7 +500,8 @@ def _type_problems(model: Model, resource: dict[str, Any], read: frozenset[str])
     fields = _fields(model)
     # (the parent's loc, key or index, value, what it must be); a loc is built only for a problem or a container.
     stack: list[tuple[Loc, str | int, Any, _Element]] = [
-        ((), key, resource[key], fields[key]) for key in sorted(read, reverse=True) if key in resource and key in fields]
+        ((), key, resource[key], fields[key])
+        for key in sorted(read, reverse=True) if key in resource and key in fields]
     while stack and len(problems) <= _MAX_LISTED:
         parent, key, value, (many, target) = stack.pop()
         if value is None:
