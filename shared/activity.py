@@ -10,12 +10,10 @@ cross-sender table would cost intake a round trip for every report.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 from azure.data.tables import TableClient, UpdateMode
-from cachetools import TTLCache
 from ulid import ULID
 
 from shared import registry
@@ -25,27 +23,9 @@ MINUTE_FORMAT = "%H%M"
 SEP = "~"  # not allowed in sender names
 
 
-class _Seen:
-    """Marks this process has written, kept for two minutes: only the current minute's matter."""
-
-    def __init__(self) -> None:
-        self._marks: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=10_000, ttl=120)
-        self._lock = threading.Lock()
-
-    def __contains__(self, mark: tuple[str, str]) -> bool:
-        with self._lock:
-            return mark in self._marks
-
-    def add(self, mark: tuple[str, str]) -> None:
-        with self._lock:
-            self._marks[mark] = True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._marks.clear()
-
-
-_seen = registry.cache(_Seen())
+# Marks this process has written, kept for two minutes: only the current minute's matter.
+SEEN_SECONDS = 120.0
+_seen: registry.TimedCache[tuple[str, str], bool] = registry.timed_cache()
 
 
 def minute_of(report_id: str) -> datetime:
@@ -61,10 +41,10 @@ def record(table: TableClient, sender: str, report_id: str) -> None:
     """Note that `sender` stores a report in the minute of `report_id` (idempotent; once per process)."""
     mark = _mark(sender, minute_of(report_id))
     key = (mark["PartitionKey"], mark["RowKey"])
-    if key in _seen:
+    if _seen.get(key):
         return
     table.upsert_entity(mark, mode=UpdateMode.MERGE)
-    _seen.add(key)
+    _seen.put(key, True, SEEN_SECONDS)
 
 
 def record_now(table: TableClient, sender: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceModifiedError
 
-from shared import activity, errors, index, keys, poison, reconcile, reindex, retention, senders, status, work
+from shared import activity, errors, index, keys, lookup, poison, reconcile, reindex, retention, senders, status, work
 from shared.clock import to_iso
 from shared.config import APP_ROOT, SettingsError, get_settings
 from shared.connection import overlay
@@ -139,10 +139,9 @@ def _find_row(storage: Storage, report_id: str, sender: str | None) -> status.Ro
         raise AdminError(f"{report_id!r} is not a report id")
     # An operator rarely knows the sender: the senders that stored reports in the id's minute are the candidates.
     candidates = [sender] if sender else sorted(activity.senders_at(storage.activity, report_id))
-    for name in candidates:
-        row = status.read(storage.reports, name, report_id)
-        if row is not None:
-            return row
+    row = lookup.find_among(storage, report_id, candidates)
+    if row is not None:
+        return row
     hint = "" if sender else " (for reports stored before the index, run `index rebuild` first, or give --sender)"
     raise AdminError(f"no report {report_id}{hint}")
 

@@ -158,7 +158,7 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
-@telemetry.traced_ingest
+@telemetry.traced_ingest("/api/reports")
 def ingest(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     submission = _submission(req, authenticate(req, storage, settings).require_sender())
     accepted = intake.accept(storage, settings, submission)
@@ -284,7 +284,7 @@ def history_url(base: str, report_id: str) -> str:
     return f"{base}{ROUTE_PREFIX}/waters/report/{reportstream.to_uuid(report_id)}/history"
 
 
-@telemetry.traced_ingest
+@telemetry.traced_ingest("/api/waters")
 def waters(req: func.HttpRequest, storage: Storage, settings: Settings) -> func.HttpResponse:
     """ReportStream's submission: the intake of POST /api/reports, answered 201 with the submission history."""
     sender = authenticate(req, storage, settings).require_sender()

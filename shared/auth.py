@@ -3,12 +3,8 @@ the sender an organisation-wide token acts for. Raises AuthError; the HTTP edge 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cachetools import TTLCache
 
 from shared import keys, registry, senders, tokens
 from shared.keys import Scope
@@ -55,27 +51,21 @@ class _Standing:
     within that time). Only successes are kept."""
 
     def __init__(self) -> None:
-        self._cache: TTLCache[tuple[str, str, str], float] = TTLCache(maxsize=10_000, ttl=300)
-        self._lock = threading.Lock()
+        self._cache: registry.TimedCache[tuple[str, str, str], bool] = registry.TimedCache()
 
     def check(self, storage: Storage, claims: tokens.AccessClaims, sender: str | None, seconds: float) -> bool:
         entry = (claims.scope.text, claims.kid, sender or "")
-        with self._lock:
-            until = self._cache.get(entry)
-        if until is not None and until > time.monotonic():
+        if self._cache.get(entry):
             return True
         if keys.get(storage.keys, claims.scope.text, claims.kid) is None:
             return False
         if sender is not None and not senders.is_enabled(storage.senders, sender):
             return False
-        if seconds > 0:
-            with self._lock:
-                self._cache[entry] = time.monotonic() + seconds
+        self._cache.put(entry, True, seconds)
         return True
 
     def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
 
 standing = registry.cache(_Standing())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+# Instances' clocks differ by up to this much: a time written by one is judged by another's.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def to_iso(moment: datetime) -> str:
@@ -18,3 +21,9 @@ def parse_iso(text: str) -> datetime:
     """Parse ISO 8601; a value without an offset is taken as UTC. Raises ValueError."""
     moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def settled_after(function_timeout_seconds: float) -> timedelta:
+    """How long after it began an invocation surely no longer runs, judged on any instance: the host's
+    functionTimeout ends it, and clocks differ by CLOCK_SKEW."""
+    return timedelta(seconds=function_timeout_seconds) + CLOCK_SKEW

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,6 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, TransactionOperation
-from cachetools import TTLCache
 
 from shared import expiry, registry, senders, table_batch
 from shared.clock import to_iso
@@ -172,13 +170,13 @@ def _existing(table: TableClient, sender: str, fp: str, now: datetime) -> Origin
 class SenderPolicy:
     """Whether a sender has duplicate detection on (its `allow_duplicates` false), remembered for a minute."""
 
+    SECONDS = 60.0
+
     def __init__(self) -> None:
-        self._cache: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
-        self._lock = threading.Lock()
+        self._cache: registry.TimedCache[str, bool] = registry.TimedCache()
 
     def detects(self, senders_table: TableClient, sender: str, default_allow: bool) -> bool:
-        with self._lock:
-            known = self._cache.get(sender)
+        known = self._cache.get(sender)
         if known is not None:
             return known
         try:
@@ -187,13 +185,11 @@ class SenderPolicy:
         except ResourceNotFoundError:
             allow = None
         detects = not (default_allow if allow is None else bool(allow))
-        with self._lock:
-            self._cache[sender] = detects
+        self._cache.put(sender, detects, self.SECONDS)
         return detects
 
     def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
 
 policy = registry.cache(SenderPolicy())

@@ -19,7 +19,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, TransactionOperation
 
-from shared import expiry, status, table_batch
+from shared import clock, expiry, status, table_batch
 from shared.clock import now_iso, parse_iso
 from shared.config import Settings
 from shared.errors import Kind, Refused, unavailable
@@ -32,8 +32,6 @@ KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 # a store takes milliseconds when storage is well, and a longer wait would pin one of the host's worker threads
 # per waiting duplicate (the sender's retry after Retry-After costs nothing meanwhile).
 DUPLICATE_WAIT_SECONDS = 1.0
-# Claims are dated by the claiming instance's clock and judged by another's.
-CLOCK_SKEW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class Fingerprint:
 
 def takeover_after_seconds(settings: Settings) -> float:
     """A claim older than this belongs to a request that is no longer running (it would have been timed out)."""
-    return settings.function_timeout_seconds + CLOCK_SKEW_SECONDS
+    return clock.settled_after(settings.function_timeout_seconds).total_seconds()
 
 
 def _row_key(sender: str, key: str) -> tuple[str, str]:

@@ -22,9 +22,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWKError, PyJWKSetError
 
 from shared.clock import now_iso
+from shared.senders import NAME_PART
 
-# A sender name is `org` or `org.sender`; each part as ReportStream names them (lower case, digits, '-', '_').
-NAME_PART = r"[a-z0-9][a-z0-9_-]{0,62}"
+# A scope names an organisation and one of its senders, or all of them: `org.sender.report`, `org.*.report`.
 SCOPE = re.compile(rf"^(?P<org>{NAME_PART})\.(?P<sender>\*|{NAME_PART})\.report$")
 KID = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII; '/', '\\', '#', '?' are refused below (RowKey rules)
 MIN_RSA_BITS = 2048

@@ -3,6 +3,8 @@ reports the caller may read, with point reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from shared import activity, reportstream, status
 from shared.auth import Principal
 from shared.storage import Storage
@@ -14,8 +16,13 @@ def find_report(storage: Storage, principal: Principal, report_id: str) -> statu
     ulid = reportstream.from_any(report_id)
     if ulid is None:
         return None
-    for sender in principal.candidates(lambda: _active(storage, ulid)):
-        row = status.read(storage.reports, sender, ulid)
+    return find_among(storage, ulid, principal.candidates(lambda: _active(storage, ulid)))
+
+
+def find_among(storage: Storage, report_id: str, senders: Iterable[str]) -> status.Row | None:
+    """The first of these senders' rows with this id (point reads, in order); None when none has it."""
+    for sender in senders:
+        row = status.read(storage.reports, sender, report_id)
         if row is not None:
             return row
     return None

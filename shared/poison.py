@@ -135,10 +135,7 @@ def give_up(storage: Storage, message: QueueMessage, poisoned_at: datetime | Non
         )
         return ending.failed(record_, entry)
 
-    before = status.read(storage.reports, message.sender, message.id)
-    if before is None:
-        return False
-    after = ending.update(storage.reports, message.sender, message.id, change, known=before)
+    after = ending.update(storage.reports, message.sender, message.id, change)
     return after is not None and after.status is Status.FAILED and after.entity.get("completed_at") == at
 
 

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import AzureError
 
-from shared import activity, checkpoints, index, status, work
+from shared import activity, checkpoints, clock, index, status, work
+from shared.clock import CLOCK_SKEW as CLOCK_SKEW
 from shared.clock import parse_iso, to_iso
 from shared.config import Settings
 from shared.lifecycle import Status
@@ -22,8 +23,6 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 
 JOB = "reconcile"
-# Instances' clocks differ by up to this much; a mark dated by one is judged by another's.
-CLOCK_SKEW = timedelta(minutes=1)
 FIRST_LOOKBACK = timedelta(days=1)  # where a first pass starts (`admin index rebuild` sets it for older ones)
 
 
@@ -69,7 +68,7 @@ def reconcile(storage: Storage, settings: Settings, now: datetime | None = None)
 def settled_after(settings: Settings) -> timedelta:
     """A report's row is written at most this long after its sender's activity mark: an intake (or a replay) cannot
     outlive the host's functionTimeout. A minute older than that, once passed cleanly, needs no new look."""
-    return timedelta(seconds=settings.function_timeout_seconds) + CLOCK_SKEW
+    return clock.settled_after(settings.function_timeout_seconds)
 
 
 def look_back_to(storage: Storage, moment: datetime) -> None:

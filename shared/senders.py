@@ -12,15 +12,12 @@ import hmac
 import json
 import re
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
-from cachetools import TLRUCache
 
 from shared import registry
 from shared.clock import now_iso, parse_iso, to_iso
@@ -28,8 +25,10 @@ from shared.clock import now_iso, parse_iso, to_iso
 SENDER_PARTITION = "sender"
 KEY_PARTITION = "key"
 KEY_PREFIX = "lri_"
-# `name` or, as ReportStream named senders, `org.name` (the organisation is the part before the dot).
-SENDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}(?:\.[a-z0-9][a-z0-9_-]{0,62})?$")
+# `name` or, as ReportStream named senders, `org.name` (the organisation is the part before the dot); each part as
+# ReportStream names them (lower case, digits, '-', '_'). Access-token scopes (shared/keys.py) are built of the same.
+NAME_PART = r"[a-z0-9][a-z0-9_-]{0,62}"
+SENDER_NAME = re.compile(rf"^{NAME_PART}(?:\.{NAME_PART})?$")
 
 
 class SenderError(ValueError):
@@ -53,47 +52,9 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-class _AcceptedKeys:
-    """Keys that authenticated recently, by hash, so a busy sender does not cost a table read per report.
-
-    Only successes are kept, for AUTH_CACHE_SECONDS: a rotated or disabled key stops working within that time.
-    """
-
-    MAX_ENTRIES = 10_000
-
-    def __init__(self) -> None:
-        # Each entry lives for the seconds it was put with: (sender, seconds).
-        self._entries: TLRUCache[str, tuple[str, float]] = TLRUCache(
-            maxsize=self.MAX_ENTRIES, ttu=lambda _digest, entry, now: now + entry[1], timer=time.monotonic)
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> str | None:
-        with self._lock:
-            entry = self._entries.get(digest)
-        return None if entry is None else entry[0]
-
-    def put(self, digest: str, sender: str, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with self._lock:
-            self._entries[digest] = (sender, seconds)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-_accepted = registry.cache(_AcceptedKeys())
-
-
-def authenticate(table: TableClient, authorization: str | None, cache_seconds: float = 0) -> str | None:
-    """The sender name for a `Bearer` key that is known, active and whose sender is enabled; else None."""
-    if not authorization:
-        return None
-    scheme, _, key = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return authenticate_key(table, key.strip(), cache_seconds)
+# Keys that authenticated recently (hash -> sender), so a busy sender does not cost a table read per report. Only
+# successes are kept, for AUTH_CACHE_SECONDS: a rotated or disabled key stops working within that time.
+_accepted: registry.TimedCache[str, str] = registry.timed_cache()
 
 
 def authenticate_key(table: TableClient, key: str, cache_seconds: float = 0) -> str | None:

@@ -171,9 +171,13 @@ def _enabled_call(signature: inspect.Signature, args: tuple[Any, ...], kwargs: d
     return instruments, (given if instruments.enabled else None)
 
 
-def traced_ingest(handler: F) -> F:
-    """The SERVER span of POST /api/reports, continuing the sender's W3C `traceparent` when it sent one."""
+def traced_ingest(route: str) -> Callable[[F], F]:
+    """The SERVER span of a POST to `route` (intake's own, or ReportStream's /api/waters), continuing the sender's W3C
+    `traceparent` when it sent one."""
+    return functools.partial(_traced_ingest, route)
 
+
+def _traced_ingest(route: str, handler: F) -> F:
     signature = inspect.signature(handler)
 
     @functools.wraps(handler)
@@ -182,9 +186,9 @@ def traced_ingest(handler: F) -> F:
         if given is None:
             return handler(*args, **kwargs)
         req, tracer = given["req"], instruments.tracer
-        attributes = {"http.request.method": "POST", "http.route": "/api/reports"}
+        attributes = {"http.request.method": "POST", "http.route": route}
         with tracer.start_as_current_span(
-            "POST /api/reports", context=propagate.extract(req.headers), kind=SpanKind.SERVER,
+            f"POST {route}", context=propagate.extract(req.headers), kind=SpanKind.SERVER,
             attributes=attributes, record_exception=False, set_status_on_exception=False,
         ) as span:
             try:

@@ -228,6 +228,6 @@ def test_rotating_a_sender_registered_before_key_lists_still_revokes_its_key(app
     app.senders.upsert_entity({"PartitionKey": "sender", "RowKey": "ix-keys", "enabled": True, "created_at": "t"},
                               mode=UpdateMode.REPLACE)  # as registered before rows listed their keys
     new = senders.rotate(app.senders, "ix-keys")
-    assert senders.authenticate(app.senders, f"Bearer {old}") is None
-    assert senders.authenticate(app.senders, f"Bearer {new}") == "ix-keys"
+    assert senders.authenticate_key(app.senders, old) is None
+    assert senders.authenticate_key(app.senders, new) == "ix-keys"
     assert senders.key_hashes(app.senders, senders._get(app.senders, "ix-keys")) == [senders.key_hash(new)]

@@ -31,7 +31,7 @@ def test_reset_forgets_settings_clients_and_caches(app: storage.Storage, monkeyp
     registry.reset()
 
     assert senders._accepted.get(senders.key_hash(key)) is None
-    assert len(activity._seen._marks) == 0
+    assert len(activity._seen) == 0
     assert len(auth.standing._cache) == 0 and len(duplicates.policy._cache) == 0
     assert tokens.signing_secret._value is None
     assert config.get_settings() is not before_settings and config.get_settings().max_report_bytes == 1234

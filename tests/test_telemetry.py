@@ -467,3 +467,15 @@ def test_a_bad_sampling_ratio_keeps_every_trace_instead_of_switching_telemetry_o
     assert telemetry_export._sampling_ratio("0.25") == 0.25
     assert telemetry_export._sampling_ratio(None) == 1.0
     assert telemetry_export._sampling_ratio("a quarter") == 1.0 and telemetry_export._sampling_ratio("2") == 1.0
+
+
+def test_a_reportstream_submission_is_traced_under_its_own_route(app: Storage, recorded: Recorded) -> None:
+    import waters_http
+
+    key = senders.add(app.senders, "otel-waters")
+    body, content_type = marked_reports(f"ZQX{uuid.uuid4().hex}")[0]
+    request = func.HttpRequest("POST", "http://localhost:7071/api/waters", body=body,
+                               headers={"authorization": f"Bearer {key}", "content-type": content_type})
+    assert waters_http.main(request).status_code == 201
+    [span] = [s for s in recorded.finished() if s.kind == SpanKind.SERVER]
+    assert span.name == "POST /api/waters" and span.attributes["http.route"] == "/api/waters"
