@@ -37,6 +37,9 @@ MAX_EXTERNAL_NAME = 255
 ALLOW_DUPLICATE = "allow_duplicate"  # row property: the sender asked this report to skip duplicate detection
 EXTERNAL_NAME = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_EXTERNAL_NAME}}}$")
 UNKNOWN_OUTCOME = "Storage did not answer; the report may not have been stored."
+# Answers that do not say whether a write happened: Azure's 500 OperationTimedOut ("may or may not have
+# succeeded"), a gateway timeout, a request timeout, or none at all.
+UNKNOWN_OUTCOME_STATUSES = frozenset({None, 408, 500, 504})
 UNKNOWN_OUTCOME_WITH_KEY = (f"{UNKNOWN_OUTCOME} Retry later with the same Idempotency-Key to be sure it is stored "
                             "once.")
 
@@ -228,7 +231,9 @@ def _create_row(storage: Storage, entity: dict[str, Any]) -> status.Row:
     except HttpResponseError as exc:
         if isinstance(exc, ResourceExistsError):  # an SDK retry of a create that committed: ours
             raise RowWriteUnknown("the row's create was retried after it committed") from exc
-        raise  # storage answered: nothing was written
+        if exc.status_code in UNKNOWN_OUTCOME_STATUSES:
+            raise RowWriteUnknown(f"the row's write ended in {exc.status_code}: it may still commit") from exc
+        raise  # storage refused the write (a 503 ServerBusy is refused before it runs): nothing was written
     except AzureError as exc:
         raise RowWriteUnknown(f"the row's write got no answer ({type(exc).__name__})") from exc
 

@@ -27,10 +27,13 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from pydantic import ValidationError
 
-from shared import ending, expiry, status
+from shared import ending, expiry, index, status
 from shared.clock import now_iso, to_iso
+from shared.config import Settings
 from shared.lifecycle import TERMINAL, Status
+from shared.logs import TryAgain, describe
 from shared.models import ExceptionEntry, QueueMessage
+from shared.senders import SENDER_NAME
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,29 @@ DEPTH_PAGE = 1000  # health counts at most this many open reports (one query)
 # message's insertion time has whole seconds only.
 STALE_AFTER = timedelta(seconds=5)
 MAX_KEPT_BODY = 2048  # of a message that is no work message: enough to tell what it was
+MAX_MESSAGE_CHARS = 8192  # a work message the app wrote is well under this; a longer one is not ours
+# When recording keeps failing (storage in trouble), the trigger's last try puts its message back on the poison
+# queue, hidden this long, instead of letting the host move it to `reports-poison-poison`, which nothing reads.
+RETRY_LATER_SECONDS = 300
+
+
+def handle(storage: Storage, settings: Settings, body: bytes, message_id: str, inserted: datetime | None,
+           dequeue_count: int) -> str:
+    """The `poison_queue` trigger's work: record the message. What leaves the invocation names a failure's type and
+    place only (the host records its message); on the last try the message goes back, hidden, to try again later."""
+    try:
+        return record(storage, body, message_id, inserted)
+    except Exception as exc:  # noqa: BLE001 - what leaves an invocation must be value-free
+        if dequeue_count < settings.max_dequeue_count:
+            raise TryAgain(exc) from None
+        log.warning("poison message %s: recording failed (%s) on the last try; back on the queue for %d s",
+                    message_id, describe(exc), RETRY_LATER_SECONDS)
+        try:
+            storage.poison.send_message(body.decode("utf-8", "replace"), visibility_timeout=RETRY_LATER_SECONDS,
+                                        time_to_live=-1)
+        except Exception as again:  # noqa: BLE001 - the host then keeps it in reports-poison-poison
+            raise TryAgain(again) from None
+        return "retry later"
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,9 @@ def record(storage: Storage, body: bytes, message_id: str, inserted: datetime | 
     Returns what happened, for the log."""
     arrived = inserted or datetime.now(UTC)
     message = _parse(body)
+    text = message.model_dump_json(exclude_none=True) if message is not None else ""
+    if message is not None and not _ours(message, text):
+        message = None  # forged or foreign: kept as it came, never as row keys or properties
     entry = {"PartitionKey": arrived.strftime(DAY), "RowKey": f"{arrived:%H%M%S%f}~{message_id}",
              "arrived_at": to_iso(arrived)}
     if message is None:
@@ -71,7 +100,6 @@ def record(storage: Storage, body: bytes, message_id: str, inserted: datetime | 
         storage.poisoned.upsert_entity(entry)
         log.warning("poison message %s is not a work message; recorded, nothing to replay", message_id)
         return "unreadable"
-    text = message.model_dump_json(exclude_none=True)
     storage.poisoned.upsert_entity({**entry, "report_id": message.id, "sender": message.sender, "message": text})
     storage.poisoned.upsert_entity({"PartitionKey": OPEN, "RowKey": _open_key(message.sender, message.id),
                                     "arrived_at": to_iso(arrived), "message": text})
@@ -86,6 +114,12 @@ def _parse(body: bytes) -> QueueMessage | None:
         return QueueMessage.model_validate_json(body)
     except (ValidationError, ValueError):
         return None
+
+
+def _ours(message: QueueMessage, text: str) -> bool:
+    """A work message as the app writes them: its id and sender are valid keys, and it fits a table property."""
+    return bool(index.REPORT_ID.match(message.id) and SENDER_NAME.match(message.sender)) and \
+        len(text) <= MAX_MESSAGE_CHARS
 
 
 def _open_key(sender: str, report_id: str) -> str:

@@ -241,6 +241,32 @@ def test_a_store_refused_by_storage_is_503_and_frees_its_key(
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
 
 
+def test_a_server_timeout_on_the_rows_write_keeps_the_key_as_the_write_may_still_commit(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure's 500 OperationTimedOut says the write may or may not have happened: the sender hears "may not have
+    been stored", the claim stays, and once the write lands the retry with the same key finds that report."""
+    name, key = sender
+    late: list[tuple[TableClient, dict]] = []
+    original = status.create
+
+    def timed_out(table: TableClient, entity: dict) -> status.Row:
+        late.append((table, entity))
+        error = HttpResponseError("Operation could not be completed within the specified time.")
+        error.status_code = 500
+        raise error
+
+    with monkeypatch.context() as patch:
+        patch.setattr(status, "create", timed_out)
+        first = post(key, **{"idempotency-key": "k5"})
+    assert first.status_code == 503 and "may not have been stored" in answer(first)["detail"]
+    assert claim_of(app, name, "k5") is not None
+    original(*late[0])  # the write lands after all
+    again = post(key, **{"idempotency-key": "k5"})
+    assert again.status_code == 202 and answer(again)["id"] == late[0][1]["RowKey"]
+    assert stored_ids(app, name) == [late[0][1]["RowKey"]]
+
+
 def test_a_store_that_timed_out_and_commits_later_is_stored_once(
     app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ commands tell the truth without changing what they read."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,8 +38,8 @@ def queue(conn: str, name: str) -> QueueClient:
 class _Poisoned:
     """A message as the host hands it to the poison_queue trigger."""
 
-    def __init__(self, body: bytes, message_id: str, inserted: datetime | None) -> None:
-        self._body, self.id, self.insertion_time = body, message_id, inserted
+    def __init__(self, body: bytes, message_id: str, inserted: datetime | None, dequeue_count: int = 1) -> None:
+        self._body, self.id, self.insertion_time, self.dequeue_count = body, message_id, inserted, dequeue_count
 
     def get_body(self) -> bytes:
         return self._body
@@ -105,6 +106,44 @@ def test_a_message_that_is_no_work_message_is_recorded_and_harms_nothing(app: St
         assert report_id in open_ids(app) and "not base64" not in {w.report_id for w in poison.waiting(app.poisoned)}
     finally:
         clear_poison_of(app, {report_id})
+
+
+def test_a_forged_work_message_is_kept_as_it_came_never_as_keys(app: Storage) -> None:
+    """A message shaped like a work message whose sender or id could not be a table key (or that is too long to be
+    ours) is recorded as unreadable: it opens nothing and fails no write."""
+    forged = {"v": 1, "id": "01KB00000000000000000000AA", "sender": "lab/one#", "blob": "raw/x/y",
+              "sha256": "0" * 64, "content_type": "text/csv"}
+    assert poison.record(app, json.dumps(forged).encode(), "forged-1", None) == "unreadable"
+    long_type = {**forged, "sender": "lab-one", "content_type": "text/csv;" + "x" * 40_000}
+    assert poison.record(app, json.dumps(long_type).encode(), "forged-2", None) == "unreadable"
+    assert not {w.sender for w in poison.waiting(app.poisoned)} & {"lab/one#", "lab-one"}
+
+
+def test_the_poison_trigger_never_lets_its_message_fall_to_a_queue_nobody_reads(
+    app: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While recording fails (storage in trouble), tries raise a value-free TryAgain; the last try puts the message
+    back on the poison queue for later instead of letting the host move it to `reports-poison-poison`."""
+    import poison_queue
+
+    report_id = submit(app, CSV, "text/csv")
+    body = message_for(status.read(app.reports, "unit-proc", report_id)).model_dump_json().encode()
+    monkeypatch.setattr(poison, "RETRY_LATER_SECONDS", 1)
+    with monkeypatch.context() as patch:
+        patch.setattr(app.poisoned, "upsert_entity",
+                      lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError(f"down {report_id}")))
+        with pytest.raises(TryAgain) as raised:
+            poison_queue.main(_Poisoned(body, "m-retry", datetime.now(UTC), dequeue_count=1))
+        assert report_id not in str(raised.value) and "ServiceRequestError" in str(raised.value)
+        poison_queue.main(_Poisoned(body, "m-retry", datetime.now(UTC), dequeue_count=5))  # the last try: no raise
+
+    def ours() -> object:
+        found = [m for m in app.poison.receive_messages(max_messages=32, visibility_timeout=1)
+                 if report_id in base64.b64decode(m.content).decode()]
+        return found[0] if found else None
+
+    back = poll(ours, lambda m: m is not None, timeout=10)
+    app.poison.delete_message(back)
 
 
 def test_ten_thousand_waiting_reports_keep_listing_and_health_to_one_query(
