@@ -22,12 +22,14 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWKError, PyJWKSetError
 
 from shared.clock import now_iso
-from shared.senders import NAME_PART
+from shared.senders import NAME_PART, SENDER_NAME
 
 # A scope names an organisation and one of its senders, or all of them: `org.sender.report`, `org.*.report`.
 SCOPE = re.compile(rf"^(?P<org>{NAME_PART})\.(?P<sender>\*|{NAME_PART})\.report$")
 KID = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII; '/', '\\', '#', '?' are refused below (RowKey rules)
 MIN_RSA_BITS = 2048
+# Larger keys buy nothing and cost every token check; the stored JWK must also fit a table property (64 KiB).
+MAX_RSA_BITS = 8192
 # The algorithms a key of each kind may sign with. Chosen from the stored key, never from the token's header, so a
 # token cannot pick HMAC with the public key as its secret, or `none`.
 RSA_ALGORITHMS = ("RS256", "RS384")
@@ -48,7 +50,10 @@ class Scope:
         return f"{self.org}.{self.sender or '*'}.report"
 
     def allows(self, sender: str) -> bool:
-        """Whether a token of this scope may act as `sender` (a full `org.sender` name, or the organisation's own)."""
+        """Whether a token of this scope may act as `sender` (a full `org.sender` name, or the organisation's own).
+        A name no sender could have (too long, or not a table key) is never allowed: it goes on to be a partition."""
+        if not SENDER_NAME.match(sender):
+            return False
         if self.sender is not None:
             return sender == f"{self.org}.{self.sender}"
         return sender == self.org or sender.startswith(self.org + ".")
@@ -120,8 +125,9 @@ def load_public_key(data: bytes) -> list[dict[str, Any]]:
 
 def _to_jwk(key: object) -> dict[str, Any]:
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise KeyRegistryError(f"an RSA key must have at least {MIN_RSA_BITS} bits; this one has {key.key_size}")
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise KeyRegistryError(f"an RSA key must have {MIN_RSA_BITS} to {MAX_RSA_BITS} bits; this one has "
+                                   f"{key.key_size}")
         jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(key))
         return jwk
     if isinstance(key, ec.EllipticCurvePublicKey):

@@ -221,3 +221,24 @@ def test_no_two_modules_of_the_app_import_each_other() -> None:
     pairs = sorted((a, b) for a in imports for b in imports[a] if b in imports and a in imports.get(b, set()) and a < b
                    and not b.startswith(a + "."))  # a package dispatching to its own submodules is no cycle
     assert pairs == []
+
+
+def test_a_token_scope_never_allows_a_client_no_sender_could_have() -> None:
+    """The `client` header becomes a table partition: a name with key characters, or too long, is refused (401)."""
+    from shared import keys
+
+    scope = keys.parse_scope("org.*.report")
+    assert scope.allows("org.lab") and scope.allows("org")
+    assert not scope.allows("org.a/b") and not scope.allows("org.a#b") and not scope.allows("org." + "x" * 70)
+
+
+def test_an_rsa_key_too_large_to_be_worth_checking_is_refused() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from shared import keys
+
+    huge = rsa.RSAPublicNumbers(65537, (1 << 9000) + 1).public_key()  # 9,001 bits
+    pem = huge.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(keys.KeyRegistryError, match="2048 to 8192 bits"):
+        keys.load_public_key(pem)
