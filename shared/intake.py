@@ -138,11 +138,10 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
             return Accepted(claimed.record(), replayed=True)
         report_id = claimed
     try:
-        row = _store(storage, sub, report_id, digest)
+        record = _store(storage, sub, report_id, digest)
     except AzureError as exc:
         log.warning("report %s: store failed (%s); reading it back", report_id, type(exc).__name__)
-        row = _read_back(storage, settings, sub, report_id, certain=_surely_not_written(exc))
-    record = row.record()
+        record = _read_back(storage, settings, sub, report_id, certain=_surely_not_written(exc)).record()
     try:
         telemetry.report_accepted(report_id, sub.sender, record.content_type)
     except Exception as exc:  # noqa: BLE001 - stored: the answer is 202 whatever fails now, never "not stored"
@@ -151,8 +150,8 @@ def accept(storage: Storage, settings: Settings, sub: Submission) -> Accepted:
     return Accepted(record, replayed=False)
 
 
-def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> status.Row:
-    """The body and the work message in parallel, then the status row: two round trips on the way to a 202.
+def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> StatusRecord:
+    """The body and the work message in parallel, then the status row (returned as stored): two round trips to a 202.
 
     The row comes last and says whether the message went: `queued` if it did, `received` if it did not (or may not
     have), which the reconciler re-enqueues. So a `queued` row always has its message, and no second write of the
@@ -182,7 +181,9 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> st
     upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
     if not sent:
         entity["status"] = Status.RECEIVED.value
-    return _create_row(storage, entity)
+        record = record.model_copy(update={"status": Status.RECEIVED})
+    _create_row(storage, entity)
+    return record
 
 
 # Intake's second lane: the body's upload runs beside the message's send (one per concurrent request at most).
