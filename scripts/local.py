@@ -81,7 +81,10 @@ def main() -> int:
             f"-H 'Content-Type: text/csv' --data-binary @docs/examples/report.csv\n",
             flush=True,
         )
-        host = subprocess.Popen([sys.executable, "-m", "devhost", "--port", str(port)], cwd=ROOT)
+        # Its own session: Ctrl-C in the terminal signals this script's process group, and the one SIGTERM sent on
+        # below is all devhost gets (a second signal makes it exit without waiting for running invocations).
+        host = subprocess.Popen([sys.executable, "-m", "devhost", "--port", str(port)], cwd=ROOT,
+                                start_new_session=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: host.send_signal(signal.SIGTERM))
         return host.wait()

@@ -105,3 +105,31 @@ def test_a_second_run_on_a_busy_port_touches_nothing(storage: str) -> None:
         assert [(s.name, s.keys) for s in senders.list_senders(table)] == before
     finally:
         busy.close()
+
+
+def test_ctrl_c_stops_the_local_service_once_and_cleanly(storage: str, tmp_path: Path) -> None:
+    """Ctrl-C signals the terminal's whole process group: devhost must get one stop, not two (a second makes it exit
+    without waiting for running invocations)."""
+    import signal
+    import sys
+    import time
+
+    from devhost.process import free_port
+
+    output = tmp_path / "run.log"
+    with output.open("wb") as sink:
+        run = subprocess.Popen([sys.executable, "scripts/local.py", "--port", str(free_port())], cwd=REPO_ROOT,
+                               env={**os.environ, "AzureWebJobsStorage": storage}, stdout=sink,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "Host started" not in output.read_text() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "Host started" in output.read_text(), output.read_text()[-2000:]
+        os.killpg(run.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert run.wait(timeout=60) == 0, output.read_text()[-2000:]
+        assert "Second signal" not in output.read_text()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
