@@ -15,10 +15,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 from azure.functions._abc import RetryContext, TraceContext  # not re-exported by azure.functions
+
+if TYPE_CHECKING:
+    from devhost.workers import Workers
 
 log = logging.getLogger("devhost")
 
@@ -274,12 +277,18 @@ class Dispatcher:
     by host.json's functionTimeout."""
 
     def __init__(self, max_workers: int | None, timeout: float | None = None,
-                 outputs: Callable[[LoadedFunction, Outcome], None] | None = None) -> None:
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="func")
+                 outputs: Callable[[LoadedFunction, Outcome], None] | None = None,
+                 workers: Workers | None = None) -> None:
+        # With worker processes, a sync invocation holds one of these threads while a worker thread runs it: so
+        # their number bounds what is under way, and what waits for one can still be taken back at shutdown.
+        threads = max_workers if workers is None else workers.threads * workers.count
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="func")
         self.timeout = timeout
         # Output bindings the host writes itself once a function succeeded (queue messages); HTTP responses are
         # the HTTP front end's.
         self.outputs = outputs
+        # The language worker processes that run the functions; without them (unit tests), this process does.
+        self.workers = workers
 
     async def invoke(self, fn: LoadedFunction, args: dict[str, Any], reason: str,
                      pending: set[concurrent.futures.Future[Outcome]] | None = None) -> Outcome:
@@ -290,10 +299,16 @@ class Dispatcher:
         """
         invocation_id = str(uuid.uuid4())
         future: concurrent.futures.Future[Outcome] | None = None
-        if fn.is_async:
-            running: asyncio.Future[Outcome] = asyncio.ensure_future(fn.run_async(args, reason, invocation_id))
+        running: asyncio.Future[Outcome]
+        if fn.is_async and self.workers is not None:
+            running = asyncio.wrap_future(self.workers.submit(fn, args, reason, invocation_id))
+        elif fn.is_async:
+            running = asyncio.ensure_future(fn.run_async(args, reason, invocation_id))
         else:
-            future = self.pool.submit(fn.run_sync, args, reason, invocation_id)
+            if self.workers is not None:
+                future = self.pool.submit(self.workers.call, fn, args, reason, invocation_id)
+            else:
+                future = self.pool.submit(fn.run_sync, args, reason, invocation_id)
             if pending is not None:
                 pending.add(future)
             running = asyncio.wrap_future(future)

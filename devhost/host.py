@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from devhost.runtime import flush_streams, new_loop
 
 log = logging.getLogger("devhost")
 
@@ -54,20 +55,19 @@ class Host:
     state: str = "Initializing"
     listing: list[str] = field(default_factory=list)
     sock: socket.socket | None = None
-    # FUNCTIONS_WORKER_PROCESS_COUNT > 1: forked workers 1.. serve HTTP and queues; timers stay in worker 0.
-    worker_index: int = 0
-    children: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from devhost.functions import Dispatcher
         from devhost.http import EdgeLimits
         from devhost.routing import Router
+        from devhost.workers import Workers
 
         self.router = Router()
         self.pollers: list[Any] = []
         self.timers: list[Any] = []
         self.errors: list[str] = []
         self.dispatcher: Dispatcher | None = None
+        self.workers: Workers | None = None
         self.limits = EdgeLimits()
         self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="storage")
 
@@ -79,6 +79,7 @@ class Host:
         from devhost.http import EdgeLimits
         from devhost.routing import Route, RouteError, full_template
         from devhost.settings import SettingError, Settings
+        from devhost.workers import Workers
 
         settings = Settings.load(self.app_dir)
         # Core Tools hands Values to the worker as environment variables, and runs in Development.
@@ -93,8 +94,8 @@ class Host:
         queue_options = hostconfig.QueueOptions.from_config(config, hostconfig.is_development(settings))
         threads = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
         outputs = queues.QueueOutputs(settings, queue_options.message_encoding)
-        self.dispatcher = Dispatcher(int(threads) if threads else None, hostconfig.function_timeout(config),
-                                     outputs.write)
+        self.workers = Workers([], worker_process_count(), int(threads) if threads else None)
+        self.dispatcher = Dispatcher(None, hostconfig.function_timeout(config), outputs.write, self.workers)
         lock_seconds = int(float(settings.get("DEVHOST_QUEUE_LOCK_SECONDS") or queues.DEFAULT_LOCK_SECONDS))
         self.limits = EdgeLimits.from_settings(settings.get)
 
@@ -108,6 +109,7 @@ class Host:
                 if kind not in ("httptrigger", "queuetrigger", "timertrigger"):
                     raise FunctionLoadError(f"devhost does not support trigger type '{trigger.get('type')}'")
                 fn = LoadedFunction(info, self.app_dir)
+                self.workers.functions[fn.name] = fn
                 if kind == "httptrigger":
                     methods = trigger.get("methods")
                     method_set = frozenset(str(m).upper() for m in methods) if methods else None
@@ -152,7 +154,7 @@ class Host:
             signals_seen.append(sig)
             if len(signals_seen) > 1:
                 log.warning("Second signal: exiting without waiting for running invocations.")
-                _flush()
+                flush_streams()
                 os._exit(1)
             stop.set()
 
@@ -188,10 +190,6 @@ class Host:
             return 1
 
         self.state = "Running"
-        if self.worker_index:
-            log.info("Worker process %d (pid %d) started.", self.worker_index, os.getpid())
-            await stop.wait()
-            return await self.shutdown(server, serving)
         print("\nFunctions:\n", flush=False)
         for line in self.listing:
             print(f"        {line}\n", flush=False)
@@ -215,11 +213,13 @@ class Host:
         pending |= {t.task for t in self.timers if t.task is not None}
         done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
         self.io_pool.shutdown(wait=False)
-        _stop_children(self.children, max(1.0, deadline - time.monotonic()))
+        if self.workers is not None:
+            self.workers.stop()
+            _stop_children(self.workers.pids, max(1.0, deadline - time.monotonic()))
         if still:
             log.warning("%d invocation(s) still running after %ds; exiting anyway.", len(still),
                         int(SHUTDOWN_GRACE_SECONDS))
-            _flush()
+            flush_streams()
             os._exit(0)
         log.info("Host stopped.")
         return 0
@@ -247,41 +247,6 @@ def worker_process_count() -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKER_PROCESSES:
         raise ValueError(f"FUNCTIONS_WORKER_PROCESS_COUNT must be 1 to {MAX_WORKER_PROCESSES}, got {text!r}")
     return int(text)
-
-
-def fork_workers(host: Host, count: int) -> None:
-    """Fork worker processes sharing the listening socket (the kernel spreads connections over them).
-
-    Like the real host, which spreads invocations over its workers, every worker runs the HTTP and queue triggers;
-    each polls with batchSize/N and newBatchThreshold/N, so together they keep the host's concurrency bound.
-    Timers run in the first process only: a schedule fires once.
-    """
-    for poller in host.pollers:
-        options = poller.options
-        poller.options = dataclasses.replace(
-            options, batch_size=max(1, options.batch_size // count),
-            new_batch_threshold=options.new_batch_threshold // count,
-        )
-    for index in range(1, count):
-        pid = os.fork()
-        if pid == 0:
-            _die_with_parent()
-            host.worker_index, host.children, host.timers = index, [], []
-            with asyncio.Runner(loop_factory=_new_loop) as runner:
-                code = runner.run(host.serve())
-            _flush()
-            os._exit(code)
-        host.children.append(pid)
-
-
-def _die_with_parent() -> None:
-    """A worker must not outlive a host that was killed (SIGKILL gives the host no chance to stop it)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _stop_children(children: list[int], timeout: float) -> None:
@@ -321,23 +286,6 @@ def _make_server(config: Any) -> Any:
     return Server(config)
 
 
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream at exit is nothing to report
-            pass
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devhost", description="Local stand-in for `func start`.")
     parser.add_argument("--port", type=int, default=7071)
@@ -359,16 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(app_dir, args.port, args.host)
     try:
         host.load()
-        workers = worker_process_count()
     except ValueError as exc:
         log.error("Cannot start the host: %s", exc)
         return 1
-    if workers > 1:
-        host.sock = listen(args.host, args.port)
-        if host.sock is None:
-            return 1
-        fork_workers(host, workers)
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    assert host.workers is not None
+    host.workers.start()  # before the host starts a thread or a loop: forking copies only the forking thread
+    with asyncio.Runner(loop_factory=new_loop) as runner:
         code = runner.run(host.serve())
-    _flush()
+    flush_streams()
     return code

@@ -20,7 +20,7 @@ from azure.storage.blob import ContentSettings
 from http_sfv.dictionary import Dictionary as StructuredDictionary
 from ulid import ULID
 
-from shared import activity, idempotency, status, status_entity, telemetry, work
+from shared import activity, group_commit, idempotency, status, status_entity, telemetry, work
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
@@ -228,7 +228,7 @@ def _surely_not_written(exc: AzureError) -> bool:
 
 def _create_row(storage: Storage, entity: dict[str, Any]) -> status.Row:
     try:
-        return status.create(storage.reports, entity)
+        return group_commit.create(storage.reports, entity)  # with rows of the sender's arriving meanwhile
     except HttpResponseError as exc:
         if isinstance(exc, ResourceExistsError):  # an SDK retry of a create that committed: ours
             raise RowWriteUnknown("the row's create was retried after it committed") from exc

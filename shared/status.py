@@ -21,6 +21,7 @@ from shared.clock import now_iso
 from shared.lifecycle import Status, check_move
 from shared.models import StatusRecord
 from shared.status_entity import entity_to_record, to_property
+from shared.table_batch import Operation
 
 
 class Changes(TypedDict, total=False):
@@ -68,9 +69,26 @@ class Row:
 
 def create(table: TableClient, entity: dict[str, Any]) -> Row:
     """Store a new row with its index entries; raises ResourceExistsError if the id is taken."""
-    entity = {**entity, index.VERSION_FIELD: index.VERSION}
-    written = index.submit(table, [(TransactionOperation.CREATE, entity), *index.operations(None, entity)])
-    return Row(entity, written[0]["etag"])
+    return create_many(table, [entity])[0]
+
+
+def create_many(table: TableClient, entities: list[dict[str, Any]]) -> list[Row]:
+    """Store new rows of one partition with their index entries, all or none, in one transaction (at most
+    `index.MAX_OPERATIONS` operations: `creation_size` each). A failure of any row fails them all; raised for the
+    first row as `create` raises it, else as the TableTransactionError naming the operation."""
+    stamped = [{**entity, index.VERSION_FIELD: index.VERSION} for entity in entities]
+    ops: list[Operation] = []
+    firsts = []
+    for entity in stamped:
+        firsts.append(len(ops))
+        ops += [(TransactionOperation.CREATE, entity), *index.operations(None, entity)]
+    written = index.submit(table, ops)
+    return [Row(entity, written[first]["etag"]) for entity, first in zip(stamped, firsts, strict=True)]
+
+
+def creation_size(entity: dict[str, Any]) -> int:
+    """How many operations of a transaction creating this row takes (the row and its index entries)."""
+    return 1 + len(index.keys(entity))
 
 
 def etag(entity: TableEntity) -> str:
