@@ -150,6 +150,7 @@ class Outcome:
     value: Any = None
     outputs: dict[str, Any] = field(default_factory=dict)
     started: bool = True
+    error: str | None = None  # a failure's exception with its traceback from the function's own code, as logged
 
 
 class LoadedFunction:
@@ -190,45 +191,36 @@ class LoadedFunction:
             kwargs["context"] = InvocationContext(invocation_id, self)
         return kwargs, outs
 
-    def _log_start(self, reason: str, invocation_id: str) -> None:
+    def log_start(self, reason: str, invocation_id: str) -> None:
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", self.name, reason, invocation_id)
 
-    def _log_end(self, ok: bool, invocation_id: str, started: float, exc: BaseException | None) -> None:
+    def log_end(self, outcome: Outcome, invocation_id: str, started: float) -> None:
         ms = int((time.perf_counter() - started) * 1000)
-        if exc is not None:
-            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)\nResult: Failure\nException: %s",
-                      self.name, invocation_id, ms, "".join(_format_exc(exc)).rstrip())
-        else:
+        if outcome.succeeded:
             log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", self.name, invocation_id, ms)
+        else:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)\nResult: Failure\nException: %s",
+                      self.name, invocation_id, ms, outcome.error or "the worker process ended during the invocation")
 
-    def run_sync(self, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
-        """Call a synchronous function (on a worker thread), logging as `func start` does."""
+    def run_sync(self, args: dict[str, Any], invocation_id: str) -> Outcome:
+        """Call a synchronous function (on a worker thread). The host logs the invocation, not the worker."""
         kwargs, outs = self._arguments(args, invocation_id)
-        self._log_start(reason, invocation_id)
-        t0 = time.perf_counter()
         try:
             value = self.callable(**kwargs)
             if inspect.isawaitable(value):
                 value = asyncio.run(_awaited(value))  # a sync def that returns a coroutine: run it to completion here
         except BaseException as exc:  # noqa: BLE001 - the host reports every failure, SystemExit included
-            self._log_end(False, invocation_id, t0, exc)
-            return Outcome(False)
-        self._log_end(True, invocation_id, t0, None)
+            return Outcome(False, error="".join(_format_exc(exc)).rstrip())
         return Outcome(True, value, {n: o.get() for n, o in outs.items()})
 
-    async def run_async(self, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+    async def run_async(self, args: dict[str, Any], invocation_id: str) -> Outcome:
         kwargs, outs = self._arguments(args, invocation_id)
-        self._log_start(reason, invocation_id)
-        t0 = time.perf_counter()
         try:
             value = await self.callable(**kwargs)
         except asyncio.CancelledError:
-            self._log_end(False, invocation_id, t0, asyncio.CancelledError("invocation cancelled"))
             raise
         except BaseException as exc:  # noqa: BLE001 - the host reports every failure, SystemExit included
-            self._log_end(False, invocation_id, t0, exc)
-            return Outcome(False)
-        self._log_end(True, invocation_id, t0, None)
+            return Outcome(False, error="".join(_format_exc(exc)).rstrip())
         return Outcome(True, value, {n: o.get() for n, o in outs.items()})
 
 
@@ -300,15 +292,10 @@ class Dispatcher:
         invocation_id = str(uuid.uuid4())
         future: concurrent.futures.Future[Outcome] | None = None
         running: asyncio.Future[Outcome]
-        if fn.is_async and self.workers is not None:
-            running = asyncio.wrap_future(self.workers.submit(fn, args, reason, invocation_id))
-        elif fn.is_async:
-            running = asyncio.ensure_future(fn.run_async(args, reason, invocation_id))
+        if fn.is_async:
+            running = asyncio.ensure_future(self._run_async(fn, args, reason, invocation_id))
         else:
-            if self.workers is not None:
-                future = self.pool.submit(self.workers.call, fn, args, reason, invocation_id)
-            else:
-                future = self.pool.submit(fn.run_sync, args, reason, invocation_id)
+            future = self.pool.submit(self._run_sync, fn, args, reason, invocation_id)
             if pending is not None:
                 pending.add(future)
             running = asyncio.wrap_future(future)
@@ -324,6 +311,24 @@ class Dispatcher:
         self._time_out(fn, invocation_id)
         running.cancel()  # stops an async function; a thread cannot be stopped (see _time_out)
         return Outcome(False)
+
+    def _run_sync(self, fn: LoadedFunction, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+        """On a dispatch thread: the invocation, in a worker process when there are any, logged as the host logs."""
+        fn.log_start(reason, invocation_id)
+        started = time.perf_counter()
+        outcome = self.workers.call(fn, args, invocation_id) if self.workers else fn.run_sync(args, invocation_id)
+        fn.log_end(outcome, invocation_id, started)
+        return outcome
+
+    async def _run_async(self, fn: LoadedFunction, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+        fn.log_start(reason, invocation_id)
+        started = time.perf_counter()
+        if self.workers is not None:
+            outcome = await asyncio.wrap_future(self.workers.submit(fn, args, invocation_id))
+        else:
+            outcome = await fn.run_async(args, invocation_id)
+        fn.log_end(outcome, invocation_id, started)  # not reached when cancelled: _time_out logged the ending
+        return outcome
 
     async def _write_outputs(self, fn: LoadedFunction, outcome: Outcome, invocation_id: str) -> Outcome:
         """As the host does after a successful invocation; a binding that cannot be written fails the invocation."""

@@ -24,7 +24,6 @@ class Invoke:
     number: int
     function: str
     args: dict[str, Any]
-    reason: str
     invocation_id: str
 
 
@@ -41,6 +40,7 @@ class Done:
     succeeded: bool
     value: Any = None
     outputs: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

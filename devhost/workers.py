@@ -58,7 +58,7 @@ class _Channel:
             with self.lock:
                 future = self.waiting.pop(message.number, None)
             if future is not None and not future.done():
-                future.set_result(Outcome(message.succeeded, message.value, message.outputs or {}))
+                future.set_result(Outcome(message.succeeded, message.value, message.outputs or {}, error=message.error))
         # The worker is gone (it crashed, or the host is stopping): what it still held did not succeed.
         with self.lock:
             left, self.waiting = list(self.waiting.values()), {}
@@ -98,8 +98,7 @@ class Workers:
         for channel in self.channels:
             channel.start()
 
-    def submit(self, fn: LoadedFunction, args: dict[str, Any], reason: str,
-               invocation_id: str) -> concurrent.futures.Future[Outcome]:
+    def submit(self, fn: LoadedFunction, args: dict[str, Any], invocation_id: str) -> concurrent.futures.Future[Outcome]:
         """Send one invocation to the least busy worker; the future settles with its outcome. Cancelling the future
         cancels an async invocation in the worker (a sync one runs on: a thread cannot be stopped)."""
         number = next(self._numbers)
@@ -110,7 +109,7 @@ class Workers:
             channel.waiting[number] = future
         future.add_done_callback(lambda f: _cancel_remote(channel, number) if f.cancelled() else None)
         try:
-            channel.send(wire.Invoke(number, fn.name, wire.outbound_args(args), reason, invocation_id))
+            channel.send(wire.Invoke(number, fn.name, wire.outbound_args(args), invocation_id))
         except OSError:
             with channel.lock:
                 channel.waiting.pop(number, None)
@@ -119,9 +118,9 @@ class Workers:
             future.set_result(Outcome(False))
         return future
 
-    def call(self, fn: LoadedFunction, args: dict[str, Any], reason: str, invocation_id: str) -> Outcome:
+    def call(self, fn: LoadedFunction, args: dict[str, Any], invocation_id: str) -> Outcome:
         """`submit`, then wait for the outcome (on one of the host's dispatch threads)."""
-        return self.submit(fn, args, reason, invocation_id).result()
+        return self.submit(fn, args, invocation_id).result()
 
     def stop(self) -> None:
         """Close the sockets: each worker then exits (invocations still running in it are abandoned)."""
@@ -187,32 +186,36 @@ class _Worker:
         if not fn.is_async:
             self.pool.submit(self._run_sync, fn, args, message)
             return
-        running = asyncio.run_coroutine_threadsafe(fn.run_async(args, message.reason, message.invocation_id),
-                                                   self._event_loop())
+        running = asyncio.run_coroutine_threadsafe(fn.run_async(args, message.invocation_id), self._event_loop())
         self.running[number] = running
-        running.add_done_callback(lambda f: self._settled(number, f))
+        running.add_done_callback(lambda f: self._settled(number, f, fn.name))
 
     def _run_sync(self, fn: LoadedFunction, args: dict[str, Any], message: wire.Invoke) -> None:
-        self._answer(message.number, fn.run_sync(args, message.reason, message.invocation_id), fn.name)
+        self._answer(message.number, fn.run_sync(args, message.invocation_id), fn.name)
 
-    def _settled(self, number: int, running: concurrent.futures.Future[Outcome]) -> None:
+    def _settled(self, number: int, running: concurrent.futures.Future[Outcome], name: str) -> None:
         self.running.pop(number, None)
-        outcome = Outcome(False) if running.cancelled() or running.exception() else running.result()
-        self._answer(number, outcome, "")
+        if running.cancelled():
+            outcome = Outcome(False, error="the invocation was cancelled")
+        elif running.exception() is not None:
+            outcome = Outcome(False, error=repr(running.exception()))
+        else:
+            outcome = running.result()
+        self._answer(number, outcome, name)
 
     def _answer(self, number: int, outcome: Outcome, name: str) -> None:
-        done = wire.Done(number, outcome.succeeded, outcome.value, outcome.outputs)
+        done = wire.Done(number, outcome.succeeded, outcome.value, outcome.outputs, outcome.error)
         try:
             with self.send_lock:
                 wire.send(self.sock, done)
         except OSError:
             pass  # the host is gone
         except Exception as exc:  # noqa: BLE001 - a value the host cannot be sent fails the invocation
-            log.error("Functions.%s returned a value that cannot be passed to the host: %s", name,
-                      type(exc).__name__)
+            failed = wire.Done(number, False, error=f"{type(exc).__name__}: Functions.{name} returned a value that "
+                               "cannot be passed to the host")
             try:
                 with self.send_lock:
-                    wire.send(self.sock, wire.Done(number, False))
+                    wire.send(self.sock, failed)
             except OSError:
                 pass
 
