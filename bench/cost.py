@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import httpx
 
+from bench.service import devhost_cpu_seconds
 from devhost.azurite import REPO_ROOT, Azurite, connection_string
 from devhost.process import DevHostProcess
 from tests.service import add_sender, app_env
@@ -49,11 +48,6 @@ class Prices:
     instance_memory_gb: float = 2.0
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(reports: int) -> dict:
     out: dict[str, dict] = {}
     with Azurite() as azurite:
@@ -70,7 +64,7 @@ def measure(reports: int) -> dict:
                         time.sleep(2)
                         for proxy in (blob, queue, table):
                             proxy.take()
-                        cpu = _cpu_seconds(host.process.pid)
+                        cpu = devhost_cpu_seconds(host.process.pid)
                         ids = [c.post("/api/reports", content=body, headers={"Content-Type": content_type})
                                .json()["id"] for _ in range(reports)]
                         polls = 0  # the status reads are the sender's polling, not the report's own cost
@@ -80,7 +74,7 @@ def measure(reports: int) -> dict:
                                 if c.get(f"/api/reports/{report_id}").status_code == 200:
                                     break
                                 time.sleep(0.05)
-                        cpu = _cpu_seconds(host.process.pid) - cpu
+                        cpu = devhost_cpu_seconds(host.process.pid) - cpu
                         calls: Counter[str] = Counter()
                         for service, proxy in (("blob", blob), ("queue", queue), ("table", table)):
                             for call in proxy.take():

@@ -23,6 +23,7 @@ from ulid import ULID
 
 from bench.ceiling import Clients, IntakeOps, _entity_template
 from bench.reports import HL7, small_report
+from bench.service import devhost_cpu_seconds
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
 from tests.service import add_sender, app_env
@@ -39,12 +40,6 @@ def per_call_ms(fn: Callable[[int], object], n: int) -> float:
     for i in range(n):
         fn(10_000 + i)
     return round((time.process_time() - began) / n * 1000, 3)
-
-
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sdk_calls(clients: Clients, n: int) -> dict[str, float]:
@@ -94,10 +89,10 @@ def devhost_per_request(conn: str, key: str, n: int) -> float:
 
         for i in range(WARM):
             post(i)
-        before = process_cpu_s(host.process.pid)
+        before = devhost_cpu_seconds(host.process.pid)
         for i in range(n):
             post(50_000 + i)
-        return round((process_cpu_s(host.process.pid) - before) / n * 1000, 3)
+        return round((devhost_cpu_seconds(host.process.pid) - before) / n * 1000, 3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ class Recording:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(rate),
-             "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(out)],
+             "--nonblocking", "--subprocesses", "--full-filenames", "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         )
 

@@ -5,8 +5,8 @@ speed drifts.
 
 `bench.run` measures the ceiling's levels and then intake's, a minute apart; on a shared 2-core machine the same
 level swings by half from one minute to the next (two quick runs minutes apart gave a ceiling at 32 clients of 146
-and 228 ops/s), so a ratio of two figures taken apart says little. Here one Azurite and one devhost (processor off)
-stay up, and each round runs, at each concurrency, the ceiling (blob upload + table insert + queue put with the
+and 228 ops/s), so a ratio of two figures taken apart says little. Here one Azurite and one devhost (processor, timer
+and poison trigger off: intake alone) stay up, and each round runs, at each concurrency, the ceiling (blob upload + table insert + queue put with the
 app's clients, bench/ceiling.py) and intake over HTTP back to back, the order alternating between rounds. Each
 figure is the median over rounds; the ratio is the median of the per-round ratios. Prints one JSON document.
 """
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         clients = Clients.create(azurite.connection_string)
         ceiling_op = IntakeOps(clients)
         key = add_sender(azurite.connection_string, "lab-ratio")
-        host = procs.start_devhost(processor=False)
+        # Intake alone, as the ceiling is its three calls alone: the timer's housekeeping (every two minutes, and
+        # whole-table work on Azurite's single thread) would land in some 4-second windows and not in others.
+        host = procs.start_devhost(processor=False, **HOUSEKEEPING_OFF)
         wait_health(host.url)
         post = post_factory(host.url, key, HL7, lambda: small_report(next(counter)))
         run_level(post, 4, 1.0)  # imports and first-use resource creation are not measured
@@ -64,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                 for side in order:
                     factory = (lambda _i: (ceiling_op, lambda: None)) if side == "ceiling" else post
                     level = _unstalled(lambda f=factory, n=c: run_level(f, n, args.seconds, 0.5))
+                    # Azurite's queue operations slow down with every message it holds: each side starts empty
                     if side == "ceiling":
-                        clients.clear()  # Azurite's queue operations slow down with every message it holds
+                        clients.clear()
+                    else:
+                        _drop_intake_messages(azurite.connection_string)
                     sides[side] = _figures(level)
                 ratio = sides["intake"]["per_s"] / sides["ceiling"]["per_s"] if sides["ceiling"]["per_s"] else None
                 per_level[c].append({"ceiling": sides["ceiling"], "intake": sides["intake"],
@@ -77,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {number + 1}/{args.rounds} c={c:<2d} ceiling {sides['ceiling']['per_s']:6.1f}/s  "
                       f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}",
                       flush=True)
-            _drop_intake_messages(azurite.connection_string)
     finally:
         procs.stop_all()
     summary = {
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 STALL_S = 1.5
+HOUSEKEEPING_OFF = {"AzureWebJobs.reconcile_timer.Disabled": "true", "AzureWebJobs.poison_queue.Disabled": "true"}
 
 
 def _unstalled(run: Callable[[], LevelResult]) -> LevelResult:

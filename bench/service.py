@@ -205,6 +205,11 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def devhost_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a devhost: its host process and its language worker processes."""
+    return sum(cpu_seconds(member) or 0.0 for member in family(pid))
+
+
 def machine_cpu() -> tuple[float, float, float]:
     """Machine-wide (busy, steal, total) CPU seconds since boot, from /proc/stat."""
     try:

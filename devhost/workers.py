@@ -191,7 +191,11 @@ class _Worker:
         running.add_done_callback(lambda f: self._settled(number, f, fn.name))
 
     def _run_sync(self, fn: LoadedFunction, args: dict[str, Any], message: wire.Invoke) -> None:
-        self._answer(message.number, fn.run_sync(args, message.invocation_id), fn.name)
+        try:
+            outcome = fn.run_sync(args, message.invocation_id)
+        except BaseException as exc:  # noqa: BLE001 - the host waits for an answer to every invocation
+            outcome = Outcome(False, error=f"{type(exc).__name__} in the worker process")
+        self._answer(message.number, outcome, fn.name)
 
     def _settled(self, number: int, running: concurrent.futures.Future[Outcome], name: str) -> None:
         self.running.pop(number, None)

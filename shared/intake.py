@@ -176,13 +176,14 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> St
     entity = status_entity.new_entity(record, blob) | telemetry.context_fields()
     if sub.allow_duplicate:
         entity[ALLOW_DUPLICATE] = True
-    upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id)
-    sent = _send(storage, status.Row(entity, ""))
-    upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
-    if not sent:
-        entity["status"] = Status.RECEIVED.value
-        record = record.model_copy(update={"status": Status.RECEIVED})
-    _create_row(storage, entity)
+    with group_commit.coming(storage.reports, sub.sender) as announced:
+        upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id)
+        sent = _send(storage, status.Row(entity, ""))
+        upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
+        if not sent:
+            entity["status"] = Status.RECEIVED.value
+            record = record.model_copy(update={"status": Status.RECEIVED})
+        _create_row(storage, entity, announced)
     return record
 
 
@@ -226,9 +227,10 @@ def _surely_not_written(exc: AzureError) -> bool:
     return not isinstance(exc, RowWriteUnknown)
 
 
-def _create_row(storage: Storage, entity: dict[str, Any]) -> status.Row:
+def _create_row(storage: Storage, entity: dict[str, Any],
+                announced: group_commit.Announced | None = None) -> status.Row:
     try:
-        return group_commit.create(storage.reports, entity)  # with rows of the sender's arriving meanwhile
+        return group_commit.create(storage.reports, entity, announced)  # with the sender's rows arriving meanwhile
     except HttpResponseError as exc:
         if isinstance(exc, ResourceExistsError):  # an SDK retry of a create that committed: ours
             raise RowWriteUnknown("the row's create was retried after it committed") from exc

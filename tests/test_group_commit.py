@@ -58,6 +58,7 @@ class Held:
 
 def hold_first_write(monkeypatch: pytest.MonkeyPatch, app: Storage, name: str, behind: int) -> Held:
     """The first row written alone waits until `behind` rows wait for it; calling the result waits for that."""
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 0.0)  # the first row goes alone, at once
     release = threading.Event()
     original = status.create
 
@@ -186,3 +187,38 @@ def _entity(sender: str, report_id: str) -> dict[str, Any]:
     record = StatusRecord(id=report_id, sender=sender, status=Status.QUEUED, content_type="text/csv", size_bytes=1,
                           sha256="0" * 64, received_at=now, updated_at=now)
     return new_entity(record, f"raw/{sender}/{report_id}")
+
+
+def test_a_row_waits_briefly_for_rows_already_on_their_way_and_not_at_all_when_alone(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows announced (their intake is storing body and message) are gathered into the transaction about to be
+    sent, up to GATHER_SECONDS; a row with none on their way is sent at once."""
+    name, _ = sender
+    monkeypatch.setattr(group_commit, "GATHER_SECONDS", 30.0)  # long enough to see that it waits for the others
+    sizes = record_transactions(monkeypatch)
+    started = time.monotonic()
+    group_commit.create(app.reports, _entity(name, "01JALONE000000000000000000"))
+    assert time.monotonic() - started < 5 and sizes == []  # alone: no wait, no multi-row transaction
+
+    entities = [_entity(name, f"01JGATHER0000000000000000{n}") for n in range(3)]
+    announcements = [group_commit.coming(app.reports, name) for _ in entities]
+    for announced in announcements:
+        announced.__enter__()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(group_commit.create, app.reports, entities[0], announcements[0])
+        time.sleep(0.3)
+        assert not first.done()  # waiting for the two rows still on their way
+        rest = [pool.submit(group_commit.create, app.reports, e, a) for e, a in zip(entities[1:], announcements[1:])]
+        rows = [f.result(30) for f in [first, *rest]]
+    assert sizes == [3] and [r.id for r in rows] == [e["RowKey"] for e in entities]
+
+    # An announced row that never comes (its upload failed) holds nobody up once its intake has given up.
+    lost = group_commit.coming(app.reports, name)
+    lost.__enter__()
+    with ThreadPoolExecutor(1) as single:
+        waiting = single.submit(group_commit.create, app.reports, _entity(name, "01JAFTER000000000000000000"))
+        time.sleep(0.3)
+        assert not waiting.done()
+        lost.__exit__(None, None, None)
+        assert waiting.result(30).id == "01JAFTER000000000000000000"
