@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level and side")
     parser.add_argument("--workers", type=int, default=1, help="FUNCTIONS_WORKER_PROCESS_COUNT of the devhost")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PYTHON_THREADPOOL_THREAD_COUNT of the devhost (default: the worker's own default)")
     args = parser.parse_args(argv)
     procs = Processes(workers=args.workers)
     counter = iter(range(10**12))
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         key = add_sender(azurite.connection_string, "lab-ratio")
         # Intake alone, as the ceiling is its three calls alone: the timer's housekeeping (every two minutes, and
         # whole-table work on Azurite's single thread) would land in some 4-second windows and not in others.
-        host = procs.start_devhost(processor=False, **HOUSEKEEPING_OFF)
+        threads = {} if args.threads is None else {"PYTHON_THREADPOOL_THREAD_COUNT": str(args.threads)}
+        host = procs.start_devhost(processor=False, **HOUSEKEEPING_OFF, **threads)
         wait_health(host.url)
         post = post_factory(host.url, key, HL7, lambda: small_report(next(counter)))
         run_level(post, 4, 1.0)  # imports and first-use resource creation are not measured
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for c, rounds in per_level.items() if rounds
     }
-    print(json.dumps({"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers, "levels": summary},
+    print(json.dumps({"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers,
+                      "threads": args.threads, "levels": summary},
                      indent=2))
     return 0
 

@@ -432,3 +432,20 @@ def test_intake_killed_between_its_steps_acknowledges_nothing_and_its_message_is
     stale = {**orphan, "id": str(ULID.from_datetime(datetime.now(UTC) - timedelta(hours=1)))}
     assert processing.process(app, config.get_settings(), json.dumps(stale).encode(), 1) == "unknown"
     assert queued_messages(app) == []
+
+
+def test_an_intake_storing_beside_others_uploads_first_and_a_failed_upload_sends_no_message(
+    app: Storage, sender: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With other intakes storing, the body goes before the message in the request's own thread (no second lane):
+    an upload that fails leaves no message behind, and nothing is acknowledged."""
+    name, key = sender
+    sent: list[str] = []
+    monkeypatch.setattr(work, "send", lambda storage, row: sent.append(row.id))
+    monkeypatch.setattr(intake, "_upload", lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError("down")))
+    with intake._storing() as alone:  # another intake is storing at this moment
+        assert alone
+        response = post(key)
+    assert response.status_code == 503 and sent == [] and stored_ids(app, name) == []
+    alone_again = post(key)  # alone, the upload runs beside the send: the message goes out, the row does not
+    assert alone_again.status_code == 503 and len(sent) == 1 and stored_ids(app, name) == []
