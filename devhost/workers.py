@@ -24,6 +24,7 @@ from devhost.runtime import die_with_parent, flush_streams, new_loop
 
 log = logging.getLogger("devhost")
 
+
 def default_threads() -> int:
     """The worker's thread pool when PYTHON_THREADPOOL_THREAD_COUNT is not set (Python's executor default)."""
     return min(32, (os.cpu_count() or 1) + 4)
@@ -38,6 +39,8 @@ class _Channel:
         self.lock = threading.Lock()
         self.waiting: dict[int, concurrent.futures.Future[Outcome]] = {}
         self.reader: threading.Thread | None = None
+        self.alive = True
+        self.stopping = False
 
     def start(self) -> None:
         self.reader = threading.Thread(target=self._read, daemon=True, name=f"worker-{self.pid}")
@@ -61,7 +64,12 @@ class _Channel:
                 future.set_result(Outcome(message.succeeded, message.value, message.outputs or {}, error=message.error))
         # The worker is gone (it crashed, or the host is stopping): what it still held did not succeed.
         with self.lock:
+            self.alive = False
             left, self.waiting = list(self.waiting.values()), {}
+        if not self.stopping:
+            # The real host starts a new worker; devhost sends what comes next to the others, if any are left.
+            log.error("Worker process %d exited; %d invocation(s) it was running failed. Restart devhost to get it "
+                      "back.", self.pid, len(left))
         for future in left:
             if not future.done():
                 future.set_result(Outcome(False))
@@ -102,11 +110,21 @@ class Workers:
         """Send one invocation to the least busy worker; the future settles with its outcome. Cancelling the future
         cancels an async invocation in the worker (a sync one runs on: a thread cannot be stopped)."""
         number = next(self._numbers)
-        start = number % len(self.channels)  # among the least busy, in turns: the host spreads invocations
-        channel = min(self.channels[start:] + self.channels[:start], key=lambda c: len(c.waiting))
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        alive = [channel for channel in self.channels if channel.alive]
+        if not alive:
+            log.error("Functions.%s (Id=%s) not run: no worker process is left", fn.name, invocation_id)
+            future.set_result(Outcome(False, error="no worker process is left"))
+            return future
+        start = number % len(alive)  # among the least busy, in turns: the host spreads invocations
+        channel = min(alive[start:] + alive[:start], key=lambda c: len(c.waiting))
         with channel.lock:
-            channel.waiting[number] = future
+            registered = channel.alive  # else it died since it was picked: its reader settles nothing more
+            if registered:
+                channel.waiting[number] = future
+        if not registered:
+            future.set_result(Outcome(False, error="the worker process exited"))
+            return future
         future.add_done_callback(lambda f: _cancel_remote(channel, number) if f.cancelled() else None)
         try:
             channel.send(wire.Invoke(number, fn.name, wire.outbound_args(args), invocation_id))
@@ -125,6 +143,7 @@ class Workers:
     def stop(self) -> None:
         """Close the sockets: each worker then exits (invocations still running in it are abandoned)."""
         for channel in self.channels:
+            channel.stopping = True
             try:
                 channel.sock.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -82,6 +82,31 @@ def test_worker_process_count_spreads_http_over_processes_and_stops_them_all(sta
         wait_until(lambda: not any(_alive(pid) for pid in workers), 15, what="workers gone")
 
 
+def test_a_worker_that_dies_fails_only_what_it_held_and_the_others_carry_on(start_devhost, storage):
+    """A worker killed under the host: later invocations go to the workers left; with none left, each fails at once
+    (500), never hangs; the log names the worker that exited."""
+    import os
+    import signal
+
+    import httpx
+
+    host = start_devhost(APPS / "basic", env={"AzureWebJobsStorage": storage, "FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+    with httpx.Client(timeout=30) as client:
+        seen: set[int] = set()
+        wait_until(lambda: seen.add(int(client.get(f"{host.url}/api/whoami").text)) or len(seen) == 2, 30,
+                   what="both workers")
+        first, second = sorted(seen)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: f"Worker process {first} exited" in host.logs(), 15, what="the host noticing")
+        assert {int(client.get(f"{host.url}/api/whoami").text) for _ in range(10)} == {second}
+        os.kill(second, signal.SIGKILL)
+        wait_until(lambda: f"Worker process {second} exited" in host.logs(), 15, what="the host noticing")
+        answer = client.get(f"{host.url}/api/whoami")
+        assert answer.status_code == 500 and answer.content == b""
+    assert "no worker process is left" in host.logs()
+    assert host.stop() == 0
+
+
 def test_bad_worker_process_count_fails_at_start(start_devhost, storage):
     import pytest
 
