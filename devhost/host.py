@@ -54,7 +54,6 @@ class Host:
     bind: str
     state: str = "Initializing"
     listing: list[str] = field(default_factory=list)
-    sock: socket.socket | None = None
 
     def __post_init__(self) -> None:
         from devhost.functions import Dispatcher
@@ -179,7 +178,7 @@ class Host:
                                 timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS), backlog=2048,
                                 server_header=False)
         server = _make_server(config)
-        sock = self.sock or listen(self.bind, self.port)
+        sock = listen(self.bind, self.port)
         if sock is None:
             return 1
         serving = asyncio.create_task(server.serve(sockets=[sock]))

@@ -17,6 +17,7 @@ import azure.functions as func
 from azure.functions.http import HttpRequest as WorkerHttpRequest
 
 HEADER = struct.Struct("!Q")
+LARGE = 65536
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,11 @@ def _parts(request: func.HttpRequest) -> _HttpRequestParts:
 def send(sock: socket.socket, message: Invoke | Cancel | Done) -> None:
     """One message; callers hold the socket's send lock (frames must not interleave)."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(HEADER.pack(len(data)) + data if len(data) < 65536 else HEADER.pack(len(data)))
-    if len(data) >= 65536:
-        sock.sendall(data)  # a large body is not copied once more to put the header in front
+    if len(data) < LARGE:
+        sock.sendall(HEADER.pack(len(data)) + data)
+    else:  # a large body is not copied once more to put the header in front of it
+        sock.sendall(HEADER.pack(len(data)))
+        sock.sendall(data)
 
 
 def receive(sock: socket.socket) -> Invoke | Cancel | Done | None:

@@ -3,9 +3,9 @@ entity-group transaction, so that under load a report pays a share of a table ro
 
 A row is written at once when no creation for its partition is in flight and no other row of it is on its way
 (announced by `coming`); otherwise it waits briefly for those (GATHER_SECONDS), or for the transaction in flight,
-and goes with the others in the next one. Alone, a row is written exactly as `status.create` writes it. A transaction is all or nothing, so
-each row's outcome is the transaction's: stored, refused, or unknown (no answer: each intake reads its own row
-back). A refusal that names one row (a 4xx: an id taken, an entity storage will not take) cannot be that of the
+and goes with the others in the next one. Alone, a row is written exactly as `status.create` writes it. A
+transaction is all or nothing, so each row's outcome is the transaction's: stored, refused, or unknown (no answer:
+each intake reads its own row back). A refusal that names one row (a 4xx: an id taken, an entity storage will not take) cannot be that of the
 others, so each row is then written alone and gets its own answer.
 """
 
@@ -52,22 +52,31 @@ _lock = threading.Condition()
 _waiting: dict[tuple[int, str], deque[_Waiter]] = {}
 # Per (table client, partition): rows announced (their intake is storing the body and the message) and not yet here.
 _coming: Counter[tuple[int, str]] = Counter()
+_announced = 0  # announcements open in this process, any partition: how many intakes are storing right now
 
 
 class Announced:
-    """A row that will come (`coming`): a transaction about to be sent waits for it, briefly (GATHER_SECONDS)."""
+    """A row that will come (`coming`): a transaction about to be sent waits for it, briefly (GATHER_SECONDS).
+    `alone` says whether its intake was the only one in the process storing when it announced."""
 
     def __init__(self, table: TableClient, partition: str) -> None:
         self.key = (id(table), partition)
         self.here = False
+        self.alone = True
 
     def __enter__(self) -> Announced:
+        global _announced
         with _lock:
             _coming[self.key] += 1
+            _announced += 1
+            self.alone = _announced == 1
         return self
 
     def __exit__(self, *_: object) -> None:
+        global _announced
         self.arrive()
+        with _lock:
+            _announced -= 1
 
     def arrive(self) -> None:
         with _lock:
@@ -88,7 +97,8 @@ def coming(table: TableClient, partition: str) -> Announced:
 def create(table: TableClient, entity: dict[str, Any], announced: Announced | None = None) -> status.Row:
     """Create the row with its index entries, with any others of its partition that arrive meanwhile; raises as
     `status.create` does."""
-    me = _Waiter(entity, status.creation_size(entity), _body_bytes(entity))
+    operations = status.creation_size(entity)
+    me = _Waiter(entity, operations, _body_bytes(entity, operations))
     key = (id(table), str(entity["PartitionKey"]))
     with _lock:
         queue = _waiting.get(key)
@@ -196,6 +206,7 @@ def _outcome(waiter: _Waiter) -> status.Row:
     return waiter.row
 
 
-def _body_bytes(entity: dict[str, Any]) -> int:
+def _body_bytes(entity: dict[str, Any], operations: int) -> int:
+    """An estimate of the transaction body the row takes: each of its operations carries a copy of the record."""
     size = sum(len(str(name)) + len(str(value)) + 8 for name, value in entity.items())
-    return (size + PART_OVERHEAD_BYTES) * status.creation_size(entity)
+    return (size + PART_OVERHEAD_BYTES) * operations

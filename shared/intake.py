@@ -11,10 +11,7 @@ import base64
 import hashlib
 import logging
 import re
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,13 +177,15 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> St
     if sub.allow_duplicate:
         entity[ALLOW_DUPLICATE] = True
     with group_commit.coming(storage.reports, sub.sender) as announced:
-        with _storing() as alone:
-            upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id) if alone else None
-            if upload is None:
-                _upload(storage, sub, blob, content_type, digest, report_id)
-            sent = _send(storage, status.Row(entity, ""))
-            if upload is not None:
-                upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
+        # The second lane only for an intake storing alone: beside others, the process already overlaps storage
+        # calls, and a second thread per report would only cost CPU (its hand-offs), which then limits throughput.
+        upload = _PARALLEL.submit(_upload, storage, sub, blob, content_type, digest, report_id) \
+            if announced.alone else None
+        if upload is None:
+            _upload(storage, sub, blob, content_type, digest, report_id)
+        sent = _send(storage, status.Row(entity, ""))
+        if upload is not None:
+            upload.result()  # a failed upload raises here: no row is written, nothing is acknowledged
         if not sent:
             entity["status"] = Status.RECEIVED.value
             record = record.model_copy(update={"status": Status.RECEIVED})
@@ -194,26 +193,8 @@ def _store(storage: Storage, sub: Submission, report_id: str, digest: str) -> St
     return record
 
 
-# Intake's second lane: the body's upload runs beside the message's send, when this intake is the only one storing.
-# With others in flight, the process already overlaps storage calls, and a second thread per report would only
-# cost CPU (its hand-offs), which is then what limits throughput.
+# Intake's second lane: the body's upload beside the message's send, for an intake storing alone.
 _PARALLEL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="intake-upload")
-_STORING_LOCK = threading.Lock()
-_storing_now = 0
-
-
-@contextmanager
-def _storing() -> Iterator[bool]:
-    """Count this intake among those storing; yields whether it is the only one."""
-    global _storing_now
-    with _STORING_LOCK:
-        _storing_now += 1
-        alone = _storing_now == 1
-    try:
-        yield alone
-    finally:
-        with _STORING_LOCK:
-            _storing_now -= 1
 
 
 def _upload(storage: Storage, sub: Submission, blob: str, content_type: str, digest: str, report_id: str) -> None:

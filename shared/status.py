@@ -74,7 +74,7 @@ def create(table: TableClient, entity: dict[str, Any]) -> Row:
 
 def create_many(table: TableClient, entities: list[dict[str, Any]]) -> list[Row]:
     """Store new rows of one partition with their index entries, all or none, in one transaction (at most
-    `index.MAX_OPERATIONS` operations: `creation_size` each). A failure of any row fails them all; raised for the
+    `table_batch.MAX_OPERATIONS` operations: `creation_size` each). A failure of any row fails them all; raised for the
     first row as `create` raises it, else as the TableTransactionError naming the operation."""
     stamped = [{**entity, index.VERSION_FIELD: index.VERSION} for entity in entities]
     ops: list[Operation] = []

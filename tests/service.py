@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,13 +12,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import pytest
 
 from devhost.azurite import REPO_ROOT, Azurite
 from devhost.process import DevHostProcess
+
+if TYPE_CHECKING:
+    from shared.storage import Storage
 
 SAMPLES = Path(__file__).parent / "samples"
 PROBLEM = "application/problem+json"
@@ -64,6 +68,19 @@ def admin(connection_string: str, *args: str, check: bool = True) -> subprocess.
 
 def add_sender(connection_string: str, name: str) -> str:
     return json.loads(admin(connection_string, "senders", "add", name).stdout)["key"]
+
+
+def own_sender(app: Storage, request: pytest.FixtureRequest, prefix: str) -> Iterator[tuple[str, str]]:
+    """A sender of this test's own (name, key); its rows, index entries and blobs are removed afterwards, so no
+    reconciler elsewhere finds them."""
+    from shared import senders
+
+    name = prefix + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
+    yield name, senders.add(app.senders, name)
+    for entity in app.reports.query_entities("PartitionKey eq @s", parameters={"s": name}, select=["RowKey"]):
+        app.reports.delete_entity(name, entity["RowKey"])
+    for blob in app.container.list_blob_names(name_starts_with=f"raw/{name}/"):
+        app.container.delete_blob(blob)
 
 
 def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 60.0, every: float = 0.1) -> T:

@@ -4,7 +4,6 @@ the real Azurite; the first row's write is held until the others wait behind it,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -17,21 +16,16 @@ import pytest
 from azure.core.exceptions import ResourceExistsError, ServiceResponseError
 from azure.data.tables import TableClient
 
-from shared import group_commit, index, senders, status
+from shared import group_commit, index, status
 from shared.storage import Storage
-from tests.service import EXAMPLES
+from tests.service import EXAMPLES, own_sender
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
 
 
 @pytest.fixture
 def sender(app: Storage, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    name = "gc-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
-    yield name, senders.add(app.senders, name)
-    for entity in app.reports.query_entities("PartitionKey eq @s", parameters={"s": name}, select=["RowKey"]):
-        app.reports.delete_entity(name, entity["RowKey"])
-    for blob in app.container.list_blob_names(name_starts_with=f"raw/{name}/"):
-        app.container.delete_blob(blob)
+    yield from own_sender(app, request, "gc-")
 
 
 def post(key: str) -> func.HttpResponse:

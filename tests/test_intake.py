@@ -22,11 +22,11 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient
 
-from shared import config, hl7_ack, idempotency, intake, senders, status, work
+from shared import config, group_commit, hl7_ack, idempotency, intake, senders, status, work
 from shared.clock import to_iso
 from shared.lifecycle import Status
 from shared.storage import Storage
-from tests.service import EXAMPLES
+from tests.service import EXAMPLES, own_sender
 
 CSV = (EXAMPLES / "report.csv").read_bytes()
 PROBLEM = "application/problem+json"
@@ -34,14 +34,8 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def sender(app: Storage, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """A sender of this test's own; its rows, index entries and blobs are removed afterwards, so no reconciler
-    elsewhere finds them."""
-    name = "in-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
-    yield name, senders.add(app.senders, name)
-    for entity in app.reports.query_entities("PartitionKey eq @s", parameters={"s": name}, select=["RowKey"]):
-        app.reports.delete_entity(name, entity["RowKey"])
-    for blob in app.container.list_blob_names(name_starts_with=f"raw/{name}/"):
-        app.container.delete_blob(blob)
+    """A sender of this test's own, removed with everything it stored afterwards."""
+    yield from own_sender(app, request, "in-")
 
 
 def post(key: str, body: bytes = CSV, **headers: str) -> func.HttpResponse:
@@ -443,8 +437,8 @@ def test_an_intake_storing_beside_others_uploads_first_and_a_failed_upload_sends
     sent: list[str] = []
     monkeypatch.setattr(work, "send", lambda storage, row: sent.append(row.id))
     monkeypatch.setattr(intake, "_upload", lambda *a, **k: (_ for _ in ()).throw(ServiceRequestError("down")))
-    with intake._storing() as alone:  # another intake is storing at this moment
-        assert alone
+    with group_commit.coming(app.reports, "another-sender") as other:  # another intake is storing at this moment
+        assert other.alone
         response = post(key)
     assert response.status_code == 503 and sent == [] and stored_ids(app, name) == []
     alone_again = post(key)  # alone, the upload runs beside the send: the message goes out, the row does not
