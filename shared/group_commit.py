@@ -73,15 +73,15 @@ class Announced:
         return self
 
     def __exit__(self, *_: object) -> None:
-        global _announced
         self.arrive()
-        with _lock:
-            _announced -= 1
 
     def arrive(self) -> None:
+        """The row is here (or its intake gave up): it is no longer on its way, and its intake no longer storing."""
+        global _announced
         with _lock:
             if not self.here:
                 self.here = True
+                _announced -= 1
                 _coming[self.key] -= 1
                 if not _coming[self.key]:
                     del _coming[self.key]
