@@ -43,7 +43,7 @@ def per_call_ms(fn: Callable[[int], object], n: int) -> float:
 
 
 def sdk_calls(clients: Clients, n: int) -> dict[str, float]:
-    from shared import index, table_batch
+    from shared import direct_writes, index, table_batch
 
     template, settings, body = _entity_template(), ContentSettings(content_type=HL7), small_report(1)
 
@@ -57,8 +57,12 @@ def sdk_calls(clients: Clients, n: int) -> dict[str, float]:
                           "content_type": HL7})
     return {
         "blob_upload": per_call_ms(lambda i: clients.container.upload_blob(
-            f"raw/cpu/{ULID()}", body, overwrite=False, content_settings=settings), n),
+            f"raw/cpu/{ULID()}", body, overwrite=False, content_settings=settings,
+            metadata={"sha256": "0" * 64, "sender": "bench"}), n),
+        "blob_put_direct": per_call_ms(lambda i: direct_writes.put_blob(
+            clients.container, f"raw/cpu/{ULID()}", body, HL7, {"sha256": "0" * 64, "sender": "bench"}), n),
         "queue_send": per_call_ms(lambda i: clients.queue.send_message(message, time_to_live=-1), n),
+        "queue_put_direct": per_call_ms(lambda i: direct_writes.put_message(clients.queue, message), n),
         "table_insert": per_call_ms(lambda i: clients.table.create_entity({**template, "RowKey": str(ULID())}), n),
         "row_and_index_fast_path": per_call_ms(row_with_index(table_batch.submit), n),
         "row_and_index_sdk_submit_transaction": per_call_ms(row_with_index(table_batch.submit_public), n),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,16 +24,22 @@ from typing import Any
 from bench.ceiling import Clients, IntakeOps
 from bench.load import LevelResult, latency_summary, post_factory, run_level
 from bench.reports import HL7, small_report
-from bench.service import Processes, add_sender, wait_health
+from bench.service import CpuMeter, Processes, add_sender, family, wait_health
 
 LEVELS = (1, 8, 32)
 
 
-def _figures(level: LevelResult) -> dict[str, Any]:
+def _figures(level: LevelResult, cores: dict[str, float | None]) -> dict[str, Any]:
     latency = latency_summary(level.latencies)
     return {"per_s": round(level.rate, 1), "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
             "errors": level.errors, "outcomes": level.outcomes, "error_samples": level.error_samples[:3],
-            "longest_gap_s": round(level.longest_gap_s, 2)}
+            "longest_gap_s": round(level.longest_gap_s, 2), "cpu_ms_per_op": _per_op(cores, level.rate)}
+
+
+def _per_op(cores: dict[str, float | None], rate: float) -> dict[str, float]:
+    """Each process's CPU (in cores over the level's run) as milliseconds per completed operation: where the two
+    sides' CPU goes when the machine's two cores are the limit."""
+    return {name: round(share / rate * 1000, 2) for name, share in cores.items() if share is not None and rate > 0}
 
 
 def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = {} if args.threads is None else {"PYTHON_THREADPOOL_THREAD_COUNT": str(args.threads)}
         host = procs.start_devhost(processor=False, **HOUSEKEEPING_OFF, **threads)
         wait_health(host.url)
+        pids = {"bench": os.getpid(), "host": host.process.pid,  # type: ignore[union-attr]
+                **_workers(host.process.pid), "azurite": azurite.process.pid}  # type: ignore[union-attr]
         post = post_factory(host.url, key, HL7, lambda: small_report(next(counter)))
         run_level(post, 4, 1.0)  # imports and first-use resource creation are not measured
         per_level: dict[int, list[dict[str, Any]]] = {c: [] for c in LEVELS}
@@ -69,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                 order = ("ceiling", "intake") if (number + c) % 2 == 0 else ("intake", "ceiling")
                 for side in order:
                     factory = (lambda _i: (ceiling_op, lambda: None)) if side == "ceiling" else post
-                    level = _unstalled(lambda f=factory, n=c: run_level(f, n, args.seconds, 0.5), clients.depth)
+                    level, cores = _unstalled(lambda f=factory, n=c: _metered(pids, lambda: run_level(
+                        f, n, args.seconds, 0.5)), clients.depth)
                     # Azurite's queue operations slow down with every message it holds: each side starts empty
                     if side == "ceiling":
                         clients.clear()
                     else:
                         _drop_intake_messages(azurite.connection_string)
-                    sides[side] = _figures(level)
+                    sides[side] = _figures(level, cores)
                 ratio = sides["intake"]["per_s"] / sides["ceiling"]["per_s"] if sides["ceiling"]["per_s"] else None
                 per_level[c].append({"ceiling": sides["ceiling"], "intake": sides["intake"],
                                      "ratio": None if ratio is None else round(ratio, 3)})
@@ -84,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {side}: {got['outcomes']} {got['error_samples']}, nothing done for "
                               f"{got['longest_gap_s']} s", flush=True)
                 print(f"round {number + 1}/{args.rounds} c={c:<2d} ceiling {sides['ceiling']['per_s']:6.1f}/s  "
-                      f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}",
+                      f"intake {sides['intake']['per_s']:6.1f}/s  ratio {'-' if ratio is None else f'{ratio:.2f}'}  "
+                      f"cpu ms/op ceiling {_cpu_line(sides['ceiling'])} intake {_cpu_line(sides['intake'])}",
                       flush=True)
     finally:
         procs.stop_all()
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             "intake_per_s": statistics.median(r["intake"]["per_s"] for r in rounds),
             "ceiling_p50_p99_ms": [_median([r["ceiling"] for r in rounds], k) for k in ("p50_ms", "p99_ms")],
             "intake_p50_p99_ms": [_median([r["intake"] for r in rounds], k) for k in ("p50_ms", "p99_ms")],
+            "cpu_ms_per_op": {side: _median_cpu([r[side]["cpu_ms_per_op"] for r in rounds])
+                              for side in ("ceiling", "intake")},
         }
         for c, rounds in per_level.items() if rounds
     }
@@ -110,19 +123,41 @@ RETRIES = 3
 HOUSEKEEPING_OFF = {"AzureWebJobs.reconcile_timer.Disabled": "true", "AzureWebJobs.poison_queue.Disabled": "true"}
 
 
-def _unstalled(run: Callable[[], LevelResult], probe: Callable[[], object]) -> LevelResult:
+def _metered(pids: dict[str, int], run: Callable[[], LevelResult]) -> tuple[LevelResult, dict[str, float | None]]:
+    meter = CpuMeter(pids)
+    level = run()
+    return level, meter.read()
+
+
+def _workers(host_pid: int) -> dict[str, int]:
+    """The devhost's language worker processes, named apart from its host process."""
+    pids = [pid for pid in family(host_pid) if pid != host_pid]
+    return {"worker" if len(pids) == 1 else f"worker{n}": pid for n, pid in enumerate(pids, 1)}
+
+
+def _cpu_line(side: dict[str, Any]) -> str:
+    return " ".join(f"{name}={ms:.1f}" for name, ms in side["cpu_ms_per_op"].items() if name != "others")
+
+
+def _median_cpu(per_round: list[dict[str, float]]) -> dict[str, float]:
+    names = {name for cpu in per_round for name in cpu}
+    return {name: round(statistics.median(cpu[name] for cpu in per_round if name in cpu), 2) for name in sorted(names)}
+
+
+def _unstalled(run: Callable[[], tuple[LevelResult, dict[str, float | None]]],
+               probe: Callable[[], object]) -> tuple[LevelResult, dict[str, float | None]]:
     """A level run again once storage answers promptly, when nothing completed for STALL_S: Azurite's queue GC
     blocks it for 10-40 s after many messages were deleted (as each side's turn ends), and the stall is the
     emulator's, not either side's. At most RETRIES times; the last run is kept whatever it shows."""
-    level = run()
+    level, cores = run()
     for _ in range(RETRIES):
         if level.longest_gap_s <= STALL_S:
             break
         waited = _until_prompt(probe)
         print(f"  stalled: nothing completed for {level.longest_gap_s:.1f} s; Azurite answered promptly again "
               f"after {waited:.1f} s; measuring again", flush=True)
-        level = run()
-    return level
+        level, cores = run()
+    return level, cores
 
 
 def _until_prompt(probe: Callable[[], object], prompt_s: float = 0.15, deadline_s: float = 120.0) -> float:

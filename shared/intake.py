@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
-from azure.storage.blob import ContentSettings
 from http_sfv.dictionary import Dictionary as StructuredDictionary
 from ulid import ULID
 
-from shared import activity, group_commit, idempotency, status, status_entity, telemetry, work
+from shared import activity, direct_writes, group_commit, idempotency, status, status_entity, telemetry, work
 from shared.clock import now_iso
 from shared.config import Settings
 from shared.errors import bad_request, too_large, unavailable, unsupported_media_type
@@ -199,13 +198,7 @@ _PARALLEL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="intake-upload
 
 def _upload(storage: Storage, sub: Submission, blob: str, content_type: str, digest: str, report_id: str) -> None:
     try:
-        storage.container.upload_blob(
-            blob,
-            sub.body,
-            overwrite=False,
-            content_settings=ContentSettings(content_type=content_type),
-            metadata={"sha256": digest, "sender": sub.sender},
-        )
+        direct_writes.put_blob(storage.container, blob, sub.body, content_type, {"sha256": digest, "sender": sub.sender})
     except ResourceExistsError:
         # The id is this request's own, fresh: the SDK retried an upload that had committed but lost its answer.
         log.info("report %s: raw blob already stored by an earlier try of this upload", report_id)

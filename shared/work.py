@@ -6,7 +6,7 @@ import logging
 
 from azure.core.exceptions import AzureError, ResourceModifiedError
 
-from shared import status
+from shared import direct_writes, status
 from shared.lifecycle import Status
 from shared.models import QueueMessage
 from shared.storage import Storage, raw_blob_name
@@ -32,7 +32,7 @@ def send(storage: Storage, row: status.Row) -> None:
 
     The message carries the trace context stored on the row at ingest, so a reconciler's or an operator's re-send
     joins the report's one trace."""
-    storage.queue.send_message(message_for(row).model_dump_json(exclude_none=True), time_to_live=-1)
+    direct_writes.put_message(storage.queue, message_for(row).model_dump_json(exclude_none=True))
 
 
 def enqueue(storage: Storage, row: status.Row) -> bool:
