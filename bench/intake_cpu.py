@@ -10,6 +10,7 @@ Prints one JSON document (milliseconds of CPU per report or per call).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -75,7 +76,7 @@ def app_in_process(key: str, n: int) -> float:
     def post(i: int) -> None:
         request = func.HttpRequest("POST", "http://localhost/api/reports", body=small_report(20_000 + i),
                                    headers={"authorization": f"Bearer {key}", "content-type": HL7})
-        assert ingest_http.main(request).status_code == 202
+        assert asyncio.run(ingest_http.main(request)).status_code == 202
 
     return per_call_ms(post, n)
 

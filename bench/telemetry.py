@@ -11,6 +11,7 @@ Prints one JSON document (medians and p95 per stage and mode, the difference, th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -48,7 +49,7 @@ def _round(key: str, reports: int, start: int, traceparent: str | None) -> tuple
     for n in range(start, start + reports):
         request = func.HttpRequest("POST", "http://localhost/api/reports", body=small_report(n), headers=headers)
         began = time.perf_counter()
-        response = ingest_http.main(request)
+        response = asyncio.run(ingest_http.main(request))
         intake.append(time.perf_counter() - began)
         assert response.status_code == 202, response.get_body()
         ids.append(json.loads(response.get_body())["id"])

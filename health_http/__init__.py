@@ -5,5 +5,5 @@ import azure.functions as func
 from shared import api
 
 
-def main(req: func.HttpRequest) -> func.HttpResponse:
-    return api.health_guarded(req)
+async def main(req: func.HttpRequest) -> func.HttpResponse:
+    return await api.on_http_threads(api.health_guarded, req)

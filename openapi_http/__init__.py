@@ -5,5 +5,5 @@ import azure.functions as func
 from shared import api
 
 
-def main(req: func.HttpRequest) -> func.HttpResponse:
-    return api.openapi_document(req)
+async def main(req: func.HttpRequest) -> func.HttpResponse:
+    return await api.on_http_threads(api.openapi_document, req)

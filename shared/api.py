@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import azure.functions as func
@@ -28,7 +33,7 @@ from shared import (
     tokens,
 )
 from shared.clock import now_iso, parse_iso, to_iso
-from shared.config import Settings, get_settings
+from shared.config import Settings, SettingsError, get_settings
 from shared.lifecycle import TERMINAL, Status
 from shared.media import HL7, JSON
 from shared.models import AcceptedReport, Health, Issue, ReportPage, StatusRecord
@@ -88,6 +93,44 @@ def guarded(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
         log.error("unhandled error during %s %s: %s", req.method, _path(req), logs.describe(exc))
     detail = "The request failed unexpectedly" + (": nothing was stored." if req.method == "POST" else ".")
     return Problem(500, "internal", "Internal Server Error", detail).response()
+
+
+async def answer(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
+    """`guarded(handler, req)` on the HTTP functions' own threads (`on_http_threads`)."""
+    return await on_http_threads(guarded, handler, req)
+
+
+async def on_http_threads(call: Callable[..., func.HttpResponse], *args: Any) -> func.HttpResponse:
+    """Run a sender-facing HTTP function's work on threads of its own, for the functions that are async for this
+    alone (intake, status, listings, tokens, health).
+
+    The worker runs sync functions on one pool (PYTHON_THREADPOOL_THREAD_COUNT, by default CPUs + 4: six threads
+    on two cores), which processing shares: a few large reports being parsed, or deliveries waiting on a slow
+    downstream, would hold every thread, and senders would wait for their 202 behind them. These functions wait on
+    storage, not on the CPU, so they get threads of their own (HTTP_THREADS): more reports in flight, and their rows
+    share transactions (shared/group_commit.py). A request's body is in this process whether or not a thread is
+    free, so more threads do not hold more bodies. `POST /api/validate` parses as processing does and stays on the
+    worker's pool, which bounds its memory with processing's."""
+    context = contextvars.copy_context()  # the invocation's trace and log context, as a sync function has it
+    return await asyncio.get_running_loop().run_in_executor(_http_pool(), context.run, call, *args)
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _http_pool() -> ThreadPoolExecutor:
+    """Made on first use, in the process that runs the functions (never before devhost forks its workers)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            try:
+                threads = get_settings().http_threads
+            except SettingsError:
+                # `guarded` answers the bad setting as it answers every request
+                threads = Settings.model_fields["http_threads"].default
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+        return _pool
 
 
 def _own_url(req: func.HttpRequest) -> tuple[str, str, str]:

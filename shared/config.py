@@ -31,6 +31,7 @@ SETTING_NAMES = {
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "AUTH_CACHE_SECONDS": "auth_cache_seconds",
     "VALIDATE_MAX_BYTES": "validate_max_bytes",
+    "HTTP_THREADS": "http_threads",
     "FINGERPRINT_KEY": "fingerprint_key",
     "ALLOW_DUPLICATES_DEFAULT": "allow_duplicates_default",
     "DUPLICATE_WINDOW_DAYS": "duplicate_window_days",
@@ -65,6 +66,8 @@ class Settings(BaseModel):
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # POST /api/validate parses synchronously in the request, so it takes less than intake does.
     validate_max_bytes: int = Field(default=10_000_000, gt=0)
+    # The HTTP functions' own threads (shared/api.on_http_threads), apart from the worker's pool processing uses.
+    http_threads: int = Field(default=32, ge=1, le=256)
     max_dequeue_count: int = Field(default=5, ge=1)
     # Duplicate detection (shared/duplicates.py): the HMAC key of item fingerprints (else one kept in storage), the
     # setting of senders registered without one (ReportStream's allowDuplicates, true), and how far back it looks.

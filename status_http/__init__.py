@@ -5,5 +5,5 @@ import azure.functions as func
 from shared import api
 
 
-def main(req: func.HttpRequest) -> func.HttpResponse:
-    return api.guarded(api.report_status, req)
+async def main(req: func.HttpRequest) -> func.HttpResponse:
+    return await api.answer(api.report_status, req)

@@ -25,6 +25,9 @@ class Downstream(LoopbackServer):
     # Requests whose sender died before the whole body arrived: an HTTP server discards them, so do we.
     incomplete: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When given, each POST is recorded at once but answered only once this is set (at most a minute later): a
+    # downstream that holds the processor's delivery, and with it the thread that delivers.
+    release: threading.Event | None = None
 
     @property
     def url(self) -> str:
@@ -47,6 +50,8 @@ class Downstream(LoopbackServer):
                     outer.received.append(
                         Received(self.headers.get("Idempotency-Key", ""), body, self.headers.get("traceparent"))
                     )
+                if outer.release is not None:
+                    outer.release.wait(60)
                 self.answer(code)
 
         self.serve(Handler)

@@ -4,6 +4,7 @@ the real Azurite; the first row's write is held until the others wait behind it,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -31,8 +32,9 @@ def sender(app: Storage, request: pytest.FixtureRequest) -> Iterator[tuple[str, 
 def post(key: str) -> func.HttpResponse:
     import ingest_http
 
-    return ingest_http.main(func.HttpRequest("POST", "http://localhost:7071/api/reports", body=CSV,
-                                             headers={"authorization": f"Bearer {key}", "content-type": "text/csv"}))
+    return asyncio.run(ingest_http.main(func.HttpRequest(
+        "POST", "http://localhost:7071/api/reports", body=CSV,
+        headers={"authorization": f"Bearer {key}", "content-type": "text/csv"})))
 
 
 def partition(app: Storage, name: str) -> dict[str, dict[str, Any]]:

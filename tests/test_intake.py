@@ -4,6 +4,7 @@ wrapping the real SDK calls."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -45,7 +46,7 @@ def post(key: str, body: bytes = CSV, **headers: str) -> func.HttpResponse:
         "POST", "http://localhost:7071/api/reports", body=body,
         headers={"authorization": f"Bearer {key}", "content-type": "text/csv", **headers},
     )
-    return ingest_http.main(request)
+    return asyncio.run(ingest_http.main(request))
 
 
 def answer(response: func.HttpResponse) -> dict:
@@ -166,7 +167,7 @@ def test_a_host_header_that_does_not_parse_still_gets_problem_json(
                                headers={"authorization": f"Bearer {key}", "content-type": "text/csv"})
     with monkeypatch.context() as patch:
         patch.setattr(senders, "authenticate_key", lambda *a: (_ for _ in ()).throw(ServiceRequestError("down")))
-        response = ingest_http.main(request)
+        response = asyncio.run(ingest_http.main(request))
     assert response.status_code == 503 and response.mimetype == PROBLEM
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -11,6 +12,7 @@ from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
 
 from devhost.azurite import Azurite
 from devhost.process import DevHostProcess
+from shared.lifecycle import TERMINAL
 from tests.downstream import Downstream
 from tests.service import EXAMPLES, Service, admin, poll, start_service
 
@@ -86,6 +88,29 @@ def test_missing_raw_blob_fails_permanently(
     assert record["status"] == "failed"
     assert record["attempts"] == 1
     assert [e["code"] for e in record["errors"]] == ["report.raw_missing"]
+
+
+def test_intake_answers_while_processing_holds_every_worker_thread(
+    fresh_azurite: Azurite, start_devhost: Callable[..., DevHostProcess], downstream: Downstream
+) -> None:
+    """Intake and status run on threads of their own (HTTP_THREADS), not on the worker's pool that processing uses:
+    with that pool at one thread, held by a delivery the downstream does not answer, a sender still gets its 202
+    and can poll."""
+    downstream.release = threading.Event()
+    service = start_service(fresh_azurite, start_devhost, DELIVERY_URL=downstream.url, DELIVERY_TIMEOUT_SECONDS="60",
+                            PYTHON_THREADPOOL_THREAD_COUNT="1")
+    try:
+        first = service.post("lab-a", HL7, "application/hl7-v2").json()["id"]
+        poll(downstream.keys, lambda keys: first in keys, timeout=30)  # the only worker thread waits on delivery
+        with service.client("lab-a", timeout=10) as client:
+            second = client.post("/api/reports", content=CSV, headers={"Content-Type": "text/csv"})
+            assert second.status_code == 202, second.text
+            polled = client.get(f"/api/reports/{first}")
+        assert polled.status_code == 202 and polled.json()["status"] not in TERMINAL  # still being delivered
+    finally:
+        downstream.release.set()
+    assert service.wait_terminal("lab-a", first)["status"] == "processed"
+    assert service.wait_terminal("lab-a", second.json()["id"])["status"] == "processed"
 
 
 def test_a_downstream_down_past_the_window_fails_then_replays(

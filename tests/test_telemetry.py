@@ -4,6 +4,7 @@ with a real OTLP/HTTP receiver on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -112,7 +113,7 @@ def _post(key: str, body: bytes, content_type: str, **headers: str) -> func.Http
         "POST", "http://localhost:7071/api/reports", body=body,
         headers={"authorization": f"Bearer {key}", "content-type": content_type, **headers},
     )
-    return ingest_http.main(request)
+    return asyncio.run(ingest_http.main(request))
 
 
 class _Message:
@@ -358,7 +359,7 @@ def test_devhost_exports_one_trace_per_report_over_otlp(
 # --- Azure Monitor: the distro's exporter posting to a stand-in ingestion endpoint on loopback ---------------------
 
 AZURE_MONITOR_RUN = """
-import json, sys
+import asyncio, json, sys
 import azure.functions as func
 import ingest_http, process_queue
 from opentelemetry import metrics, trace
@@ -371,7 +372,7 @@ storage = get_storage()
 key = senders.add(storage.senders, "otel-azmon")
 request = func.HttpRequest("POST", "http://localhost/api/reports", body=body, headers={
     "authorization": f"Bearer {key}", "content-type": "text/csv", "traceparent": traceparent})
-report_id = json.loads(ingest_http.main(request).get_body())["id"]
+report_id = json.loads(asyncio.run(ingest_http.main(request)).get_body())["id"]
 
 class Message:
     dequeue_count = 1
@@ -476,6 +477,6 @@ def test_a_reportstream_submission_is_traced_under_its_own_route(app: Storage, r
     body, content_type = marked_reports(f"ZQX{uuid.uuid4().hex}")[0]
     request = func.HttpRequest("POST", "http://localhost:7071/api/waters", body=body,
                                headers={"authorization": f"Bearer {key}", "content-type": content_type})
-    assert waters_http.main(request).status_code == 201
+    assert asyncio.run(waters_http.main(request)).status_code == 201
     [span] = [s for s in recorded.finished() if s.kind == SpanKind.SERVER]
     assert span.name == "POST /api/waters" and span.attributes["http.route"] == "/api/waters"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import azure.functions as func
@@ -26,13 +27,14 @@ def test_settings_defaults_and_development_storage() -> None:
     assert settings.max_report_bytes == 50_000_000
     assert settings.delivery_url is None and settings.public_base_url is None
     assert settings.max_dequeue_count == 5  # from host.json
+    assert settings.http_threads == 32
 
 
 @pytest.mark.parametrize(
     "env, named",
     [({}, "AzureWebJobsStorage"), ({"MAX_REPORT_BYTES": "lots"}, "MAX_REPORT_BYTES"),
      ({"MAX_REPORT_BYTES": "-1"}, "MAX_REPORT_BYTES"), ({"DELIVERY_URL": "ftp://x"}, "DELIVERY_URL"),
-     ({"PUBLIC_BASE_URL": "intake.example"}, "PUBLIC_BASE_URL")],
+     ({"PUBLIC_BASE_URL": "intake.example"}, "PUBLIC_BASE_URL"), ({"HTTP_THREADS": "0"}, "HTTP_THREADS")],
 )
 def test_bad_setting_fails_naming_it(env: dict, named: str) -> None:
     base = {} if named == "AzureWebJobsStorage" else {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
@@ -110,7 +112,7 @@ def _post(key: str, body: bytes, **headers: str) -> func.HttpResponse:
         "POST", "http://localhost:7071/api/reports", body=body,
         headers={"authorization": f"Bearer {key}", "content-type": "text/csv", **headers},
     )
-    return ingest_http.main(request)
+    return asyncio.run(ingest_http.main(request))
 
 
 def test_ingest_main_stores_then_enqueues(app: Storage) -> None:

@@ -5,5 +5,5 @@ import azure.functions as func
 from shared import api
 
 
-def main(req: func.HttpRequest) -> func.HttpResponse:
-    return api.guarded(api.token, req)
+async def main(req: func.HttpRequest) -> func.HttpResponse:
+    return await api.answer(api.token, req)
