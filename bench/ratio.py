@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from azure.core.exceptions import AzureError
+
 from bench.ceiling import Clients, IntakeOps
 from bench.load import LevelResult, latency_summary, post_factory, run_level
 from bench.reports import HL7, small_report
@@ -81,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     level, cores = _unstalled(lambda f=factory, n=c: _metered(pids, lambda: run_level(
                         f, n, args.seconds, 0.5)), clients.depth)
                     # Azurite's queue operations slow down with every message it holds: each side starts empty
-                    if side == "ceiling":
-                        clients.clear()
-                    else:
-                        _drop_intake_messages(azurite.connection_string)
+                    _empty(clients.clear if side == "ceiling" else
+                           lambda: _drop_intake_messages(azurite.connection_string), clients.depth)
                     sides[side] = _figures(level, cores)
                 ratio = sides["intake"]["per_s"] / sides["ceiling"]["per_s"] if sides["ceiling"]["per_s"] else None
                 per_level[c].append({"ceiling": sides["ceiling"], "intake": sides["intake"],
@@ -160,14 +160,33 @@ def _unstalled(run: Callable[[], tuple[LevelResult, dict[str, float | None]]],
     return level, cores
 
 
+def _empty(clear: Callable[[], object], probe: Callable[[], object]) -> None:
+    """Empty a side's queue, again once Azurite answers promptly when its queue GC held the call past the client's
+    timeout (a stall of over a minute was seen once)."""
+    for attempt in range(RETRIES + 1):
+        try:
+            clear()
+            return
+        except AzureError as exc:
+            if attempt == RETRIES:
+                raise
+            waited = _until_prompt(probe)
+            print(f"  emptying the queue failed ({type(exc).__name__}); Azurite answered promptly again after "
+                  f"{waited:.1f} s; emptying again", flush=True)
+
+
 def _until_prompt(probe: Callable[[], object], prompt_s: float = 0.15, deadline_s: float = 120.0) -> float:
     """Seconds until three cheap calls in a row answer within `prompt_s`."""
     started = time.monotonic()
     fast = 0
     while fast < 3 and time.monotonic() - started < deadline_s:
         t0 = time.monotonic()
-        probe()
-        fast = fast + 1 if time.monotonic() - t0 < prompt_s else 0
+        try:
+            probe()
+            prompt = time.monotonic() - t0 < prompt_s
+        except AzureError:
+            prompt = False
+        fast = fast + 1 if prompt else 0
         time.sleep(0.1)
     return time.monotonic() - started
 
