@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import escape
 
 from azure.core import PipelineClient
@@ -56,9 +56,13 @@ FAST = _PRIVATE_IMPORTS
 
 
 def _pipeline(client: ContainerClient | QueueClient) -> PipelineClient[Any, Any] | None:
-    """The pipeline the client's own calls go through, when this SDK version still keeps it where we look."""
+    """The pipeline the client's own calls go through, when this SDK version still keeps it where we look. None for
+    a client whose URL carries a SAS token: the SDK re-encodes it per blob, and the Functions host does not take a
+    SAS connection for AzureWebJobsStorage anyway, so such a client keeps the public calls."""
     inner = getattr(getattr(client, "_client", None), "_client", None)
-    return inner if FAST and isinstance(inner, PipelineClient) else None
+    if not FAST or not isinstance(inner, PipelineClient) or urlsplit(client.url).query:
+        return None
+    return inner
 
 
 def put_blob(container: ContainerClient, name: str, body: bytes, content_type: str, metadata: Mapping[str, str]) -> None:

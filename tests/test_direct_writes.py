@@ -7,16 +7,23 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline import PipelineRequest
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import (
+    AccountSasPermissions,
+    ContainerClient,
+    ContentSettings,
+    ResourceTypes,
+    generate_account_sas,
+)
 from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
 from ulid import ULID
 
-from devhost.azurite import Azurite
+from devhost.azurite import ACCOUNT_NAME, Azurite
 from shared import direct_writes
 
 # Set per request by the pipeline (time, a fresh id, the signature over both), so never equal between two requests.
@@ -98,6 +105,30 @@ def test_a_message_put_is_the_sdks_own_request(own: Clients) -> None:
     sdk = own.sent.last()
     direct_writes.put_message(own.queue, text)
     assert own.sent.last() == sdk
+
+
+def test_a_sas_connection_keeps_the_sdks_own_requests(azurite: Azurite, own: Clients) -> None:
+    """A connection string with a SharedAccessSignature puts the token in every client URL's query, which the SDK
+    re-encodes per blob: such clients keep the SDK's public calls, so their requests stay the SDK's own."""
+    sas = generate_account_sas(ACCOUNT_NAME, azurite.account_key, ResourceTypes(object=True),
+                               AccountSasPermissions(write=True, add=True, create=True),
+                               expiry=datetime.now(UTC) + timedelta(hours=1), services="bq")
+    endpoints = ";".join(part for part in azurite.connection_string.split(";")
+                         if part.split("=", 1)[0] in ("BlobEndpoint", "QueueEndpoint"))
+    signed = _clients(f"{endpoints};SharedAccessSignature={sas}", own.container.container_name, Sent(), create=False)
+    assert "?" in signed.container.url and "?" in signed.queue.url
+    assert direct_writes._pipeline(signed.container) is None and direct_writes._pipeline(signed.queue) is None  # noqa: SLF001
+
+    signed.container.upload_blob("raw/lab-one/A", BODY, overwrite=False, metadata=METADATA,
+                                 content_settings=ContentSettings(content_type="text/csv"))
+    sdk = signed.sent.last()
+    direct_writes.put_blob(signed.container, "raw/lab-one/B", BODY, "text/csv", METADATA)
+    assert signed.sent.last() == (sdk[0], sdk[1].replace("raw/lab-one/A", "raw/lab-one/B"), sdk[2], sdk[3])
+    signed.queue.send_message("x", time_to_live=-1)
+    sdk = signed.sent.last()
+    direct_writes.put_message(signed.queue, "x")
+    assert signed.sent.last() == sdk
+    assert own.container.download_blob("raw/lab-one/B").readall() == BODY
 
 
 def test_what_is_written_reads_back_as_the_sdks_own(own: Clients, fast: bool) -> None:
