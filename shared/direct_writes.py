@@ -4,10 +4,10 @@ call, without its per-call layers.
 
 Why: `ContainerClient.upload_blob` builds a `BlobClient` and its generated client for every blob, then runs the
 upload options, the request builder and the response deserialiser; `QueueClient.send_message` serialises and
-deserialises the message through its generated models. Measured with Azurite on a 2-core machine (bench.intake_cpu),
-the SDK calls cost 1.4-2.4 ms (blob) and 1.2-1.5 ms (message) of CPU, the plain requests 1.0-1.2 and 1.0: on one
-worker process that decides how many reports a second it takes (docs/benchmarks.md, "Intake against the storage
-ceiling"). The requests are exactly the SDK's (tests/test_direct_writes.py compares them header by header for the
+deserialises the message through its generated models. Measured sequentially with Azurite on a 2-core machine
+(bench.intake_cpu, five runs): the blob's put takes 4-38% less CPU than the SDK's call (1.0-1.7 ms against 1.3-2.0),
+the message's 13-42% less (0.8-1.8 ms against 1.2-2.4). On one worker process CPU decides how many reports a second
+it takes (docs/benchmarks.md, "Intake against the storage ceiling"). The requests are exactly the SDK's (tests/test_direct_writes.py compares them header by header for the
 pinned versions) and failures raise what the SDK raises, refined by the SDK's own error handler.
 
 The fast path reaches one private attribute per client (the generated client's `PipelineClient`) and the SDK's
