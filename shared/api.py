@@ -122,6 +122,8 @@ _pool: ThreadPoolExecutor | None = None
 def _http_pool() -> ThreadPoolExecutor:
     """Made on first use, in the process that runs the functions (never before devhost forks its workers)."""
     global _pool
+    if _pool is not None:  # every request after the first: no lock
+        return _pool
     with _pool_lock:
         if _pool is None:
             try:

@@ -16,7 +16,6 @@ private error handler. Should a release move them, the writes fall back to the p
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
@@ -80,16 +79,16 @@ def put_blob(container: ContainerClient, name: str, body: bytes, content_type: s
 
 
 def put_message(queue: QueueClient, text: str) -> None:
-    """Enqueue `text` base64-encoded (as the app's queue clients and the Functions host expect), never expiring
-    (as `send_message(text, time_to_live=-1)`)."""
+    """Enqueue `text`, encoded by the client's own message encode policy (base64 for the app's queues, as the
+    Functions host expects: shared/storage.py), never expiring (as `send_message(text, time_to_live=-1)`)."""
     pipeline = _pipeline(queue)
-    if pipeline is None:
-        queue.send_message(text, time_to_live=-1)
+    encode = getattr(queue, "_message_encode_policy", None)
+    if pipeline is None or encode is None or queue.key_encryption_key is not None or queue.require_encryption:
+        queue.send_message(text, time_to_live=-1)  # client-side encryption is the SDK's alone
         return
-    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
     request = HttpRequest("POST", f"{queue.url}/messages", params={"messagettl": -1},
                           headers={**_MESSAGE_HEADERS, "x-ms-version": queue.api_version},
-                          content=_MESSAGE_XML.format(escape(encoded)).encode("utf-8"))
+                          content=_MESSAGE_XML.format(escape(encode(text))).encode("utf-8"))
     _expect(pipeline.send_request(request), 201, _queue_error)
 
 

@@ -107,6 +107,19 @@ def test_a_message_put_is_the_sdks_own_request(own: Clients) -> None:
     assert own.sent.last() == sdk
 
 
+def test_a_message_is_encoded_by_the_clients_own_policy(azurite: Azurite, own: Clients) -> None:
+    """The encoding is the client's (shared/storage.py gives the app's queues base64): a client without one sends the
+    text as it is, escaped in the XML as the SDK escapes it, and reads it back unchanged."""
+    plain = QueueClient.from_connection_string(azurite.connection_string, own.queue.queue_name,
+                                               raw_request_hook=own.sent)
+    text = '<lab & "co"> \u00e9'
+    plain.send_message(text, time_to_live=-1)
+    sdk = own.sent.last()
+    direct_writes.put_message(plain, text)
+    assert own.sent.last() == sdk
+    assert [m.content for m in plain.receive_messages(max_messages=2)] == [text, text]
+
+
 def test_a_sas_connection_keeps_the_sdks_own_requests(azurite: Azurite, own: Clients) -> None:
     """A connection string with a SharedAccessSignature puts the token in every client URL's query, which the SDK
     re-encodes per blob: such clients keep the SDK's public calls, so their requests stay the SDK's own."""
